@@ -1,0 +1,97 @@
+"""``python -m alexnet_jax.census``: what each device layout communicates, holds and computes.
+
+    python -m alexnet_jax.census --layouts=single,model,data,hybrid --devices=4 --width=0.25 \\
+        --batch=8 --image_size=224 [--json=census.json]
+
+For each layout: the collectives of the compiled train step (layer, op, axis, pass, bytes), the parameter
+bytes held per device, the parameter count, and the largest difference of logits and gradients from the
+``single`` layout on the same batch and dropout key. With no accelerator it forces ``--devices`` CPU host
+devices first.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import tempfile
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list('layouts', ['single', 'model', 'data', 'hybrid'], 'Layouts to compare.')
+flags.DEFINE_integer('devices', 4, 'Devices to use (forced CPU host devices when no accelerator).')
+flags.DEFINE_string('model', 'alexnet', 'alexnet | alexnet_owt')
+flags.DEFINE_float('width', 0.25, 'Channel multiplier (1.0 = the paper).')
+flags.DEFINE_integer('batch', 8, 'Global batch size.')
+flags.DEFINE_integer('image_size', 224, 'Input height and width.')
+flags.DEFINE_integer('num_classes', 1000, 'Classes of the classifier.')
+flags.DEFINE_string('json', None, 'Also write the report as JSON to this path.')
+
+
+def format_table(name: str, report: dict) -> str:
+  lines = [f'== {name}  (mesh data={report["mesh"]["data"]} x model={report["mesh"]["model"]})']
+  grouped = collections.OrderedDict()
+  for c in report['collectives']:
+    key = (c['pass'], c['layer'], c['op'], c['axis'])
+    count, total = grouped.get(key, (0, 0))
+    grouped[key] = (count + 1, total + c['bytes'])
+  if grouped:
+    lines.append(f'  {"pass":9s} {"layer":8s} {"op":15s} {"axis":10s} {"n":>3s} {"bytes":>12s}')
+    for (pass_, layer, op, axis), (count, total) in grouped.items():
+      lines.append(f'  {pass_:9s} {layer:8s} {op:15s} {axis:10s} {count:3d} {total:12,d}')
+  else:
+    lines.append('  (no communication)')
+  total = sum(c['bytes'] for c in report['collectives'])
+  lines.append(f'  total communicated per device per step: {total:,d} bytes')
+  lines.append(f'  parameters: {report["param_count"]:,d}; held per device: '
+               f'{report["param_bytes_per_device"]:,d} bytes')
+  if 'max_abs_diff_logits' in report:
+    lines.append(f'  vs single: max |logits diff| {report["max_abs_diff_logits"]:.3g}, '
+                 f'max relative grad diff {report["max_rel_diff_grads"]:.3g}')
+  return '\n'.join(lines)
+
+
+def write_json_atomically(path: str, obj) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  with tempfile.NamedTemporaryFile('w', dir=directory, delete=False, suffix='.tmp') as f:
+    json.dump(obj, f, indent=2)
+  os.replace(f.name, path)
+
+
+def main(argv):
+  del argv
+  from alexnet_jax.devices import ensure_devices
+  ensure_devices(FLAGS.devices)
+  import ml_collections
+  from alexnet_jax import models
+  from alexnet_jax.parallel import compare, layouts
+
+  model_config = ml_collections.ConfigDict(dict(
+      name=FLAGS.model, width=FLAGS.width, dropout=0.5, lrn='paper', bias_init='paper',
+      dtype='float32'))
+  network = models.build(model_config, FLAGS.num_classes)
+  # Validate every layout before compiling any.
+  for name in FLAGS.layouts:
+    layouts.resolve(name, network, num_devices=FLAGS.devices, batch_size=FLAGS.batch)
+  names = ['single'] + [n for n in FLAGS.layouts if n != 'single']
+  runs = {name: compare.run_layout(network, name, batch=FLAGS.batch, image_size=FLAGS.image_size)
+          for name in names}
+  reference = runs['single']
+  report = {'model': FLAGS.model, 'width': FLAGS.width, 'batch': FLAGS.batch,
+            'image_size': FLAGS.image_size, 'num_classes': FLAGS.num_classes,
+            'layouts': {name: runs[name].to_json(reference) for name in FLAGS.layouts}}
+  for name in FLAGS.layouts:
+    print(format_table(name, report['layouts'][name]))
+  if FLAGS.json:
+    write_json_atomically(FLAGS.json, report)
+    print(f'wrote {FLAGS.json}')
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,96 @@
+"""The default experiment configuration that every `experiments/*.py` file starts from.
+
+An experiment is a file with one `get_config()` (see STYLE.md): it calls `default_config()` and changes
+only what differs. Every field that a script relies on lives here with a comment, so that
+`--config.FIELD=VALUE` overrides have one place to be looked up. Defaults follow DIGITS' "New Image
+Classification Model" page where DIGITS has a field, and the 2012 paper elsewhere.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Returns the base configuration (unlocked; `config_flags` locks it after loading)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # ---- Devices ------------------------------------------------------------------------------------
+  # single | model (the paper: towers on the 'model' axis) | data | hybrid | weird_trick | auto
+  c.layout = 'model'
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1     # -1: derived from the layout and the devices present
+  c.mesh.model = -1    # -1: derived from the layout (2 for the two-tower layouts)
+
+  # ---- Model ----------------------------------------------------------------------------------------
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'alexnet'        # alexnet | alexnet_owt (registry in alexnet_jax/models)
+  c.model.width = 1.0             # channel multiplier; 1.0 is the paper's network
+  c.model.dropout = 0.5
+  c.model.lrn = 'paper'           # paper: k + alpha*sum(a^2); caffe: k + alpha/n*sum(a^2); none
+  c.model.bias_init = 'paper'     # paper: 1 in conv2/4/5, fc6/7 and 0 elsewhere; 'small': 0.1 instead of 1
+  c.model.dtype = 'float32'       # compute dtype: float32 | bfloat16 (parameters stay float32)
+
+  # ---- Data (DIGITS' "New Image Classification Dataset") ---------------------------------------------
+  c.data = ml_collections.ConfigDict()
+  c.data.source = ''              # a folder, a DIGITS list file, tfds:NAME[:split] or a prepared dir
+  c.data.image_root = ''          # base folder for relative paths in list files
+  c.data.val_source = ''          # a separate validation folder/list (else val_percent of source)
+  c.data.test_source = ''
+  c.data.val_percent = 25.0
+  c.data.test_percent = 0.0
+  c.data.min_per_class = 2
+  c.data.max_per_class = 0        # 0: no limit
+  c.data.image_size = 256         # stored/resized size (square), before cropping
+  c.data.crop_size = 224          # network input
+  c.data.resize_mode = 'squash'   # squash | crop | fill | half_crop
+  c.data.channels = 3             # 3 (color) or 1 (grayscale)
+  c.data.mean = 'image'           # image | pixel | none
+  c.data.random_crop = True
+  c.data.flip = True
+  c.data.pca_lighting = True      # the paper's PCA colour augmentation (alpha ~ N(0, 0.1))
+  c.data.pca_std = 0.1
+  c.data.num_threads = 2          # grain read threads
+  c.data.worker_count = 0         # grain worker processes (0: threads only)
+  c.data.prefetch = 8
+  c.data.ten_crop_eval = False
+  c.data.labels_file = ''         # list sources: labels.txt (default: beside the list file)
+  c.data.tfds_data_dir = ''       # tfds: sources: data_dir of the ArrayRecord-prepared dataset
+  c.data.pca_eigen = 'imagenet'   # PCA lighting basis: imagenet (published values) | train (this split's)
+  c.data.mean_max_images = 10000  # folder/list/tfds: mean image over a seeded sample of this many; 0: all
+  c.data.draft = True             # Pillow reduced-size JPEG decoding when the stored image is >= 2x needed
+
+  # ---- Solver (DIGITS' "Solver Options") --------------------------------------------------------------
+  c.num_epochs = 90
+  c.batch_size = 128
+  c.batch_accumulation = 1
+  c.optimizer = 'sgd'             # sgd | nesterov | adagrad | rmsprop | adadelta | adam | adamw
+  c.momentum = 0.9                # sgd/nesterov momentum; adam/adamw beta1; adadelta rho (as Caffe)
+  c.rms_decay = 0.99              # rmsprop (Caffe's rms_decay default)
+  c.weight_decay = 5e-4
+  c.decay_biases = True
+  c.learning_rate = 0.01
+  c.lr = ml_collections.ConfigDict()
+  c.lr.policy = 'step'            # fixed | step | multistep | exp | inv | poly | sigmoid | plateau | cosine
+  c.lr.gamma = 0.1                # step: factor at each drop; plateau: factor at each drop (paper: /10)
+  c.lr.step_percent = 33.0        # step: drop every step_percent % of training
+  c.lr.multistep_percents = '50,75'
+  c.lr.multistep_gamma = 0.5      # DIGITS' per-policy defaults from here on (percent-of-training units)
+  c.lr.exp_gamma = 0.95           # exp: lr = base * exp_gamma ** (percent of training done)
+  c.lr.inv_gamma = 0.1
+  c.lr.inv_power = 0.5
+  c.lr.poly_power = 3.0
+  c.lr.sigmoid_step_percent = 50.0
+  c.lr.sigmoid_gamma = 0.1
+  c.lr.warmup_epochs = 0.0        # cosine
+  c.lr.plateau_patience = 1       # plateau: validations without improvement before dividing
+  c.lr.plateau_max_drops = 3
+
+  # ---- Schedule of side jobs --------------------------------------------------------------------------
+  c.val_interval = 1.0            # epochs
+  c.snapshot_interval = 1.0       # epochs
+  c.keep_snapshots = 3
+  c.early_stopping_patience = 0   # validations without improvement; 0 disables
+  c.log_every_steps = 20
+  return c

@@ -1,0 +1,41 @@
+"""The networks, described as towers and stages (see ``towers.py``), and a registry by name.
+
+``build(model_config, num_classes)`` turns ``config.model`` into a ``TowerNetwork``. Nothing in this
+package knows about devices or meshes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax.numpy as jnp
+import ml_collections
+
+from alexnet_jax.models.alexnet import alexnet
+from alexnet_jax.models.alexnet_owt import alexnet_owt
+from alexnet_jax.models.towers import Stage, TowerNetwork
+
+REGISTRY: dict[str, Callable[..., TowerNetwork]] = {
+    'alexnet': alexnet,
+    'alexnet_owt': alexnet_owt,
+}
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def build(model_config: ml_collections.ConfigDict, num_classes: int) -> TowerNetwork:
+  """Builds the network named by ``model_config.name`` for ``num_classes`` classes."""
+  name = model_config.name
+  if name not in REGISTRY:
+    raise ValueError(f'--config.model.name={name!r} is not a known network; '
+                     f'choose one of {sorted(REGISTRY)}')
+  if model_config.dtype not in DTYPES:
+    raise ValueError(f'--config.model.dtype={model_config.dtype!r}: use one of {sorted(DTYPES)}')
+  if model_config.width <= 0:
+    raise ValueError(f'--config.model.width must be positive, got {model_config.width}')
+  return REGISTRY[name](num_classes, width=model_config.width, dropout=model_config.dropout,
+                        lrn=model_config.lrn, bias_init=model_config.bias_init,
+                        dtype=DTYPES[model_config.dtype])
+
+
+__all__ = ['REGISTRY', 'Stage', 'TowerNetwork', 'alexnet', 'alexnet_owt', 'build']

@@ -1,0 +1,157 @@
+"""AlexNet as in Krizhevsky, Sutskever & Hinton, "ImageNet Classification with Deep Convolutional Neural
+Networks" (NIPS 2012), Figure 2: two towers, one per GPU, that talk only at the inputs of conv3, fc6, fc7
+and fc8.
+
+Per tower (full width, 224x224x3 input)::
+
+  conv1 11x11/4, 48   -> ReLU -> LRN -> max-pool 3/2        55x55x48 -> 27x27x48
+  conv2 5x5, 128      -> ReLU -> LRN -> max-pool 3/2        own 48 maps in; 27x27x128 -> 13x13x128
+  ---- exchange (concat): conv3 sees all 256 maps -------------------------------------------------
+  conv3 3x3, 192 -> ReLU; conv4 3x3, 192 -> ReLU; conv5 3x3, 128 -> ReLU -> max-pool 3/2 -> 6x6x128
+  ---- exchange (concat): fc6 sees 6x6x256 -------------------------------------------------------
+  fc6 2048 -> ReLU -> dropout 0.5
+  ---- exchange (concat): fc7 sees 4096 ----------------------------------------------------------
+  fc7 2048 -> ReLU -> dropout 0.5
+  ---- exchange (sum): fc8 = W_a x_a + W_b x_b + b, each tower holding a 2048 x classes block -------
+
+Shapes and parameter counts (1000 classes, both towers together)::
+
+  layer  kernel (per tower)      params
+  conv1  11x11x3x48    x2          34,944
+  conv2  5x5x48x128    x2         307,456
+  conv3  3x3x256x192   x2         885,120
+  conv4  3x3x192x192   x2         663,936
+  conv5  3x3x192x128   x2         442,624
+  fc6    9216x2048     x2      37,752,832
+  fc7    4096x2048     x2      16,781,312
+  fc8    2048x1000     x2 + 1000 bias   4,097,000
+  total                        60,965,224
+
+The paper says "60 million parameters"; the exact count of the network it describes is the total above.
+For comparison, the same network *without* the tower split in conv2, conv4 and conv5 has 62,378,344
+parameters, and the one-tower "one weird trick" network that torchvision ships 61,100,840.
+
+Figure 2 draws a 224x224 input, but 11x11 kernels at stride 4 do not give the 55x55 maps it shows
+(``(224 - 11) / 4 + 1 = 54.25``). cuda-convnet rounds the output size up (``layers.convnet_padding``) and
+Caffe feeds 227x227 instead; both give exactly the shapes above from conv1 on. The paper's text also
+lists the neurons per layer as 253,440-186,624-64,896-64,896-43,264-4096-4096-1000. All but the first
+match the shapes (27*27*256, 13*13*384, 13*13*384, 13*13*256); conv1 has 55*55*96 = **290,400** neurons,
+not 253,440 -- a known erratum of the paper (tests/test_models.py checks the true figures).
+
+Initialization follows section 5: weights ~ N(0, 0.01^2); biases 1 in conv2, conv4, conv5, fc6, fc7 (to
+give the ReLUs positive inputs early on) and 0 in the other layers. ``bias_init='small'`` uses 0.1 instead
+of 1, the common fallback when a bias of 1 stalls the start.
+
+``width`` scales every layer's channels (and the fully-connected widths), so tests and the CPU demo run a
+narrow copy of the same code. This module never mentions devices: how the towers map onto devices is the
+layout's business (``alexnet_jax.parallel``).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from alexnet_jax.models import layers
+from alexnet_jax.models.towers import Stage, TowerModule, TowerNetwork
+
+# Channels of each layer in the whole network (both towers), Figure 2.
+PAPER_CHANNELS = {'conv1': 96, 'conv2': 256, 'conv3': 384, 'conv4': 384, 'conv5': 256,
+                  'fc6': 4096, 'fc7': 4096}
+# Section 5: biases of 1 in these layers, 0 elsewhere.
+ONE_BIAS_LAYERS = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
+
+STAGES = (
+    Stage('conv12', 'concat', feeds='conv3'),     # conv1..pool2 (tower-local)
+    Stage('conv345', 'concat', feeds='fc6'),        # conv3 reads both towers' maps; conv4/5 their own
+    Stage('fc6_block', 'concat', feeds='fc7'),
+    Stage('fc78_block', 'sum', feeds='fc8'),      # fc7 and this tower's block of fc8
+)
+
+
+def scaled(channels: int, width: float, towers: int) -> int:
+  """Channels one tower holds at width multiplier ``width`` (at least 1)."""
+  return max(1, round(channels * width / towers))
+
+
+class AlexNetTower(TowerModule):
+  """One of the paper's two towers (one GPU's half of every layer), stage by stage."""
+  STAGES = STAGES
+  num_towers: int = 2
+  num_classes: int = 1000
+  width: float = 1.0
+  dropout_rate: float = 0.5
+  lrn: str = 'paper'
+  bias_init: str = 'paper'
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    weight_init = nn.initializers.normal(stddev=0.01)
+    one = 0.1 if self.bias_init == 'small' else 1.0
+    if self.bias_init not in ('paper', 'small'):
+      raise ValueError(f"bias_init must be 'paper' or 'small', got {self.bias_init!r}")
+
+    def ch(name):
+      return scaled(PAPER_CHANNELS[name], self.width, self.num_towers)
+
+    def bias(name):
+      return nn.initializers.constant(one if name in ONE_BIAS_LAYERS else 0.0)
+
+    def conv(name, kernel, stride=1, padding='SAME'):
+      return nn.Conv(ch(name), (kernel, kernel), strides=stride, padding=padding, name=name,
+                     kernel_init=weight_init, bias_init=bias(name), dtype=self.dtype)
+
+    def dense(name, features):
+      return nn.Dense(features, name=name, kernel_init=weight_init, bias_init=bias(name),
+                      dtype=self.dtype)
+
+    self.conv1 = conv('conv1', 11, stride=4, padding='VALID')  # padded by hand: see conv12()
+    self.conv2 = conv('conv2', 5)
+    self.conv3 = conv('conv3', 3)
+    self.conv4 = conv('conv4', 3)
+    self.conv5 = conv('conv5', 3)
+    self.fc6 = dense('fc6', ch('fc6'))
+    self.fc7 = dense('fc7', ch('fc7'))
+    # fc8's bias is not split between towers: it lives in the network's head (towers.TowerNetwork).
+    self.fc8 = nn.Dense(self.num_classes, use_bias=False, name='fc8', kernel_init=weight_init,
+                        dtype=self.dtype)
+
+  def conv12(self, x, *, train, example_keys):
+    """conv1 -> ReLU -> LRN -> pool -> conv2 -> ReLU -> LRN -> pool, on this tower's maps only."""
+    del train, example_keys
+    pad_h = layers.convnet_padding(x.shape[1], 11, 4)
+    pad_w = layers.convnet_padding(x.shape[2], 11, 4)
+    x = jnp.pad(x.astype(self.dtype), [(0, 0), pad_h, pad_w, (0, 0)])
+    x = layers.max_pool(layers.local_response_norm(nn.relu(self.conv1(x)), convention=self.lrn))
+    x = layers.max_pool(layers.local_response_norm(nn.relu(self.conv2(x)), convention=self.lrn))
+    return x
+
+  def conv345(self, x, *, train, example_keys):
+    """conv3 (input: both towers' maps) -> conv4 -> conv5 (own maps) -> pool."""
+    del train, example_keys
+    x = nn.relu(self.conv3(x))
+    x = nn.relu(self.conv4(x))
+    x = nn.relu(self.conv5(x))
+    return layers.max_pool(x)
+
+  def fc6_block(self, x, *, train, example_keys):
+    """fc6 on both towers' pooled conv5 maps -> ReLU -> dropout."""
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(self.fc6(x))
+    return layers.dropout(x, self.dropout_rate, example_keys if train else None, layer=6)
+
+  def fc78_block(self, x, *, train, example_keys):
+    """fc7 on both towers' fc6 outputs, then this tower's partial fc8 (summed across towers)."""
+    x = nn.relu(self.fc7(x))
+    x = layers.dropout(x, self.dropout_rate, example_keys if train else None, layer=7)
+    return self.fc8(x)
+
+
+def alexnet(num_classes: int = 1000, *, width: float = 1.0, dropout: float = 0.5, lrn: str = 'paper',
+            bias_init: str = 'paper', dtype=jnp.float32) -> TowerNetwork:
+  """The 2012 network as two towers (see the module docstring)."""
+  tower = AlexNetTower(num_towers=2, num_classes=num_classes, width=width, dropout_rate=dropout,
+                       lrn=lrn, bias_init=bias_init, dtype=dtype)
+  return TowerNetwork('alexnet', tower, STAGES, num_towers=2, num_classes=num_classes)
+

@@ -1,0 +1,87 @@
+"""Layers of the 2012 network that Flax does not ship, written to read like the paper.
+
+- `local_response_norm`: section 3.3 of the paper, over the channels a tower holds.
+- `dropout`: section 4.2, with one random key *per example* so that a mask never depends on how the
+  batch was split across devices (the layouts' equivalence rests on this).
+- `max_pool`: overlapping pooling (section 3.4), z=3, s=2.
+- `convnet_padding`: cuda-convnet's rounding of conv1's output size on 224x224 inputs.
+
+Nothing here knows about devices or meshes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Section 3.3: k = 2, n = 5, alpha = 1e-4, beta = 0.75.
+LRN_K, LRN_N, LRN_ALPHA, LRN_BETA = 2.0, 5, 1e-4, 0.75
+
+
+def local_response_norm(x: jax.Array, *, convention: str = 'paper', k: float = LRN_K,
+                        n: int = LRN_N, alpha: float = LRN_ALPHA, beta: float = LRN_BETA) -> jax.Array:
+  """Local response normalization across channels (the last axis of NHWC).
+
+  The paper (section 3.3) divides each activity by ``(k + alpha * sum(a_j^2)) ** beta``, the sum running
+  over the ``n`` adjacent maps centred on this one, clipped at the first and last map (zero padding).
+  Only the maps present in ``x`` take part: applied inside a tower, it normalizes over that tower's own
+  maps, as each GPU did in cuda-convnet.
+
+  ``convention='caffe'`` divides ``alpha`` by ``n`` first: ``k + (alpha / n) * sum(a_j^2)``. That is the
+  formula of Caffe's LRN layer and of PyTorch's ``nn.LocalResponseNorm``, so Caffe's bvlc_alexnet (which
+  writes alpha=1e-4 with this convention) normalizes five times more weakly than the paper. To reproduce
+  the paper with Caffe or PyTorch, set their alpha to ``n * 1e-4 = 5e-4``; to reproduce Caffe here, pass
+  ``convention='caffe'``. ``convention='none'`` returns ``x`` unchanged (an ablation).
+  """
+  if convention == 'none':
+    return x
+  if convention not in ('paper', 'caffe'):
+    raise ValueError(f"LRN convention must be 'paper', 'caffe' or 'none', got {convention!r}")
+  scale = alpha / n if convention == 'caffe' else alpha
+  # The sum of squares is taken in float32 even for a bfloat16 network: it is a small reduction
+  # whose cancellation-free accuracy matters more than its cost.
+  sq = jnp.square(x.astype(jnp.float32))
+  half = n // 2
+  channels = x.shape[-1]
+  padded = jnp.pad(sq, [(0, 0)] * (x.ndim - 1) + [(half, n - 1 - half)])
+  window_sum = sum(padded[..., i:i + channels] for i in range(n))
+  return (x.astype(jnp.float32) * (k + scale * window_sum) ** (-beta)).astype(x.dtype)
+
+
+def dropout(x: jax.Array, rate: float, example_keys: jax.Array | None, *, layer: int) -> jax.Array:
+  """Inverted dropout (section 4.2) with one key per example.
+
+  ``example_keys`` holds one typed PRNG key per row of ``x``; the layout derives it from the step's key,
+  the tower and the example's *global* index in the batch, so a given example gets the same mask on one
+  device or split across many. ``layer`` separates the masks of fc6 and fc7. The paper multiplies the
+  outputs by 0.5 at test time instead of scaling by 1/(1-p) in training; the two give the same expected
+  activations, and the inverted form keeps inference free of a rescale.
+  """
+  if example_keys is None or rate == 0.0:
+    return x
+  keep = 1.0 - rate
+
+  def mask_for(key):
+    return jax.random.bernoulli(jax.random.fold_in(key, layer), keep, x.shape[1:])
+
+  mask = jax.vmap(mask_for)(example_keys)
+  return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
+  """Overlapping max pooling (section 3.4: z = 3, s = 2), no padding."""
+  return nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')
+
+
+def convnet_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """Padding that gives cuda-convnet's output size ``1 + ceil((size - kernel) / stride)``.
+
+  cuda-convnet lets the last window run past the image (zeros beyond the bottom/right edge), which is
+  how 224x224 inputs give the paper's 55x55 conv1 maps. For 227x227 inputs (Caffe) the division is
+  exact and the padding is zero, so both sizes give the same shapes from conv1 on.
+  """
+  out = 1 + math.ceil(max(size - kernel, 0) / stride)
+  return (0, (out - 1) * stride + kernel - size)

@@ -1,0 +1,95 @@
+"""A network described as towers and stages: the contract between a model and the layouts.
+
+The 2012 network is two towers that exchange activations at four points only. We describe any such
+network by
+
+- a Flax module for **one tower**, with one method per *stage* (the layers between two exchange points),
+- the list of stages, each saying how the towers' outputs are **combined** before the next stage:
+  ``'concat'`` (along channels: what the paper's GPUs did at the inputs of conv3, fc6 and fc7) or
+  ``'sum'`` (the fc8 exchange: each tower multiplies its own half of fc7 by its block of fc8 and the
+  partial logits are added, cuda-convnet's ``W_a x_a + W_b x_b``, which works for any class count),
+- a small **head** of parameters that are not split (fc8's bias), applied after the last combine.
+
+Tower parameters are stored stacked, with a leading ``[tower]`` axis, so a checkpoint looks the same
+whichever layout wrote it. How a combine is carried out (a concatenate in one program, an all-gather
+between devices) is decided by the layout in ``alexnet_jax.parallel``; this module never mentions devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One stretch of a tower between two exchange points.
+
+  ``method`` names the tower module's method; ``combine`` says how the towers' outputs meet; ``feeds``
+  names the layer whose input that exchange is (``conv3``, ``fc6``, ...), used to label communication.
+  """
+  method: str
+  combine: Literal['concat', 'sum']
+  feeds: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TowerNetwork:
+  """A network as ``num_towers`` copies of ``tower`` run stage by stage, plus a head bias."""
+  name: str
+  tower: nn.Module
+  stages: tuple[Stage, ...]
+  num_towers: int
+  num_classes: int
+  head_bias_init: float = 0.0
+
+  def init(self, rng: jax.Array, image_shape: tuple[int, int, int]) -> Params:
+    """Initializes parameters: tower ``t`` from ``split(rng, num_towers)[t]``, stacked on axis 0.
+
+    The result does not depend on any device layout. ``image_shape`` is (height, width, channels).
+    """
+    x = jnp.zeros((1, *image_shape), jnp.float32)
+    keys = jax.random.split(rng, self.num_towers)
+    per_tower = [self.tower.init(k, x, method='trace_all_stages')['params'] for k in keys]
+    towers = jax.tree.map(lambda *a: jnp.stack(a), *per_tower)
+    head = {'bias': jnp.full((self.num_classes,), self.head_bias_init, jnp.float32)}
+    return {'towers': towers, 'head': head}
+
+  def apply_stage(self, index: int, tower_params: Params, x: jax.Array, *, train: bool,
+                  example_keys: jax.Array | None = None) -> jax.Array:
+    """Runs stage ``index`` of one tower (``tower_params`` without the tower axis)."""
+    stage = self.stages[index]
+    return self.tower.apply({'params': tower_params}, x, train=train, example_keys=example_keys,
+                            method=stage.method)
+
+  def apply_head(self, params: Params, combined: jax.Array) -> jax.Array:
+    """Adds the unsplit fc8 bias to the combined partial logits."""
+    with jax.named_scope('head'):
+      return combined.astype(jnp.float32) + params['head']['bias']
+
+  def param_count(self, params: Params) -> int:
+    return sum(int(a.size) for a in jax.tree.leaves(params))
+
+
+class TowerModule(nn.Module):
+  """Base for tower modules: ``trace_all_stages`` runs every stage once to create the parameters.
+
+  Each stage's input has the shape of the *combined* output of the previous stage, so for tracing the
+  tower's own output is repeated ``num_towers`` times along channels where the real network
+  concatenates the towers (shapes only: the values of an init pass do not matter).
+  """
+  STAGES: ClassVar[tuple[Stage, ...]] = ()
+  num_towers: int = 1
+
+  def trace_all_stages(self, x: jax.Array) -> jax.Array:
+    for stage in self.STAGES:
+      x = getattr(self, stage.method)(x, train=False, example_keys=None)
+      if stage.combine == 'concat':
+        x = jnp.concatenate([x] * self.num_towers, axis=-1)
+    return x

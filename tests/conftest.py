@@ -1,0 +1,16 @@
+"""Test set-up: four forced CPU host devices, so every layout runs on a laptop or in CI.
+
+The flag must be set before JAX initializes its backends, hence at import time of this file, which pytest
+loads before any test module.
+"""
+
+import os
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=4').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # noqa: E402  (after the flag, on purpose)
+
+NUM_DEVICES = 4
+assert jax.device_count() == NUM_DEVICES, jax.devices()

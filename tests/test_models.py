@@ -1,0 +1,164 @@
+"""The networks: exact shapes and parameter counts of the paper, LRN, init, dropout, registry."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from alexnet_jax import models
+from alexnet_jax.models import layers
+from alexnet_jax.models.alexnet import AlexNetTower
+
+PAPER_SHAPES = {  # per tower, Figure 2
+    'conv1': (11, 11, 3, 48), 'conv2': (5, 5, 48, 128), 'conv3': (3, 3, 256, 192),
+    'conv4': (3, 3, 192, 192), 'conv5': (3, 3, 192, 128), 'fc6': (9216, 2048),
+    'fc7': (4096, 2048), 'fc8': (2048, 1000)}
+
+
+def abstract_params(network, image_shape=(224, 224, 3)):
+  return jax.eval_shape(lambda k: network.init(k, image_shape), jax.random.key(0))
+
+
+@pytest.mark.parametrize('size', [224, 227])
+def test_alexnet_has_the_papers_parameter_count_and_shapes(size):
+  network = models.alexnet(1000)
+  params = abstract_params(network, (size, size, 3))
+  assert network.param_count(params) == 60_965_224
+  towers = params['towers']
+  for layer, shape in PAPER_SHAPES.items():
+    assert towers[layer]['kernel'].shape == (2, *shape), layer
+  assert 'bias' not in towers['fc8']
+  assert params['head']['bias'].shape == (1000,)
+
+
+def layer_outputs(image_size):
+  """Every conv/dense layer's output shape in one tower, via Flax's intermediates (no compute)."""
+  tower = AlexNetTower(num_classes=1000)
+  network = models.alexnet(1000)
+  params = abstract_params(network, (image_size, image_size, 3))
+  one_tower = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params['towers'])
+
+  def run(p):
+    _, state = tower.apply({'params': p}, jnp.zeros((1, image_size, image_size, 3)),
+                           method='trace_all_stages', capture_intermediates=True,
+                           mutable=['intermediates'])
+    return state['intermediates']
+
+  inter = jax.eval_shape(run, one_tower)
+  return {name: inter[name]['__call__'][0].shape[1:] for name in inter
+          if name.startswith(('conv', 'fc'))}
+
+
+@pytest.mark.parametrize('size', [224, 227])
+def test_neurons_per_layer_match_the_paper_except_its_conv1_erratum(size):
+  shapes = layer_outputs(size)
+  neurons = {name: 2 * int(np.prod(shape)) for name, shape in shapes.items()}  # both towers
+  assert shapes['conv1'] == (55, 55, 48)
+  # Section 3.5 lists 253,440-186,624-64,896-64,896-43,264-4096-4096-1000; the first is an erratum.
+  assert neurons['conv1'] == 290_400 != 253_440
+  assert [neurons[k] for k in ('conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7')] == [
+      186_624, 64_896, 64_896, 43_264, 4096, 4096]
+  assert shapes['fc8'] == (1000,)  # each tower's partial logits, summed across towers
+
+
+def test_one_weird_trick_network_matches_torchvision():
+  network = models.alexnet_owt(1000)
+  params = abstract_params(network)
+  assert network.param_count(params) == 61_100_840
+  assert network.num_towers == 1
+  assert params['towers']['conv2']['kernel'].shape == (1, 5, 5, 64, 192)
+
+
+def test_width_scales_channels_and_keeps_structure():
+  network = models.alexnet(10, width=0.25)
+  towers = abstract_params(network, (64, 64, 3))['towers']
+  assert towers['conv1']['kernel'].shape == (2, 11, 11, 3, 12)
+  assert towers['conv3']['kernel'].shape == (2, 3, 3, 64, 48)
+  assert towers['fc8']['kernel'].shape == (2, 512, 10)
+
+
+def reference_lrn(x, k, n, alpha, beta):
+  out = np.empty_like(x)
+  channels = x.shape[-1]
+  for c in range(channels):
+    lo, hi = max(0, c - n // 2), min(channels - 1, c + n // 2)
+    out[..., c] = x[..., c] / (k + alpha * np.sum(x[..., lo:hi + 1] ** 2, axis=-1)) ** beta
+  return out
+
+
+def test_lrn_follows_the_papers_formula_and_the_caffe_convention():
+  x = np.random.RandomState(0).normal(0, 30, (2, 3, 3, 7)).astype(np.float32)
+  paper = np.asarray(layers.local_response_norm(jnp.asarray(x)))
+  np.testing.assert_allclose(paper, reference_lrn(x, 2.0, 5, 1e-4, 0.75), rtol=1e-5)
+  caffe = np.asarray(layers.local_response_norm(jnp.asarray(x), convention='caffe'))
+  np.testing.assert_allclose(caffe, reference_lrn(x, 2.0, 5, 1e-4 / 5, 0.75), rtol=1e-5)
+  assert not np.allclose(paper, caffe)
+  np.testing.assert_array_equal(layers.local_response_norm(jnp.asarray(x), convention='none'), x)
+  with pytest.raises(ValueError, match='convention'):
+    layers.local_response_norm(jnp.asarray(x), convention='pytorch')
+
+
+def test_paper_init_weights_and_biases():
+  params = models.alexnet(1000).init(jax.random.key(0), (224, 224, 3))['towers']
+  for layer in PAPER_SHAPES:
+    assert abs(float(jnp.std(params[layer]['kernel'])) - 0.01) < 5e-4, layer
+  for layer in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7'):
+    np.testing.assert_array_equal(params[layer]['bias'], 1.0)
+  for layer in ('conv1', 'conv3'):
+    np.testing.assert_array_equal(params[layer]['bias'], 0.0)
+  small = models.alexnet(10, width=0.125, bias_init='small').init(jax.random.key(0), (64, 64, 3))
+  np.testing.assert_array_equal(small['towers']['fc6']['bias'], np.float32(0.1))
+
+
+def test_towers_are_initialized_independently():
+  params = models.alexnet(10, width=0.125).init(jax.random.key(0), (64, 64, 3))['towers']
+  kernel = params['conv1']['kernel']
+  assert not np.allclose(kernel[0], kernel[1])
+
+
+def test_dropout_masks_are_per_example_and_independent_of_batch_split():
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(3), i))(jnp.arange(8))
+  x = jnp.ones((8, 1000))
+  whole = layers.dropout(x, 0.5, keys, layer=6)
+  halves = jnp.concatenate([layers.dropout(x[:4], 0.5, keys[:4], layer=6),
+                            layers.dropout(x[4:], 0.5, keys[4:], layer=6)])
+  np.testing.assert_array_equal(whole, halves)
+  assert set(np.unique(np.asarray(whole))) == {0.0, 2.0}
+  assert 0.45 < float(jnp.mean(whole == 0)) < 0.55
+  assert not np.array_equal(whole[0], whole[1])
+  assert not np.array_equal(whole, layers.dropout(x, 0.5, keys, layer=7))
+  np.testing.assert_array_equal(layers.dropout(x, 0.5, None, layer=6), x)
+
+
+def test_convnet_padding_gives_55_on_224_and_none_on_227():
+  assert layers.convnet_padding(224, 11, 4) == (0, 3)
+  assert layers.convnet_padding(227, 11, 4) == (0, 0)
+
+
+def test_registry_builds_by_name_and_rejects_unknown_names():
+  config = ml_collections.ConfigDict(dict(name='alexnet_owt', width=0.5, dropout=0.5, lrn='paper',
+                                          bias_init='paper', dtype='bfloat16'))
+  network = models.build(config, 7)
+  assert network.name == 'alexnet_owt' and network.num_classes == 7
+  config.name = 'vgg16'
+  with pytest.raises(ValueError, match='model.name'):
+    models.build(config, 7)
+
+
+def test_model_code_never_mentions_devices():
+  import inspect
+  for module in (models.alexnet, models.alexnet_owt):
+    source = inspect.getsource(inspect.getmodule(module))
+    code = source.split('"""', 2)[2]  # after the module docstring
+    for word in ('shard_map', 'Mesh', 'jax.devices', 'PartitionSpec', 'device_put'):
+      assert word not in code, (module, word)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  network = models.alexnet(10, width=0.125, dtype=jnp.bfloat16)
+  params = network.init(jax.random.key(0), (64, 64, 3))
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(params))
+  from alexnet_jax.parallel.forward import run_local_towers
+  logits = run_local_towers(network, params, jnp.ones((2, 64, 64, 3)), None, train=False)
+  assert logits.dtype == jnp.float32 and logits.shape == (2, 10)
