@@ -30,6 +30,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.5
   c.model.lrn = 'paper'           # paper: k + alpha*sum(a^2); caffe: k + alpha/n*sum(a^2); none
   c.model.bias_init = 'paper'     # paper: 1 in conv2/4/5, fc6/7 and 0 elsewhere; 'small': 0.1 instead of 1
+  c.model.weight_init = 'paper'   # paper: N(0, 0.01^2); he: Kaiming-normal (for narrow copies)
   c.model.dtype = 'float32'       # compute dtype: float32 | bfloat16 (parameters stay float32)
 
   # ---- Data (DIGITS' "New Image Classification Dataset") ---------------------------------------------

@@ -13,7 +13,7 @@ from alexnet_jax import models
 from alexnet_jax.parallel import compare, layouts, step as step_lib
 
 BATCH, SIZE = 8, 67
-LAYOUTS = ('single', 'model', 'data', 'hybrid')
+LAYOUTS = ('single', 'model', 'data', 'hybrid', 'weird_trick', 'auto')
 
 
 @pytest.fixture(scope='module')
@@ -55,6 +55,8 @@ def test_model_layout_holds_half_the_parameters_per_device(runs):
   assert model == (single - head) // 2 + head
   assert runs['data'].param_bytes_per_device == single
   assert runs['hybrid'].param_bytes_per_device == model
+  # weird_trick: the convolutions are copied, the fully-connected layers split four ways.
+  assert runs['weird_trick'].param_bytes_per_device < model
 
 
 def three_steps(network, name):
@@ -90,7 +92,7 @@ def test_optimizer_steps_agree_and_never_recompile(stepped, name):
   assert compare.max_rel_diff(params, ref_params) < 1e-5
   # Tower parameters stay split along 'model' where the layout says so, after the update too.
   kernel = state.params['towers']['conv1']['kernel']
-  expected = 'model' if name in ('model', 'hybrid') else None
+  expected = 'model' if name in ('model', 'hybrid', 'auto') else None
   assert kernel.sharding.spec[0] == expected
 
 
@@ -104,8 +106,9 @@ def test_parameters_are_initialized_identically_in_every_layout(network):
   jax.tree.map(np.testing.assert_array_equal, values[0], values[1])
 
 
-def test_ten_crop_eval_matches_averaging_crops_by_hand(network):
-  layout = layouts.resolve('model', network)
+@pytest.mark.parametrize('name', ['model', 'hybrid'])
+def test_ten_crop_eval_matches_averaging_crops_by_hand(network, name):
+  layout = layouts.resolve(name, network)
   mesh = layout.make_mesh()
   state = step_lib.create_train_state(network, layout, mesh, optax.sgd(0.1), seed=0,
                                       image_shape=(SIZE, SIZE, 3))
@@ -135,9 +138,26 @@ def test_one_tower_network_cannot_use_the_tower_layouts():
     layouts.resolve('model', models.alexnet_owt(10))
 
 
-def test_data_layout_runs_the_one_tower_network(runs):
-  network = models.alexnet_owt(10, width=0.125)
-  single = compare.run_layout(network, 'single', batch=BATCH, image_size=SIZE)
-  data = compare.run_layout(network, 'data', batch=BATCH, image_size=SIZE)
-  np.testing.assert_allclose(data.logits, single.logits, atol=1e-5, rtol=1e-5)
-  assert compare.max_rel_diff(data.grads, single.grads) < 1e-5
+@pytest.fixture(scope='module')
+def owt_runs():
+  network = models.alexnet_owt(8, width=0.125)
+  return {name: compare.run_layout(network, name, batch=BATCH, image_size=SIZE)
+          for name in ('single', 'data', 'weird_trick', 'auto')}
+
+
+@pytest.mark.parametrize('name', ['data', 'weird_trick', 'auto'])
+def test_one_tower_network_layouts_match_single(owt_runs, name):
+  single, run = owt_runs['single'], owt_runs[name]
+  np.testing.assert_allclose(run.logits, single.logits, atol=1e-5, rtol=1e-5)
+  assert compare.max_rel_diff(run.grads, single.grads) < 1e-5
+
+
+@pytest.mark.parametrize('network_runs', ['runs', 'owt_runs'])
+def test_weird_trick_reduces_conv_gradients_and_never_fc_weights(network_runs, request):
+  """Krizhevsky 2014: convolutions data-parallel (their gradients all-reduced over every worker),
+  fully-connected layers model-parallel (their weight gradients stay where the weights are)."""
+  run = request.getfixturevalue(network_runs)['weird_trick']
+  update = {c.layer for c in run.collectives if c.pass_ == 'update' and c.op == 'all-reduce'}
+  assert {'conv1', 'conv2', 'conv3', 'conv4', 'conv5'} <= update
+  assert not {'fc6', 'fc7'} & update
+  assert {c.axis for c in run.collectives} == {'model'}  # one axis of N workers

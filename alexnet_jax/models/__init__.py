@@ -35,6 +35,7 @@ def build(model_config: ml_collections.ConfigDict, num_classes: int) -> TowerNet
     raise ValueError(f'--config.model.width must be positive, got {model_config.width}')
   return REGISTRY[name](num_classes, width=model_config.width, dropout=model_config.dropout,
                         lrn=model_config.lrn, bias_init=model_config.bias_init,
+                        weight_init=model_config.get('weight_init', 'paper'),
                         dtype=DTYPES[model_config.dtype])
 
 

@@ -40,7 +40,8 @@ not 253,440 -- a known erratum of the paper (tests/test_models.py checks the tru
 
 Initialization follows section 5: weights ~ N(0, 0.01^2); biases 1 in conv2, conv4, conv5, fc6, fc7 (to
 give the ReLUs positive inputs early on) and 0 in the other layers. ``bias_init='small'`` uses 0.1 instead
-of 1, the common fallback when a bias of 1 stalls the start.
+of 1, the common fallback when a bias of 1 stalls the start; ``weight_init='he'`` replaces N(0, 0.01^2)
+by Kaiming-normal weights, which narrow copies of the network (the CPU demo) need to train at all.
 
 ``width`` scales every layer's channels (and the fully-connected widths), so tests and the CPU demo run a
 narrow copy of the same code. This module never mentions devices: how the towers map onto devices is the
@@ -59,6 +60,15 @@ from alexnet_jax.models.towers import Stage, TowerModule, TowerNetwork
 # Channels of each layer in the whole network (both towers), Figure 2.
 PAPER_CHANNELS = {'conv1': 96, 'conv2': 256, 'conv3': 384, 'conv4': 384, 'conv5': 256,
                   'fc6': 4096, 'fc7': 4096}
+# Section 5: weights ~ N(0, 0.01^2). 'he' (Kaiming-normal, fan-in) is offered for narrow copies of the
+# network, where a fixed 0.01 shrinks the signal through eight layers until training stalls.
+# He et al. assume unit-variance inputs; the network reads pixels on the paper's 0..255 scale (minus the
+# mean, std ~ 64), so 'he' divides conv1's variance by 64^2 to start every layer near unit variance.
+PIXEL_STD = 64.0
+WEIGHT_INITS = {'paper': nn.initializers.normal(stddev=0.01),
+                'he': nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')}
+FIRST_LAYER_INITS = {'paper': WEIGHT_INITS['paper'],
+                     'he': nn.initializers.variance_scaling(2.0 / PIXEL_STD**2, 'fan_in', 'normal')}
 # Section 5: biases of 1 in these layers, 0 elsewhere.
 ONE_BIAS_LAYERS = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
 
@@ -84,10 +94,13 @@ class AlexNetTower(TowerModule):
   dropout_rate: float = 0.5
   lrn: str = 'paper'
   bias_init: str = 'paper'
+  weight_init: str = 'paper'
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    weight_init = nn.initializers.normal(stddev=0.01)
+    if self.weight_init not in WEIGHT_INITS:
+      raise ValueError(f'weight_init must be one of {sorted(WEIGHT_INITS)}, got {self.weight_init!r}')
+    weight_init = WEIGHT_INITS[self.weight_init]
     one = 0.1 if self.bias_init == 'small' else 1.0
     if self.bias_init not in ('paper', 'small'):
       raise ValueError(f"bias_init must be 'paper' or 'small', got {self.bias_init!r}")
@@ -99,8 +112,9 @@ class AlexNetTower(TowerModule):
       return nn.initializers.constant(one if name in ONE_BIAS_LAYERS else 0.0)
 
     def conv(name, kernel, stride=1, padding='SAME'):
+      init = FIRST_LAYER_INITS[self.weight_init] if name == 'conv1' else weight_init
       return nn.Conv(ch(name), (kernel, kernel), strides=stride, padding=padding, name=name,
-                     kernel_init=weight_init, bias_init=bias(name), dtype=self.dtype)
+                     kernel_init=init, bias_init=bias(name), dtype=self.dtype)
 
     def dense(name, features):
       return nn.Dense(features, name=name, kernel_init=weight_init, bias_init=bias(name),
@@ -149,9 +163,9 @@ class AlexNetTower(TowerModule):
 
 
 def alexnet(num_classes: int = 1000, *, width: float = 1.0, dropout: float = 0.5, lrn: str = 'paper',
-            bias_init: str = 'paper', dtype=jnp.float32) -> TowerNetwork:
+            bias_init: str = 'paper', weight_init: str = 'paper', dtype=jnp.float32) -> TowerNetwork:
   """The 2012 network as two towers (see the module docstring)."""
   tower = AlexNetTower(num_towers=2, num_classes=num_classes, width=width, dropout_rate=dropout,
-                       lrn=lrn, bias_init=bias_init, dtype=dtype)
+                       lrn=lrn, bias_init=bias_init, weight_init=weight_init, dtype=dtype)
   return TowerNetwork('alexnet', tower, STAGES, num_towers=2, num_classes=num_classes)
 

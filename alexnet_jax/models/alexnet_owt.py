@@ -88,7 +88,7 @@ def alexnet_owt(num_classes: int = 1000, *, width: float = 1.0, dropout: float =
                 dtype=jnp.float32, **unused) -> TowerNetwork:
   """The one-tower network of "One weird trick" (see the module docstring).
 
-  ``lrn`` and ``bias_init`` are accepted and ignored (the network has no LRN and uses PyTorch's init),
+  ``lrn``, ``bias_init`` and ``weight_init`` are accepted and ignored (the network has no LRN and uses PyTorch's init),
   so one model config can name either network.
   """
   del unused

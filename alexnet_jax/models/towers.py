@@ -68,6 +68,21 @@ class TowerNetwork:
     return self.tower.apply({'params': tower_params}, x, train=train, example_keys=example_keys,
                             method=stage.method)
 
+  def apply_stage_capturing(self, index: int, tower_params: Params,
+                            x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``apply_stage`` without dropout, also returning each layer's output (``{'conv1': ...}``).
+
+    The outputs are those of the Flax submodules (convolutions and dense layers, before their ReLU),
+    captured with Flax's ``capture_intermediates``: what the visualizations draw.
+    """
+    stage = self.stages[index]
+    y, state = self.tower.apply({'params': tower_params}, x, train=False, example_keys=None,
+                                method=stage.method, capture_intermediates=True,
+                                mutable=['intermediates'])
+    captured = state['intermediates']
+    return y, {name: value['__call__'][0] for name, value in captured.items()
+               if isinstance(value, dict) and '__call__' in value}
+
   def apply_head(self, params: Params, combined: jax.Array) -> jax.Array:
     """Adds the unsplit fc8 bias to the combined partial logits."""
     with jax.named_scope('head'):

@@ -25,6 +25,7 @@ import dataclasses
 import math
 import re
 
+import jax
 import numpy as np
 from jax.sharding import Mesh
 
@@ -122,9 +123,17 @@ def _axis_of(groups, mesh: Mesh) -> str:
   return 'other'
 
 
-def _attribute(op_name: str) -> tuple[str, str]:
-  """(layer, pass) from an HLO op_name."""
+def _attribute(op_name: str, is_param: bool | None = None) -> tuple[str, str]:
+  """(layer, pass) from an HLO op_name (and, when known, whether the buffer is parameter-shaped).
+
+  Collectives that XLA's partitioner inserts (compiler-partitioned layouts) carry the op_name of a
+  nearby operation, not of an exchange; there ``is_param`` -- the buffer has the shape of a parameter
+  or of its shard -- tells a gradient reduction (update) from an activation exchange.
+  """
   backward = 'transpose(' in op_name
+  if is_param is False and not re.search(r'exchange_|/metrics|loss', op_name):
+    m = _LAYER.search(op_name)
+    return (m[1] if m else 'other'), 'backward' if backward else 'forward'
   m = re.search(r'exchange_(\w+)', op_name)
   if m:
     return m[1], 'backward' if backward else 'forward'
@@ -140,8 +149,13 @@ def _attribute(op_name: str) -> tuple[str, str]:
   return 'other', 'backward' if backward else 'forward'
 
 
-def census(hlo_text: str, mesh: Mesh) -> list[Collective]:
-  """Every non-trivial collective of a compiled program (``compiled.as_text()``) on ``mesh``."""
+def census(hlo_text: str, mesh: Mesh, param_shapes: set[tuple[int, ...]] | None = None
+           ) -> list[Collective]:
+  """Every non-trivial collective of a compiled program (``compiled.as_text()``) on ``mesh``.
+
+  ``param_shapes`` (the shapes of parameters, per tower and per device shard) sharpens the attribution
+  of compiler-inserted collectives (see ``_attribute``).
+  """
   lines = hlo_text.splitlines()
   gtes = collections.defaultdict(dict)
   for line in lines:
@@ -168,7 +182,8 @@ def census(hlo_text: str, mesh: Mesh) -> list[Collective]:
       nbytes = _nbytes(dtype, dims)
       if m['op'] == 'all-gather':
         nbytes //= group_size
-      layer, pass_ = _attribute(op_name)
+      is_param = None if param_shapes is None else tuple(d for d in dims if d != 1) in param_shapes
+      layer, pass_ = _attribute(op_name, is_param)
       shape = f'{dtype}[{",".join(map(str, dims))}]'
       out.append(Collective(m['op'], nbytes, layer, axis, pass_, shape, m['name']))
   return out
@@ -180,3 +195,18 @@ def summarize(collectives: list[Collective]) -> dict[tuple[str, str, str], int]:
   for c in collectives:
     totals[(c.pass_, c.layer, c.op)] += c.bytes
   return dict(totals)
+
+
+def parameter_shapes(params) -> set[tuple[int, ...]]:
+  """Shapes a parameter's buffer can take in a compiled step: whole, per tower, per device shard
+  (size-1 dimensions dropped, since XLA's buffers drop or add them freely)."""
+  shapes = set()
+  for a in jax.tree.leaves(params):
+    candidates = [a.shape, a.shape[1:]]
+    sharding = getattr(a, 'sharding', None)
+    if sharding is not None:
+      shard = sharding.shard_shape(a.shape)
+      candidates += [shard, shard[1:]]
+    for shape in candidates:
+      shapes.add(tuple(d for d in shape if d != 1))
+  return shapes

@@ -93,7 +93,10 @@ def run_layout(network: TowerNetwork, name: str, *, batch: int, image_size: int,
         lambda p: loss_fn(p, x, y, rng), has_aux=True))(state.params)
     compiled = train_step.jitted.lower(state, {'image': x, 'label': y}).compile()
   return LayoutRun(layout=layout,
-                   collectives=census_lib.census(compiled.as_text(), mesh),
+                   collectives=census_lib.census(
+                       compiled.as_text(), mesh,
+                       census_lib.parameter_shapes(state.params)
+                       if layout.compiler_partitioned else None),
                    param_count=network.param_count(state.params),
                    param_bytes_per_device=per_device_bytes(state.params),
                    loss=float(loss), logits=np.asarray(logits),

@@ -29,7 +29,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from alexnet_jax.models import TowerNetwork
 from alexnet_jax.parallel.layouts import Layout
@@ -53,8 +53,12 @@ def _tower_slice(tree, t: int):
 
 
 def run_local_towers(network: TowerNetwork, params, images: jax.Array, rng: jax.Array | None, *,
-                     train: bool, example_offset=0) -> jax.Array:
-  """All towers in this program, one after another; combines are concatenates and sums."""
+                     train: bool, example_offset=0, after_combine=None) -> jax.Array:
+  """All towers in this program, one after another; combines are concatenates and sums.
+
+  ``after_combine(stage, x)``, if given, may annotate the combined activations (the compiler-partitioned
+  layouts use it to say where the batch is gathered).
+  """
   x = images
   towers = range(network.num_towers)
   keys = [None if rng is None else example_keys(rng, t, example_offset, images.shape[0])
@@ -64,7 +68,28 @@ def run_local_towers(network: TowerNetwork, params, images: jax.Array, rng: jax.
                                 example_keys=keys[t]) for t in towers]
     with jax.named_scope(exchange_scope(stage.feeds)):
       x = jnp.concatenate(outs, axis=-1) if stage.combine == 'concat' else sum(outs[1:], outs[0])
+      if after_combine is not None:
+        x = after_combine(stage, x)
   return network.apply_head(params, x)
+
+
+def layer_activations(network: TowerNetwork, params, images: jax.Array
+                      ) -> tuple[jax.Array, dict[str, list[jax.Array]]]:
+  """(logits, {layer: [output of tower 0, tower 1, ...]}) on one device, without dropout.
+
+  The same stages and combines as ``run_local_towers``; used by the visualizations.
+  """
+  x = images
+  activations: dict[str, list[jax.Array]] = {}
+  for i, stage in enumerate(network.stages):
+    outs = []
+    for t in range(network.num_towers):
+      y, captured = network.apply_stage_capturing(i, _tower_slice(params['towers'], t), x)
+      outs.append(y)
+      for name, value in captured.items():
+        activations.setdefault(name, []).append(value)
+    x = jnp.concatenate(outs, axis=-1) if stage.combine == 'concat' else sum(outs[1:], outs[0])
+  return network.apply_head(params, x), activations
 
 
 def run_tower_per_device(network: TowerNetwork, params, images: jax.Array, rng: jax.Array | None, *,
@@ -94,6 +119,8 @@ def make_forward(network: TowerNetwork, layout: Layout, mesh: Mesh) -> Callable:
     def forward(params, images, rng, train):
       return run_local_towers(network, params, images, rng, train=train)
     return forward
+  if layout.compiler_partitioned:
+    return _make_annotated_forward(network, layout, mesh)
 
   run = run_tower_per_device if layout.towers_on_model_axis else run_local_towers
   param_specs = layout.param_specs()
@@ -111,5 +138,33 @@ def make_forward(network: TowerNetwork, layout: Layout, mesh: Mesh) -> Callable:
     fn = jax.shard_map(lambda p, x, k: body(p, x, k, train), mesh=mesh,
                        in_specs=(param_specs, P(DATA_AXIS), P()), out_specs=P(DATA_AXIS))
     return fn(params, images, rng)
+
+  return forward
+
+
+def _make_annotated_forward(network: TowerNetwork, layout: Layout, mesh: Mesh) -> Callable:
+  """The one-program forward pass, with sharding annotations instead of explicit collectives.
+
+  ``auto``: only the inputs are annotated (parameters by their shardings, the batch along 'data');
+  XLA's partitioner propagates them and inserts whatever communication it finds best.
+
+  ``weird_trick`` (Krizhevsky 2014): the batch is split over all devices for the convolutions, and the
+  features entering fc6 are constrained to be *replicated* -- every worker gathers the whole batch's
+  conv features -- while the fully-connected parameters are split by output units
+  (``Layout.param_shardings``), so each worker computes its slice of every fc layer for the whole batch.
+  """
+  batch = layout.batch_sharding(mesh)
+  replicated = NamedSharding(mesh, P())
+
+  def gather_before_classifier(stage, x):
+    if layout.name == 'weird_trick' and stage.feeds == 'fc6':
+      return jax.lax.with_sharding_constraint(x, replicated)
+    return x
+
+  def forward(params, images, rng, train):
+    images = jax.lax.with_sharding_constraint(images, batch)
+    logits = run_local_towers(network, params, images, rng, train=train,
+                              after_combine=gather_before_classifier)
+    return jax.lax.with_sharding_constraint(logits, batch)
 
   return forward

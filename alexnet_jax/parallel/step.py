@@ -46,7 +46,8 @@ def create_train_state(network: TowerNetwork, layout: Layout, mesh: Mesh,
   shardings = layout.param_shardings(mesh, shapes)
   with jax.set_mesh(mesh):
     params = jax.jit(lambda k: network.init(k, image_shape), out_shardings=shardings)(init_key)
-    opt_state = jax.jit(tx.init)(params)
+    opt_shardings = optimizer_shardings(jax.eval_shape(tx.init, params), shardings, mesh)
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(mesh, P()))
     rng = jax.device_put(jax.random.key_data(train_key), NamedSharding(mesh, P(None)))
   return TrainState(step=step, params=params, opt_state=opt_state, rng=rng)
@@ -65,11 +66,33 @@ def abstract_train_state(network: TowerNetwork, layout: Layout, mesh: Mesh,
   params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         shapes, shardings)
   with jax.set_mesh(mesh):
-    opt_state = jax.eval_shape(tx.init, params)
+    opt_shapes = jax.eval_shape(tx.init, params)
+  opt_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                           opt_shapes, optimizer_shardings(opt_shapes, shardings, mesh))
   return TrainState(
       step=jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P())),
       params=params, opt_state=opt_state,
       rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, P(None))))
+
+
+def optimizer_shardings(opt_shapes, param_shardings, mesh: Mesh):
+  """Shardings for an optimizer state: a leaf that mirrors a parameter (momentum, Adam moments...)
+  is placed like that parameter, everything else (step counts, learning rates) is replicated.
+
+  A leaf mirrors a parameter when its tree path ends with the parameter's path and the shapes agree,
+  which holds for every optax state built from the parameter tree.
+  """
+  by_path = {jax.tree_util.keystr(path): sharding for path, sharding in
+             jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
+
+  def place(path, leaf):
+    name = jax.tree_util.keystr(path)
+    for suffix, sharding in by_path.items():
+      if name.endswith(suffix) and len(sharding.spec) <= len(leaf.shape):
+        return sharding
+    return NamedSharding(mesh, P(*([None] * len(leaf.shape))))
+
+  return jax.tree_util.tree_map_with_path(place, opt_shapes)
 
 
 def state_shardings(state: TrainState) -> TrainState:
@@ -116,7 +139,14 @@ def make_train_step(network: TowerNetwork, layout: Layout, mesh: Mesh,
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 
-  jitted = jax.jit(train_step, donate_argnums=(0,) if donate else ())
+  donate_argnums = (0,) if donate else ()
+  if layout.compiler_partitioned:
+    # XLA chooses output shardings freely here; pin the new state to the old one's placement so the
+    # next step hits the same compilation (and the census/benchmarks see the intended layout).
+    shardings = state_shardings_for(network, layout, mesh, tx)
+    jitted = jax.jit(train_step, donate_argnums=donate_argnums, out_shardings=(shardings, None))
+  else:
+    jitted = jax.jit(train_step, donate_argnums=donate_argnums)
 
   def step(state, batch):
     with jax.set_mesh(mesh):
@@ -124,6 +154,18 @@ def make_train_step(network: TowerNetwork, layout: Layout, mesh: Mesh,
 
   step.jitted = jitted
   return step
+
+
+def state_shardings_for(network: TowerNetwork, layout: Layout, mesh: Mesh,
+                        tx: optax.GradientTransformation) -> TrainState:
+  """The sharding of every leaf of the train state in ``layout`` (from a 1-pixel-free shape trace)."""
+  return jax.tree.map(lambda a: a.sharding, _abstract_for_shardings(network, layout, mesh, tx))
+
+
+def _abstract_for_shardings(network, layout, mesh, tx):
+  # Parameter *shapes* depend on the image size only through fc6's input; the shardings do not. A
+  # small image gives the same tree and specs cheaply.
+  return abstract_train_state(network, layout, mesh, tx, image_shape=(67, 67, 3))
 
 
 def make_eval_step(network: TowerNetwork, layout: Layout, mesh: Mesh) -> Callable:
@@ -136,10 +178,14 @@ def make_eval_step(network: TowerNetwork, layout: Layout, mesh: Mesh) -> Callabl
 
   def eval_step(params, images):
     if images.ndim == 5:
+      # Image-major [B * 10, ...]: each device keeps its own images' crops (no data moves).
       b, n = images.shape[:2]
-      crops = jnp.swapaxes(images, 0, 1).reshape(n * b, *images.shape[2:])  # crop-major: B stays split
-      probs = jax.nn.softmax(forward(params, crops, None, False), axis=-1).reshape(n, b, -1)
-      return jnp.log(jnp.mean(probs, axis=0))
+      batch_spec = P(jax.typeof(images).sharding.spec[0])
+      crops = jnp.reshape(images, (b * n, *images.shape[2:]), out_sharding=batch_spec)
+      logits = forward(params, crops, None, False)
+      probs = jnp.reshape(jax.nn.softmax(logits, axis=-1), (b, n, -1),
+                          out_sharding=P(*batch_spec, None, None))
+      return jnp.log(jnp.mean(probs, axis=1))
     return forward(params, images, None, False)
 
   jitted = jax.jit(eval_step)

@@ -1,0 +1,40 @@
+"""What every ``python -m alexnet_jax.<tool>`` shares: user errors end the program with one clear line.
+
+A wrong flag, a missing file or an unusable dataset is the user's to fix, not a bug: it is reported as
+``error: <message>`` on stderr with exit status 2, without a traceback. Anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import sys
+from typing import Callable
+
+from absl import app
+from absl import logging
+
+# Libraries whose INFO lines (dozens per checkpoint) would bury the run's own progress lines.
+QUIET_LIBRARIES = ('/orbax/', '/grain/', '/etils/')
+
+
+class _QuietLibraries(std_logging.Filter):
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(
+        part in record.pathname for part in QUIET_LIBRARIES)
+
+USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError,
+               FloatingPointError, KeyError)
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """``absl.app.run(main)``, with user errors printed as one line and exit status 2."""
+  def wrapped(argv):
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    try:
+      main(argv)
+    except USER_ERRORS as e:
+      message = e.args[0] if isinstance(e, KeyError) and e.args else e
+      print(f'error: {message}', file=sys.stderr)
+      sys.exit(2)
+  app.run(wrapped)

@@ -1,0 +1,127 @@
+"""The preprocessing contract between training, evaluation and classification.
+
+A trained network is only meaningful with the exact preprocessing it was trained with: the resize mode and
+size, the crop size, the channels and the mean that was subtracted. `PreprocessContract` holds them;
+`save` writes them into a workdir (`preprocess.json` + `mean.npy`) and `load` reads them back, so that
+`classify` months later preprocesses exactly as `evaluate` did.
+
+`preprocess_for_eval` is *the* evaluation preprocessing: the evaluation pipeline calls it for every record
+and classification calls it for every image, so the two can never disagree. It decodes (DIGITS' mode rules,
+EXIF orientation, draft decoding), resizes with DIGITS' `resize_image` (fill noise from the fixed seed
+`EVAL_NOISE_SEED`, so the same file always gives the same input), then takes the centre crop -- or the
+paper's 10 crops -- and subtracts the mean at the crop's position (Caffe's order: mean first, then mirror).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from alexnet_jax.data import errors
+from alexnet_jax.data import loading
+from alexnet_jax.data import resize as resize_lib
+from alexnet_jax.data import transforms
+
+CONTRACT_FILE = 'preprocess.json'
+MEAN_FILE = 'mean.npy'
+LABELS_FILE = 'labels.txt'
+EVAL_NOISE_SEED = 0
+VERSION = 1
+
+
+@dataclasses.dataclass
+class PreprocessContract:
+  """What a network expects of its input (see the module docstring).
+
+  Attributes:
+    image_size: the square size images are resized to (DIGITS' image size), before cropping.
+    crop_size: the network's input size.
+    resize_mode: squash | crop | fill | half_crop.
+    channels: 1 or 3.
+    mean_mode: image | pixel | none.
+    mean_image: float32 [image_size, image_size, channels], the training split's mean image.
+    draft: whether draft (reduced-size) JPEG decoding is allowed.
+  """
+  image_size: int
+  crop_size: int
+  resize_mode: str
+  channels: int
+  mean_mode: str
+  mean_image: np.ndarray
+  draft: bool = True
+
+  def __post_init__(self):
+    if self.resize_mode not in resize_lib.RESIZE_MODES:
+      raise errors.DataError(f'resize_mode={self.resize_mode!r}: expected one of {resize_lib.RESIZE_MODES}')
+    if self.channels not in (1, 3):
+      raise errors.DataError(f'channels={self.channels}: expected 1 or 3')
+    if self.mean_mode not in transforms.MEAN_MODES:
+      raise errors.DataError(f'mean={self.mean_mode!r}: expected one of {transforms.MEAN_MODES}')
+    if not 0 < self.crop_size <= self.image_size:
+      raise errors.DataError(f'crop_size={self.crop_size} must be in 1..image_size={self.image_size}')
+    self.mean_image = np.asarray(self.mean_image, np.float32)
+    want = (self.image_size, self.image_size, self.channels)
+    if self.mean_image.shape != want:
+      raise errors.DataError(f'mean image of shape {self.mean_image.shape}, expected {want}')
+    self.mean = transforms.mean_for_mode(self.mean_image, self.mean_mode)
+    self.subtract = transforms.MeanSubtractor(self.mean)
+
+  def to_json(self) -> dict[str, Any]:
+    return {'version': VERSION, 'image_size': self.image_size, 'crop_size': self.crop_size,
+            'resize_mode': self.resize_mode, 'channels': self.channels, 'mean': self.mean_mode,
+            'mean_file': MEAN_FILE, 'draft': self.draft, 'scale': '0..255, mean subtracted',
+            'layout': 'HWC, RGB'}
+
+  def save(self, directory: str, extra: dict[str, Any] | None = None) -> None:
+    """Writes `preprocess.json` (plus `extra` keys) and `mean.npy` into `directory`."""
+    os.makedirs(directory, exist_ok=True)
+    np.save(os.path.join(directory, MEAN_FILE), self.mean_image)
+    data = dict(self.to_json(), **(extra or {}))
+    tmp = os.path.join(directory, CONTRACT_FILE + '.tmp')
+    with open(tmp, 'w', encoding='utf-8') as f:
+      json.dump(data, f, indent=2)
+    os.replace(tmp, os.path.join(directory, CONTRACT_FILE))
+
+  @classmethod
+  def load(cls, directory: str) -> 'PreprocessContract':
+    """Reads what `save` wrote."""
+    path = os.path.join(directory, CONTRACT_FILE)
+    try:
+      with open(path, encoding='utf-8') as f:
+        d = json.load(f)
+      mean = np.load(os.path.join(directory, d.get('mean_file', MEAN_FILE)))
+    except (OSError, ValueError, KeyError) as e:
+      raise errors.DataError(f'cannot read the preprocessing contract in {directory!r}: {e}') from None
+    return cls(int(d['image_size']), int(d['crop_size']), d['resize_mode'], int(d['channels']), d['mean'],
+               mean, bool(d.get('draft', True)))
+
+
+def load_contract(directory: str) -> PreprocessContract:
+  return PreprocessContract.load(directory)
+
+
+def preprocess_for_eval(image, contract: PreprocessContract | str | os.PathLike,
+                        ten_crop: bool = False) -> np.ndarray:
+  """The evaluation/classification input of one image.
+
+  Args:
+    image: a Pillow image, a file path, encoded bytes, or a uint8 array (HxW or HxWxC).
+    contract: a `PreprocessContract`, or a directory holding one (a workdir or a model bundle).
+    ten_crop: False: the centre crop; True: the paper's 10 crops (TL, TR, BL, BR, centre, then mirrored).
+
+  Returns:
+    float32 [crop, crop, C], or [10, crop, crop, C]; 0..255 scale minus the mean.
+
+  Raises:
+    DecodeError: the image cannot be decoded.
+  """
+  if not isinstance(contract, PreprocessContract):
+    contract = PreprocessContract.load(os.fspath(contract))
+  resized = loading.load_resized(
+      image, image_size=contract.image_size, resize_mode=contract.resize_mode, channels=contract.channels,
+      noise_rng=np.random.default_rng(EVAL_NOISE_SEED), exact=True, draft=contract.draft)
+  return transforms.crops_from_resized(resized, contract.subtract, contract.crop_size, ten_crop)

@@ -1,0 +1,211 @@
+"""End-to-end training on generated JPEG folders: outputs, exact resume, config checks, NaN stop."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpoints, evaluate, metrics_writer, train
+from alexnet_jax.data import synthetic
+from experiments import demo
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(source, **overrides):
+  """The demo experiment at a size that trains in seconds: 3 classes, width 1/8, 64x64 crops."""
+  c = demo.get_config()
+  c.data.source = str(source)
+  c.model.width = 0.125
+  c.data.image_size = 72
+  c.data.crop_size = 64
+  c.data.num_threads = 1
+  c.batch_size = 4
+  c.num_epochs = 3
+  c.val_interval = 1.0
+  c.snapshot_interval = 1.0
+  c.log_every_steps = 2
+  c.learning_rate = 0.01
+  for key, value in overrides.items():
+    target = c
+    *path, leaf = key.split('.')
+    for part in path:
+      target = target[part]
+    target[leaf] = value
+  return c
+
+
+def overrides_as_flags(**overrides):
+  return [f'--config.{k}={v}' for k, v in overrides.items()]
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+  root = tmp_path_factory.mktemp('images')
+  synthetic.make_image_folder(str(root), num_classes=3, per_class=8, seed=1)
+  return root
+
+
+@pytest.fixture(scope='module')
+def finished_run(folder, tmp_path_factory):
+  """An uninterrupted 3-epoch run in the paper's layout; other tests compare against it."""
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  results = train.train_and_evaluate(tiny_config(folder), str(workdir))
+  return workdir, results
+
+
+def comparable(records):
+  """Metric records without the wall-clock fields, which no two runs share."""
+  return [{k: v for k, v in r.items() if k != 'images_per_sec'} for r in records]
+
+
+def final_params(workdir):
+  with checkpoints.Checkpointer(workdir) as ckpt:
+    state, _ = ckpt.restore(ckpt.latest_step())
+  return jax.tree.map(np.asarray, state['params'])
+
+
+def test_training_writes_everything_a_run_needs(finished_run):
+  workdir, results = finished_run
+  steps_per_epoch = 18 // 4  # 24 images, 25% validation, batch 4
+  assert results['step'] == 3 * steps_per_epoch
+  for name in ('config.json', 'labels.txt', 'mean.npy', 'preprocess.json', 'metrics.jsonl',
+               'plots/curves.png'):
+    assert (workdir / name).exists(), name
+  assert os.listdir(workdir / 'tensorboard')
+  config = json.loads((workdir / 'config.json').read_text())
+  assert config['layout'] == 'model' and config['model']['width'] == 0.125
+  records = metrics_writer.read_metrics(workdir)
+  train_records = [r for r in records if r['split'] == 'train']
+  val_records = [r for r in records if r['split'] == 'val']
+  assert [r['step'] for r in val_records] == [4, 8, 12]
+  assert {'loss', 'top1', 'top5', 'lr', 'images_per_sec', 'grad_norm', 'epoch'} <= set(
+      train_records[0])
+  assert all(np.isfinite(r['loss']) for r in records)
+  with checkpoints.Checkpointer(workdir) as ckpt:
+    assert ckpt.latest_step() == 12
+    assert ckpt.best_step() in ckpt.all_steps()
+
+
+def test_run_resumed_after_kill_minus_9_ends_bit_identical(folder, finished_run, tmp_path):
+  """A run killed with SIGKILL as soon as its first snapshot exists, then resumed, equals one never
+  interrupted: parameters bit for bit, metrics record for record."""
+  reference_dir, _ = finished_run
+  workdir = tmp_path / 'killed'
+  command = [sys.executable, '-m', 'alexnet_jax.train', '--config=experiments/demo.py',
+             f'--workdir={workdir}'] + overrides_as_flags(**{
+                 'data.source': folder, 'model.width': 0.125, 'data.image_size': 72,
+                 'data.crop_size': 64, 'data.num_threads': 1, 'batch_size': 4, 'num_epochs': 3,
+                 'val_interval': 1.0, 'snapshot_interval': 1.0, 'log_every_steps': 2,
+                 'learning_rate': 0.01})
+  proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  first = workdir / 'checkpoints' / '4'
+  deadline = time.time() + 300
+  while not first.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert first.exists(), proc.stderr.read().decode()[-3000:]
+  results = train.train_and_evaluate(tiny_config(folder), str(workdir))
+  assert results['step'] == 12
+  jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference_dir))
+  assert comparable(metrics_writer.read_metrics(workdir)) == comparable(
+      metrics_writer.read_metrics(reference_dir))
+
+
+def test_sigterm_snapshots_and_stops_then_resumes(folder, finished_run, tmp_path):
+  reference_dir, _ = finished_run
+  workdir = tmp_path / 'terminated'
+  command = [sys.executable, '-m', 'alexnet_jax.train', '--config=experiments/demo.py',
+             f'--workdir={workdir}'] + overrides_as_flags(**{
+                 'data.source': folder, 'model.width': 0.125, 'data.image_size': 72,
+                 'data.crop_size': 64, 'data.num_threads': 1, 'batch_size': 4, 'num_epochs': 3,
+                 'val_interval': 1.0, 'snapshot_interval': 1.0, 'log_every_steps': 2,
+                 'learning_rate': 0.01})
+  proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  deadline = time.time() + 300
+  while not (workdir / 'metrics.jsonl').exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  assert 'SIGTERM' in out + err
+  with checkpoints.Checkpointer(workdir) as ckpt:
+    stopped_at = ckpt.latest_step()
+  assert stopped_at is not None and stopped_at < 12
+  train.train_and_evaluate(tiny_config(folder), str(workdir))
+  jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference_dir))
+
+
+def test_resume_with_a_changed_config_names_the_fields(folder, finished_run):
+  workdir, _ = finished_run
+  with pytest.raises(ValueError) as err:
+    train.train_and_evaluate(tiny_config(folder, learning_rate=0.05, **{'model.lrn': 'caffe'}),
+                             str(workdir))
+  message = str(err.value)
+  assert 'learning_rate: 0.01 -> 0.05' in message and 'model.lrn' in message
+  with pytest.raises(ValueError, match='num_epochs'):
+    train.train_and_evaluate(tiny_config(folder, num_epochs=2), str(workdir))
+
+
+def test_more_epochs_continue_the_run(folder, tmp_path):
+  workdir = tmp_path / 'longer'
+  config = tiny_config(folder, num_epochs=1, **{'lr.policy': 'fixed'})
+  assert train.train_and_evaluate(config, str(workdir))['step'] == 4
+  config = tiny_config(folder, num_epochs=2, **{'lr.policy': 'fixed'})
+  assert train.train_and_evaluate(config, str(workdir))['step'] == 8
+  steps = [r['step'] for r in metrics_writer.read_metrics(workdir, split='val')]
+  assert steps == [4, 8]
+
+
+def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_snapshot(folder, tmp_path):
+  workdir = tmp_path / 'nan'
+  config = tiny_config(folder, learning_rate=1e12, **{'lr.policy': 'fixed'})
+  with pytest.raises(train.NonFiniteLossError) as err:
+    train.train_and_evaluate(config, str(workdir))
+  assert 'at step' in str(err.value) and 'learning_rate' in str(err.value)
+  with checkpoints.Checkpointer(workdir) as ckpt:
+    for step in ckpt.all_steps():
+      state, _ = ckpt.restore(step)
+      assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(state['params']))
+
+
+def test_bad_flags_stop_before_compiling(folder, tmp_path):
+  with pytest.raises(ValueError, match='batch_size'):
+    train.train_and_evaluate(tiny_config(folder, layout='hybrid', batch_size=3),
+                             str(tmp_path / 'a'))
+  with pytest.raises(ValueError, match='data.source'):
+    train.train_and_evaluate(tiny_config(''), str(tmp_path / 'b'))
+
+
+def test_evaluate_writes_metrics_and_confusion_in_another_layout(finished_run):
+  workdir, results = finished_run
+  path, summary = evaluate.run_evaluation(str(workdir), split='val', step='latest',
+                                          layout_name='single')
+  assert path.endswith('eval/val-12.json') and os.path.exists(path)
+  assert os.path.exists(path.replace('.json', '-confusion.png'))
+  saved = json.loads(open(path).read())
+  assert {'loss', 'top1', 'top5', 'per_class', 'confusion', 'step'} <= set(saved)
+  assert np.sum(saved['confusion']) == 6 == saved['count']
+  # The same checkpoint evaluated in the paper's layout gives the same numbers.
+  assert abs(saved['top1'] - results['val']['top1']) < 1e-6
+  assert abs(saved['loss'] - results['val']['loss']) < 1e-5
+  _, ten = evaluate.run_evaluation(str(workdir), split='val', step='best', ten_crop=True)
+  assert ten['ten_crop'] and ten['count'] == 6
+  with pytest.raises(FileNotFoundError, match='available steps'):
+    evaluate.run_evaluation(str(workdir), step='7')
+
+
+def test_cadence_counts_the_last_step():
+  cadence = train.Cadence(steps_per_epoch=10, total_steps=25, log_every=4, val_every=10,
+                          snapshot_every=20)
+  assert [s for s in range(1, 26) if cadence.validate(s)] == [10, 20, 25]
+  assert [s for s in range(1, 26) if cadence.snapshot(s)] == [20, 25]
+  assert cadence.log(10) and cadence.log(8) and not cadence.log(9)
