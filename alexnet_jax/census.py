@@ -12,11 +12,10 @@ devices first.
 from __future__ import annotations
 
 import collections
-import json
-import os
-import tempfile
 
 from absl import app, flags
+
+from alexnet_jax import fileio
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('layouts', ['single', 'model', 'data', 'hybrid'], 'Layouts to compare.')
@@ -52,14 +51,6 @@ def format_table(name: str, report: dict) -> str:
   return '\n'.join(lines)
 
 
-def write_json_atomically(path: str, obj) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile('w', dir=directory, delete=False, suffix='.tmp') as f:
-    json.dump(obj, f, indent=2)
-  os.replace(f.name, path)
-
-
 def main(argv):
   del argv
   from alexnet_jax.devices import ensure_devices
@@ -85,7 +76,7 @@ def main(argv):
   for name in FLAGS.layouts:
     print(format_table(name, report['layouts'][name]))
   if FLAGS.json:
-    write_json_atomically(FLAGS.json, report)
+    fileio.write_json(FLAGS.json, report, indent=2)
     print(f'wrote {FLAGS.json}')
 
 

@@ -8,7 +8,9 @@ its traceback.
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import sys
+import traceback
 from typing import Callable
 
 from absl import app
@@ -27,6 +29,25 @@ USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, Permissio
                FloatingPointError, KeyError)
 
 
+def _in_multiprocess_run() -> bool:
+  jax = sys.modules.get('jax')
+  try:
+    return jax is not None and jax.process_count() > 1
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+def _exit(status: int) -> None:
+  """Exits; in a multi-process run at once, skipping jax.distributed's shutdown barrier, which would
+  hold this process (and the collectives of the others) until its timeout. The survivors then see
+  the connection drop and stop within their heartbeat timeout."""
+  if _in_multiprocess_run():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+  sys.exit(status)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   """``absl.app.run(main)``, with user errors printed as one line and exit status 2."""
   def wrapped(argv):
@@ -36,5 +57,10 @@ def run(main: Callable[[list[str]], None]) -> None:
     except USER_ERRORS as e:
       message = e.args[0] if isinstance(e, KeyError) and e.args else e
       print(f'error: {message}', file=sys.stderr)
-      sys.exit(2)
+      _exit(2)
+    except Exception:  # pylint: disable=broad-except
+      if not _in_multiprocess_run():
+        raise
+      traceback.print_exc()
+      _exit(1)
   app.run(wrapped)

@@ -19,17 +19,24 @@ def _forced_by_xla_flags() -> int:
   return int(m[1]) if m else 0
 
 
+def force_cpu_devices(n: int) -> None:
+  """Asks for ``n`` CPU host devices (unless XLA_FLAGS already forces at least as many).
+
+  Must run before JAX starts its backends; a later call is ignored (``ensure_devices`` checks).
+  """
+  try:
+    if max(jax.config.jax_num_cpu_devices or 0, _forced_by_xla_flags()) < n:
+      jax.config.update('jax_num_cpu_devices', n)
+  except RuntimeError:
+    pass  # backends already initialized
+
+
 def ensure_devices(n: int) -> int:
   """Makes at least ``n`` devices available if still possible; returns the device count.
 
   Raises ``RuntimeError`` naming the fix when the backends are already up with fewer devices.
   """
-  try:
-    current = max(jax.config.jax_num_cpu_devices or 0, _forced_by_xla_flags())
-    if current < n:
-      jax.config.update('jax_num_cpu_devices', n)
-  except RuntimeError:
-    pass  # backends already initialized: check what we have below
+  force_cpu_devices(n)
   count = jax.device_count()
   if count < n:
     raise RuntimeError(

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from alexnet_jax import checkpoints, cli, data, metrics, models, plots
+from alexnet_jax import checkpoints, cli, fileio, data, metrics, models, plots
 from alexnet_jax.parallel import layouts, step as step_lib
 from alexnet_jax.progress import Progress
 
@@ -80,10 +80,7 @@ def write_eval(workdir: str, split: str, step: int, summary: dict[str, Any]) -> 
   directory = os.path.join(workdir, 'eval')
   os.makedirs(directory, exist_ok=True)
   stem = os.path.join(directory, f'{split}-{step}')
-  tmp = stem + '.json.tmp'
-  with open(tmp, 'w') as f:
-    json.dump({'step': step, **summary}, f, indent=1)
-  os.replace(tmp, stem + '.json')
+  fileio.write_json(stem + '.json', {'step': step, **summary}, indent=1)
   plots.plot_confusion_matrix(np.asarray(summary['confusion']), summary['class_names'],
                               stem + '-confusion.png')
   return stem + '.json'

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 import numpy as np
+
+from alexnet_jax import fileio
 
 # Above these class counts the confusion matrix drops tick labels / cell numbers.
 MAX_LABELED_CLASSES = 30
@@ -31,19 +32,10 @@ MAX_ANNOTATED_CLASSES = 12
 
 def _save_atomic(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> str:
   path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
   ext = os.path.splitext(path)[1].lstrip('.').lower() or 'png'
-  fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=directory)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      FigureCanvasAgg(fig)
-      fig.savefig(f, format=ext, dpi=dpi, bbox_inches='tight')
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with fileio.atomic_write(path, 'wb') as f:
+    FigureCanvasAgg(fig)
+    fig.savefig(f, format=ext, dpi=dpi, bbox_inches='tight')
   return path
 
 

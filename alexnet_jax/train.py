@@ -29,7 +29,7 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import checkpoints, cli, data, demo_data, metrics_writer, models, optim, plots
+from alexnet_jax import checkpoints, cli, data, demo_data, fileio, metrics_writer, models, optim, plots
 from alexnet_jax import evaluate as evaluate_lib
 from alexnet_jax.parallel import layouts, step as step_lib
 from alexnet_jax.progress import Progress
@@ -89,10 +89,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str, *, resuming: b
     with open(path) as f:
       check_resume_compatible(json.load(f), current)
   if jax.process_index() == 0:
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(current, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    fileio.write_json(path, current, indent=2, sort_keys=True)
 
 
 def data_config_for(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
@@ -255,6 +252,7 @@ def _train(config, workdir, ckpt, is_main):
   dataset = data.load_dataset(data_config, seed=config.seed, metadata_dir=workdir)
   if is_main:
     dataset.save_metadata(workdir)
+  _sync('metadata written')
   network = models.build(config.model, dataset.num_classes)
   layout = layouts.resolve(config.layout, network, mesh_data=config.mesh.data,
                            mesh_model=config.mesh.model, batch_size=config.batch_size)
@@ -313,8 +311,10 @@ def _train(config, workdir, ckpt, is_main):
     ckpt.save(at_step, state, data_iterator=train_iter, meta=info,
               metrics=None if top1 is None else {'top1': top1})
 
-  with StopRequest() as stop, Progress(cadence.total_steps, 'train', initial=step,
-                                       log_every_secs=30.0) as bar:
+  # One progress line per run: the other processes keep quiet.
+  quiet = {'log_every_secs': 30.0} if is_main else {'tty': False, 'log_every_secs': None}
+  with StopRequest() as stop, Progress(cadence.total_steps, 'train', initial=step, **quiet) as bar:
+    say = bar.write if is_main else (lambda message: None)
     while step < cadence.total_steps:
       batch = next(train_iter)
       replaced = int(np.sum(batch['replaced']))
@@ -346,7 +346,7 @@ def _train(config, workdir, ckpt, is_main):
             mesh=mesh, layout=layout, ten_crop=config.data.ten_crop_eval, show_progress=False)
         last_val = {k: summary[k] for k in ('loss', 'top1', 'top5')}
         writer.write('val', step, epoch, **last_val)
-        bar.write(f'epoch {epoch:.2f} step {step}: val loss {last_val["loss"]:.4f} '
+        say(f'epoch {epoch:.2f} step {step}: val loss {last_val["loss"]:.4f} '
                   f'top-1 {100 * last_val["top1"]:.2f}% top-5 {100 * last_val["top5"]:.2f}%')
         if is_main:
           plots.plot_curves(metrics_writer.read_metrics(workdir),
@@ -359,7 +359,7 @@ def _train(config, workdir, ckpt, is_main):
         if plateau is not None and plateau.update(last_val['top1']):
           new_lr = config.learning_rate * plateau.scale
           state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, new_lr))
-          bar.write(f'validation top-1 stopped improving: learning rate now {new_lr:g}')
+          say(f'validation top-1 stopped improving: learning rate now {new_lr:g}')
         if 0 < config.early_stopping_patience <= stale_validations:
           stopped = (f'early stopping: no validation improvement in {stale_validations} '
                      f'validations')
@@ -369,7 +369,7 @@ def _train(config, workdir, ckpt, is_main):
       if stop.signal and step < cadence.total_steps:
         stopped = f'{stop.signal} at step {step}; run the same command to resume'
       if stopped:
-        bar.write(stopped)
+        say(stopped)
         break
 
   results = {'step': step, 'train': last_train, 'val': last_val, 'stopped': stopped}
@@ -393,9 +393,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from alexnet_jax.devices import ensure_devices
+  from alexnet_jax import distributed
   config = FLAGS.config
-  ensure_devices(devices_needed(config))
+  distributed.initialize(devices_needed(config), distributed.DistributedOptions.from_env(
+      coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id, devices_per_process=FLAGS.devices_per_process))
   results = train_and_evaluate(config, FLAGS.workdir)
   val = results.get('val') or {}
   line = f'done at step {results["step"]}'
@@ -403,7 +405,8 @@ def main(argv):
     line += f': val top-1 {100 * val["top1"]:.2f}%, top-5 {100 * val["top5"]:.2f}%'
   if results.get('stopped'):
     line += f' ({results["stopped"]})'
-  print(line)
+  if jax.process_index() == 0:
+    print(line)
 
 
 def define_flags() -> None:
@@ -412,6 +415,11 @@ def define_flags() -> None:
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Run directory: config, checkpoints, metrics, plots. '
                       'Running again on the same workdir resumes.')
+  # Multi-host (see alexnet_jax/distributed.py); unset means: from the environment, else one process.
+  flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (jax.distributed).')
+  flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
+  flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes-1.')
+  flags.DEFINE_integer('devices_per_process', None, 'CPU host devices to force in each process.')
   flags.mark_flags_as_required(['config', 'workdir'])
 
 

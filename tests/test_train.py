@@ -13,25 +13,18 @@ import pytest
 
 from alexnet_jax import checkpoints, evaluate, metrics_writer, train
 from alexnet_jax.data import synthetic
-from experiments import demo
+from tests import tiny_experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+EXPERIMENT = '--config=tests/tiny_experiment.py'
+
+
 def tiny_config(source, **overrides):
-  """The demo experiment at a size that trains in seconds: 3 classes, width 1/8, 64x64 crops."""
-  c = demo.get_config()
+  """``tests/tiny_experiment.py`` (trains in seconds) on ``source``, with ``overrides``."""
+  c = tiny_experiment.get_config()
   c.data.source = str(source)
-  c.model.width = 0.125
-  c.data.image_size = 72
-  c.data.crop_size = 64
-  c.data.num_threads = 1
-  c.batch_size = 4
-  c.num_epochs = 3
-  c.val_interval = 1.0
-  c.snapshot_interval = 1.0
-  c.log_every_steps = 2
-  c.learning_rate = 0.01
   for key, value in overrides.items():
     target = c
     *path, leaf = key.split('.')
@@ -98,12 +91,8 @@ def test_run_resumed_after_kill_minus_9_ends_bit_identical(folder, finished_run,
   interrupted: parameters bit for bit, metrics record for record."""
   reference_dir, _ = finished_run
   workdir = tmp_path / 'killed'
-  command = [sys.executable, '-m', 'alexnet_jax.train', '--config=experiments/demo.py',
-             f'--workdir={workdir}'] + overrides_as_flags(**{
-                 'data.source': folder, 'model.width': 0.125, 'data.image_size': 72,
-                 'data.crop_size': 64, 'data.num_threads': 1, 'batch_size': 4, 'num_epochs': 3,
-                 'val_interval': 1.0, 'snapshot_interval': 1.0, 'log_every_steps': 2,
-                 'learning_rate': 0.01})
+  command = [sys.executable, '-m', 'alexnet_jax.train', EXPERIMENT, f'--workdir={workdir}',
+             f'--config.data.source={folder}']
   proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   first = workdir / 'checkpoints' / '4'
   deadline = time.time() + 300
@@ -122,12 +111,8 @@ def test_run_resumed_after_kill_minus_9_ends_bit_identical(folder, finished_run,
 def test_sigterm_snapshots_and_stops_then_resumes(folder, finished_run, tmp_path):
   reference_dir, _ = finished_run
   workdir = tmp_path / 'terminated'
-  command = [sys.executable, '-m', 'alexnet_jax.train', '--config=experiments/demo.py',
-             f'--workdir={workdir}'] + overrides_as_flags(**{
-                 'data.source': folder, 'model.width': 0.125, 'data.image_size': 72,
-                 'data.crop_size': 64, 'data.num_threads': 1, 'batch_size': 4, 'num_epochs': 3,
-                 'val_interval': 1.0, 'snapshot_interval': 1.0, 'log_every_steps': 2,
-                 'learning_rate': 0.01})
+  command = [sys.executable, '-m', 'alexnet_jax.train', EXPERIMENT, f'--workdir={workdir}',
+             f'--config.data.source={folder}']
   proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
   deadline = time.time() + 300

@@ -51,7 +51,6 @@ layout's business (``alexnet_jax.parallel``).
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from alexnet_jax.models import layers
