@@ -15,6 +15,9 @@ def default_config() -> ml_collections.ConfigDict:
   """Returns the base configuration (unlocked; `config_flags` locks it after loading)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # Start from an earlier model (DIGITS' "Pretrained model"): a workdir or a bundle, optionally
+  # ':STEP' (see alexnet_jax/finetune.py). Ignored when the workdir already holds a snapshot (resume).
+  c.init_from = ''
 
   # ---- Devices ------------------------------------------------------------------------------------
   # single | model (the paper: towers on the 'model' axis) | data | hybrid | weird_trick | auto

@@ -46,8 +46,10 @@ def topk_correct(logits: Array, labels: Array, ks: Sequence[int] = (1, 5),
   labels = jnp.asarray(labels).astype(jnp.int32)
   label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
   better = jnp.sum(logits > label_logit, axis=-1)  # classes scoring strictly above the label
+  # A NaN logit compares False with everything: never let it count as correct.
+  finite = jnp.isfinite(label_logit[:, 0])
   m = _mask(labels, mask)
-  return {int(k): jnp.sum((better < k).astype(jnp.float32) * m) for k in ks}
+  return {int(k): jnp.sum(((better < k) & finite).astype(jnp.float32) * m) for k in ks}
 
 
 def accuracy(logits: Array, labels: Array, mask: Optional[Array] = None, k: int = 1) -> jax.Array:

@@ -170,19 +170,18 @@ class Cadence:
 class TrainWindow:
   """Sums of the train metrics since the last log line; saved in snapshots so a resumed run logs the
   same means as an uninterrupted one."""
-  NAMES = ('loss', 'top1', 'top5', 'grad_norm')
 
   def __init__(self, state: dict | None = None):
     state = state or {}
-    self.sums = {k: float(state.get('sums', {}).get(k, 0.0)) for k in self.NAMES}
+    self.sums = {k: float(v) for k, v in state.get('sums', {}).items()}
     self.count = int(state.get('count', 0))
     self.replaced = int(state.get('replaced', 0))
     self.started = time.monotonic()
     self.timed_steps = 0
 
   def add(self, values: dict[str, float], replaced: int) -> None:
-    for k in self.NAMES:
-      self.sums[k] += values[k]
+    for k, v in values.items():  # loss, top1, top5, grad_norm (and aux heads' top-k)
+      self.sums[k] = self.sums.get(k, 0.0) + v
     self.count += 1
     self.timed_steps += 1
     self.replaced += replaced
@@ -285,6 +284,10 @@ def _train(config, workdir, ckpt, is_main):
   else:
     state = step_lib.create_train_state(network, layout, mesh, tx, seed=config.seed,
                                         image_shape=image_shape)
+    if config.get('init_from'):
+      from alexnet_jax import finetune  # pylint: disable=g-import-not-at-top
+      state = state.replace(params=finetune.initialize_from(
+          config.init_from, network, layout, mesh, state.params))
   if plateau is not None and 'plateau' in meta:
     plateau.load_state_dict(meta['plateau'])
   step = int(state.step)

@@ -3,13 +3,25 @@ r"""The embedded default: a narrow AlexNet in the paper's two-tower layout, on g
     python -m alexnet_jax.train --config=experiments/demo.py --workdir=runs/demo
 
 Unless ``--config.data.source`` points elsewhere, it draws a five-class folder of shapes and textures
-(``alexnet_jax/demo_data.py``, 800 JPEGs of 80x80) into ``runs/demo/synthetic`` the first time, splits
-off 25% for validation as DIGITS does, and trains the paper's network at a quarter of its width -- the two
-towers on two forced CPU devices, exchanging activations at conv3, fc6, fc7 and fc8 -- with the paper's
-solver (SGD, momentum 0.9, weight decay 5e-4) and crops, flips and PCA lighting.
+(``alexnet_jax/demo_data.py``: 3,000 JPEGs of 80x80, 600 per class) into ``runs/demo/synthetic`` the first
+time, splits off 25% for validation as DIGITS does (2,250 train / 750 val), and trains the paper's network
+at a quarter of its width -- the two towers on two forced CPU devices, exchanging activations at conv3,
+fc6, fc7 and fc8 -- with the paper's initialization (N(0, 0.01^2) weights; biases 0.1 instead of 1), LRN,
+dropout 0.5, weight decay 5e-4, crops, flips and PCA lighting, for 30 epochs (2,100 steps of 32).
 
-Expected (2-core KVM Xeon, CPU only): see the closing line of the run and README.md, about 3 minutes,
-validation top-1 >= 90%.
+Measured (2-core KVM Xeon, CPU only, while other jobs shared the cores, load average 4-7): 87 s of wall
+time in one run and 131 s in another, validation top-1 94.93% both times (seed 0: runs are deterministic);
+with --config.seed=1 / 2: 141 s / 133 s, 95.6% / 96.1%. That includes drawing the images, the mean
+pass and compilation; an idle machine is faster.
+
+Solver: Adam (lr 5e-4, cosine with a 1-epoch warmup), not the paper's SGD, because the paper's SGD
+cannot train this narrow copy in minutes:
+* with the paper's init, a width-0.25 network's signal shrinks ~2x more per layer than the full one's;
+  at init the gradient/weight ratio of conv1-conv4 is ~3e-4 (fc8: ~8), so SGD (lr 0.01-0.1, momentum
+  0.9) stays at chance (20% val after 60 epochs);
+* Adam's per-parameter step sizes are immune to that. The alternative that keeps SGD is
+  ``--config.model.weight_init=he --config.optimizer=sgd --config.learning_rate=0.01`` (He init, the
+  input divided by 64 before conv1): it reached ~89% validation top-1 in 15 epochs in the same tests.
 """
 
 from alexnet_jax import configs
@@ -19,17 +31,19 @@ def get_config():
   c = configs.default_config()
   c.layout = 'model'
   c.model.width = 0.25
+  c.model.weight_init = 'paper'
   c.model.bias_init = 'small'
   c.data.source = 'synthetic'
   c.data.image_size = 72
   c.data.crop_size = 64
   c.data.val_percent = 25.0
-  c.num_epochs = 12
+  c.num_epochs = 30
   c.batch_size = 32
-  c.learning_rate = 0.01
-  c.lr.policy = 'step'
-  c.lr.step_percent = 50.0
-  c.val_interval = 2.0
-  c.snapshot_interval = 2.0
-  c.log_every_steps = 10
+  c.optimizer = 'adam'
+  c.learning_rate = 5e-4
+  c.lr.policy = 'cosine'
+  c.lr.warmup_epochs = 1.0
+  c.val_interval = 3.0
+  c.snapshot_interval = 10.0
+  c.log_every_steps = 20
   return c

@@ -93,3 +93,10 @@ def test_top_n():
   p = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]])
   assert metrics.top_n(p, 2, ['a', 'b', 'c']) == [[('b', 0.7), ('c', 0.2)], [('a', 0.5), ('c', 0.3)]]
   assert metrics.top_n(p, 9)[0][2] == (0, 0.1)
+
+
+def test_nan_logits_never_count_as_correct():
+  import jax.numpy as jnp
+  from alexnet_jax import metrics as m
+  correct = m.topk_correct(jnp.full((2, 5), jnp.nan), jnp.array([0, 1]), (1, 5))
+  assert float(correct[1]) == 0.0 and float(correct[5]) == 0.0

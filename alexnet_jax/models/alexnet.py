@@ -62,12 +62,11 @@ PAPER_CHANNELS = {'conv1': 96, 'conv2': 256, 'conv3': 384, 'conv4': 384, 'conv5'
 # Section 5: weights ~ N(0, 0.01^2). 'he' (Kaiming-normal, fan-in) is offered for narrow copies of the
 # network, where a fixed 0.01 shrinks the signal through eight layers until training stalls.
 # He et al. assume unit-variance inputs; the network reads pixels on the paper's 0..255 scale (minus the
-# mean, std ~ 64), so 'he' divides conv1's variance by 64^2 to start every layer near unit variance.
+# mean, std ~ 64), so with 'he' the input is divided by 64 before conv1. (Scaling conv1's weights down
+# instead gives the same function at init but gradients 64^2 too large for conv1: SGD diverges.)
 PIXEL_STD = 64.0
 WEIGHT_INITS = {'paper': nn.initializers.normal(stddev=0.01),
                 'he': nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')}
-FIRST_LAYER_INITS = {'paper': WEIGHT_INITS['paper'],
-                     'he': nn.initializers.variance_scaling(2.0 / PIXEL_STD**2, 'fan_in', 'normal')}
 # Section 5: biases of 1 in these layers, 0 elsewhere.
 ONE_BIAS_LAYERS = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
 
@@ -111,9 +110,8 @@ class AlexNetTower(TowerModule):
       return nn.initializers.constant(one if name in ONE_BIAS_LAYERS else 0.0)
 
     def conv(name, kernel, stride=1, padding='SAME'):
-      init = FIRST_LAYER_INITS[self.weight_init] if name == 'conv1' else weight_init
       return nn.Conv(ch(name), (kernel, kernel), strides=stride, padding=padding, name=name,
-                     kernel_init=init, bias_init=bias(name), dtype=self.dtype)
+                     kernel_init=weight_init, bias_init=bias(name), dtype=self.dtype)
 
     def dense(name, features):
       return nn.Dense(features, name=name, kernel_init=weight_init, bias_init=bias(name),
@@ -135,6 +133,8 @@ class AlexNetTower(TowerModule):
     del train, example_keys
     pad_h = layers.convnet_padding(x.shape[1], 11, 4)
     pad_w = layers.convnet_padding(x.shape[2], 11, 4)
+    if self.weight_init == 'he':
+      x = x / PIXEL_STD  # unit-variance inputs, as He init assumes (see WEIGHT_INITS)
     x = jnp.pad(x.astype(self.dtype), [(0, 0), pad_h, pad_w, (0, 0)])
     x = layers.max_pool(layers.local_response_norm(nn.relu(self.conv1(x)), convention=self.lrn))
     x = layers.max_pool(layers.local_response_norm(nn.relu(self.conv2(x)), convention=self.lrn))

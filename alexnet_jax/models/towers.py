@@ -48,6 +48,9 @@ class TowerNetwork:
   num_towers: int
   num_classes: int
   head_bias_init: float = 0.0
+  # Auxiliary classifiers (GoogLeNet's two): their loss weights. In training the last stage then returns
+  # [main | aux1 | aux2 ...] logits side by side, num_classes columns each; in evaluation only the main.
+  aux_loss_weights: tuple[float, ...] = ()
 
   def init(self, rng: jax.Array, image_shape: tuple[int, int, int]) -> Params:
     """Initializes parameters: tower ``t`` from ``split(rng, num_towers)[t]``, stacked on axis 0.
@@ -84,9 +87,18 @@ class TowerNetwork:
                if isinstance(value, dict) and '__call__' in value}
 
   def apply_head(self, params: Params, combined: jax.Array) -> jax.Array:
-    """Adds the unsplit fc8 bias to the combined partial logits."""
+    """Adds the unsplit fc8 bias to the combined partial logits (of the main classifier)."""
     with jax.named_scope('head'):
-      return combined.astype(jnp.float32) + params['head']['bias']
+      combined = combined.astype(jnp.float32)
+      bias = params['head']['bias']
+      if combined.shape[-1] > bias.shape[0]:  # auxiliary classifiers' logits follow, with own biases
+        bias = jnp.pad(bias, (0, combined.shape[-1] - bias.shape[0]))
+      return combined + bias
+
+  def split_heads(self, logits: jax.Array) -> list[jax.Array]:
+    """[main, aux1, ...] logits from a training forward pass (just [main] without aux heads)."""
+    k = self.num_classes
+    return [logits[..., i * k:(i + 1) * k] for i in range(logits.shape[-1] // k)]
 
   def param_count(self, params: Params) -> int:
     return sum(int(a.size) for a in jax.tree.leaves(params))

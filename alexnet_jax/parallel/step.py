@@ -105,10 +105,13 @@ def make_loss_fn(network: TowerNetwork, layout: Layout, mesh: Mesh) -> Callable:
   forward = make_forward(network, layout, mesh)
 
   def loss_fn(params, images, labels, rng):
-    logits = forward(params, images, rng, True)
+    heads = network.split_heads(forward(params, images, rng, True))
     with jax.named_scope('loss'):
-      loss = jnp.mean(metrics_lib.cross_entropy(logits, labels))
-    return loss, logits
+      # The main classifier's loss, plus the auxiliary classifiers' weighted (GoogLeNet: 0.3 each).
+      loss = jnp.mean(metrics_lib.cross_entropy(heads[0], labels))
+      for weight, aux in zip(network.aux_loss_weights, heads[1:]):
+        loss = loss + weight * jnp.mean(metrics_lib.cross_entropy(aux, labels))
+    return loss, heads[0] if len(heads) == 1 else heads
 
   return loss_fn
 
@@ -131,11 +134,13 @@ def make_train_step(network: TowerNetwork, layout: Layout, mesh: Mesh,
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
     with jax.named_scope('metrics'):
-      correct = metrics_lib.topk_correct(logits, labels, (1, 5))
-      metrics = {'loss': loss,
-                 'top1': correct[1] / labels.shape[0],
-                 'top5': correct[5] / labels.shape[0],
-                 'grad_norm': optax.tree.norm(grads)}
+      heads = logits if isinstance(logits, list) else [logits]
+      metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
+      for i, head in enumerate(heads):  # top-1/top-5 of the main classifier, then aux1, aux2 ...
+        correct = metrics_lib.topk_correct(head, labels, (1, 5))
+        prefix = f'aux{i}_' if i else ''
+        metrics[prefix + 'top1'] = correct[1] / labels.shape[0]
+        metrics[prefix + 'top5'] = correct[5] / labels.shape[0]
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 
