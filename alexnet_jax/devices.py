@@ -19,11 +19,28 @@ def _forced_by_xla_flags() -> int:
   return int(m[1]) if m else 0
 
 
+# XLA CPU options our entry points want (benchmarks/RESULTS.md): convolutions on XLA's own kernels rather
+# than YNNPACK, whose convolution gradients are slower on 2 cores; dots and reductions stay on YNNPACK.
+# Only read when JAX starts its CPU backend; a flag the user already set in XLA_FLAGS wins.
+CPU_XLA_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=-individual_convolution',)
+
+
+def add_cpu_xla_flags() -> None:
+  """Appends ``CPU_XLA_FLAGS`` to ``XLA_FLAGS`` (each unless the user already set that flag)."""
+  current = os.environ.get('XLA_FLAGS', '')
+  extra = [f for f in CPU_XLA_FLAGS if f.split('=')[0] + '=' not in current]
+  if extra:
+    # Never leave XLA_FLAGS blank-but-set: XLA then takes it for a file name and aborts.
+    os.environ['XLA_FLAGS'] = ' '.join([current.strip(), *extra]).strip()
+
+
 def force_cpu_devices(n: int) -> None:
   """Asks for ``n`` CPU host devices (unless XLA_FLAGS already forces at least as many).
 
   Must run before JAX starts its backends; a later call is ignored (``ensure_devices`` checks).
+  Also adds ``CPU_XLA_FLAGS``, which XLA reads at the same moment.
   """
+  add_cpu_xla_flags()
   try:
     if max(jax.config.jax_num_cpu_devices or 0, _forced_by_xla_flags()) < n:
       jax.config.update('jax_num_cpu_devices', n)

@@ -8,6 +8,9 @@ import os
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=4').strip()
+# The XLA CPU options the entry points use (alexnet_jax/devices.py), so tests run what users run.
+from alexnet_jax import devices  # noqa: E402  (imports jax, but starts no backend)
+devices.add_cpu_xla_flags()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # noqa: E402  (after the flag, on purpose)

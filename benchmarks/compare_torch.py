@@ -1,0 +1,415 @@
+r"""``python -m benchmarks.compare_torch``: our ``alexnet_owt`` against the same network in PyTorch.
+
+    python -m benchmarks.compare_torch --batch=32 --dtype=float32 --steps=7 [--xla=default,tuned] \
+        [--width=1.0] [--image_size=224] [--json=PATH]
+
+PyTorch is optional (``pip install torch==2.13.0`` installs a CPU build here); without it only our side
+runs. The PyTorch network is built from the same channel table (``alexnet_owt.OWT_CHANNELS``) and starts
+from *our* initial weights, converted (HWIO -> OIHW kernels, fc6's rows reordered from our NHWC flatten
+to PyTorch's NCHW flatten); before timing, the eval logits of both are compared on the benchmark batch, so
+the two really are one network. Training is the same on both sides: softmax cross-entropy, SGD lr 0.01
+momentum 0.9, dropout 0.5 before fc6 and fc7. PyTorch runs eager, ``channels_last``, with
+``torch.set_num_threads(cores)``; ``--dtype=bfloat16`` means our bfloat16 compute with float32 parameters
+and PyTorch's ``autocast(bfloat16)``, the like-for-like mixed precision.
+
+All programs are timed in one process, **round-robin one call each per round** (train and inference of
+every ``--xla`` option set, and PyTorch's); the ratios are the medians of the per-round ratios
+``our images/s / PyTorch's``.
+
+On a busy host PyTorch's OpenMP threads suffer far more than XLA's thread pool: they spin at barriers
+while a sibling thread is descheduled (measured here at load 6 on 2 cores: a tiny train step took 640 ms
+on 2 threads, 2-30 ms on 1). Such ratios flatter us; read them only with the ``CPU share now`` figure of
+the header near 1, or compare one core each: ``taskset -c 0 python -m benchmarks.compare_torch
+--threads=1``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from absl import flags
+
+from benchmarks import common
+
+FLAGS = flags.FLAGS
+
+
+def torch_available() -> bool:
+  try:
+    import torch  # noqa: F401
+    return True
+  except ImportError:
+    return False
+
+
+def torch_alexnet_owt(num_classes: int, width: float, image_size: int, dropout: float = 0.5):
+  """torchvision's AlexNet layer for layer (without its adaptive pool, as ours), at ``width``."""
+  import torch.nn as nn
+  from alexnet_jax.models.alexnet_owt import OWT_CHANNELS
+  ch = {k: max(1, round(v * width)) for k, v in OWT_CHANNELS.items()}
+  side = image_size
+  side = (side + 4 - 11) // 4 + 1      # conv1 11x11/4 pad 2
+  for _ in range(3):                    # three 3/2 pools (the 3x3 and 5x5 convs keep the size)
+    side = (side - 3) // 2 + 1
+  return nn.Sequential(
+      nn.Conv2d(3, ch['conv1'], 11, 4, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+      nn.Conv2d(ch['conv1'], ch['conv2'], 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+      nn.Conv2d(ch['conv2'], ch['conv3'], 3, padding=1), nn.ReLU(inplace=True),
+      nn.Conv2d(ch['conv3'], ch['conv4'], 3, padding=1), nn.ReLU(inplace=True),
+      nn.Conv2d(ch['conv4'], ch['conv5'], 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+      nn.Flatten(), nn.Dropout(dropout), nn.Linear(ch['conv5'] * side * side, ch['fc6']),
+      nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(ch['fc6'], ch['fc7']),
+      nn.ReLU(inplace=True), nn.Linear(ch['fc7'], num_classes))
+
+
+def load_our_weights(net, params) -> None:
+  """Copies our (stacked, one-tower) parameters into the PyTorch network."""
+  import numpy as np
+  import torch
+  towers = {k: {n: np.array(a[0]) for n, a in v.items()} for k, v in params['towers'].items()}
+  convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
+  linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+  with torch.no_grad():
+    for name, m in zip(['conv1', 'conv2', 'conv3', 'conv4', 'conv5'], convs):
+      m.weight.copy_(torch.from_numpy(towers[name]['kernel'].transpose(3, 2, 0, 1).copy()))
+      m.bias.copy_(torch.from_numpy(towers[name]['bias']))
+    fc6 = towers['fc6']['kernel']             # rows in (h, w, c) order: ours flattens NHWC
+    c = convs[-1].out_channels
+    side = int(round((fc6.shape[0] // c) ** 0.5))
+    fc6 = fc6.reshape(side, side, c, -1).transpose(2, 0, 1, 3).reshape(fc6.shape[0], -1)
+    linears[0].weight.copy_(torch.from_numpy(fc6.T.copy()))
+    linears[0].bias.copy_(torch.from_numpy(towers['fc6']['bias']))
+    linears[1].weight.copy_(torch.from_numpy(towers['fc7']['kernel'].T.copy()))
+    linears[1].bias.copy_(torch.from_numpy(towers['fc7']['bias']))
+    linears[2].weight.copy_(torch.from_numpy(towers['fc8']['kernel'].T.copy()))
+    linears[2].bias.copy_(torch.from_numpy(np.array(params['head']['bias'])))
+
+
+def benchmark(*, batch: int = 32, dtype: str = 'float32', width: float = 1.0, image_size: int = 224,
+              num_classes: int = 1000, steps: int = 7, warmup: int = 2,
+              xla: Sequence[str] = ('default', 'tuned'), modes: Sequence[str] = ('train', 'infer'),
+              threads: int = 0, use_torch: bool = True, max_pools: Sequence[str] = ('model',),
+              log=print) -> dict:
+  """Runs the comparison and returns the report (what ``--json`` writes)."""
+  import jax
+  import ml_collections
+  import numpy as np
+  import optax
+  from alexnet_jax import models
+  from alexnet_jax.parallel import compare
+  from alexnet_jax.parallel import layouts as layouts_lib
+  from alexnet_jax.parallel import step as step_lib
+
+  device = jax.devices()[0]
+  network = models.build(ml_collections.ConfigDict(dict(
+      name='alexnet_owt', width=width, dropout=0.5, lrn='none', bias_init='paper', dtype=dtype)),
+      num_classes)
+  layout = layouts_lib.resolve('single', network, num_devices=1)
+  mesh = layout.make_mesh()
+  tx = optax.sgd(0.01, momentum=0.9)
+  holder = {'state': step_lib.create_train_state(network, layout, mesh, tx, seed=0,
+                                                 image_shape=(image_size, image_size, 3))}
+  images_np, labels_np = compare.example_batch(batch, image_size, 3, num_classes)
+  images, labels = jax.device_put(images_np), jax.device_put(labels_np)
+  initial_params = jax.tree.map(np.asarray, holder['state'].params)
+  eval_step = step_lib.make_eval_step(network, layout, mesh)
+
+  calls, flops = {}, {}
+  from alexnet_jax.models import layers as layers_lib
+  model_pool = layers_lib.max_pool
+  for pool, xla_name in [(p, x) for p in max_pools for x in xla]:
+    options = common.xla_options(xla_name, device.platform)
+    name = f'jax_{xla_name}' + ('' if pool == 'model' else f'+{pool}')
+    # A what-if for the model's max-pool: swapped in while tracing only (the model code is unchanged).
+    layers_lib.max_pool = slice_max_pool if pool == 'slices' else model_pool
+    try:
+      with jax.set_mesh(mesh):
+        if 'train' in modes:
+          # A fresh step per variant: jit caches traces by function, so a reused one would ignore the swap.
+          fresh = step_lib.make_train_step(network, layout, mesh, tx, donate=True)
+          compiled = fresh.jitted.lower(
+              holder['state'], {'image': images, 'label': labels}).compile(compiler_options=options)
+          flops[f'{name}/train'] = common.cost_flops(compiled)
+
+          def train(compiled=compiled):
+            with jax.set_mesh(mesh):
+              holder['state'], metrics = compiled(holder['state'], {'image': images, 'label': labels})
+            jax.block_until_ready((holder['state'], metrics))
+          calls[f'{name}/train'] = train
+        if 'infer' in modes:
+          fresh = step_lib.make_eval_step(network, layout, mesh)
+          compiled = fresh.jitted.lower(holder['state'].params, images).compile(
+              compiler_options=options)
+          flops[f'{name}/infer'] = common.cost_flops(compiled)
+
+          def infer(compiled=compiled):
+            with jax.set_mesh(mesh):
+              jax.block_until_ready(compiled(holder['state'].params, images))
+          calls[f'{name}/infer'] = infer
+    finally:
+      layers_lib.max_pool = model_pool
+    log(f'compiled ours: {name}')
+
+  logits_check = None
+  torch_info = None
+  if use_torch and torch_available():
+    import torch
+    torch.set_num_threads(threads or common.usable_cores())
+    torch.manual_seed(0)
+    net = torch_alexnet_owt(num_classes, width, image_size)
+    load_our_weights(net, initial_params)
+    net = net.to(memory_format=torch.channels_last)
+    x = torch.from_numpy(images_np.transpose(0, 3, 1, 2).copy()).contiguous(
+        memory_format=torch.channels_last)
+    y = torch.from_numpy(labels_np.astype(np.int64))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    autocast = (lambda: torch.autocast('cpu', dtype=torch.bfloat16)) if dtype == 'bfloat16' else (
+        lambda: torch.autocast('cpu', enabled=False))
+    # The same network: eval logits from the same weights on the same batch.
+    net.eval()
+    with torch.no_grad(), autocast():
+      theirs = net(x).float().numpy()
+    ours = np.asarray(eval_step(jax.tree.map(jax.numpy.asarray, initial_params), images_np))
+    logits_check = {'max_abs_diff': float(np.max(np.abs(theirs - ours))),
+                    'max_abs_logit': float(np.max(np.abs(ours)))}
+    log(f'eval logits, PyTorch vs ours: max |diff| {logits_check["max_abs_diff"]:.3g} '
+        f'(max |logit| {logits_check["max_abs_logit"]:.3g})')
+    net.train()
+
+    if 'train' in modes:
+      def torch_train():
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+          loss = torch.nn.functional.cross_entropy(net(x).float(), y)
+        loss.backward()
+        opt.step()
+      calls['torch/train'] = torch_train
+    if 'infer' in modes:
+      def torch_infer():
+        net.eval()
+        with torch.inference_mode(), autocast():
+          net(x)
+        net.train()
+      calls['torch/infer'] = torch_infer
+    torch_info = {'version': torch.__version__, 'threads': torch.get_num_threads(),
+                  'memory_format': 'channels_last', 'autocast': dtype == 'bfloat16'}
+
+  load_before = common.load_average()
+  timings = common.interleave(calls, reps=steps, warmup=warmup,
+                              on_round=lambda r: log(f'round {r + 1}/{steps}, load {common.load_average()[0]}'))
+  load_after = common.load_average()
+  peak, peak_source = common.peak(device, dtype)
+
+  results = {}
+  for key, timing in timings.items():
+    side, mode = key.split('/')
+    f = flops.get(key) or flops.get(f'jax_{xla[0]}/{mode}') or next(
+        (v for k, v in flops.items() if k.endswith('/' + mode)), None)   # PyTorch does the same FLOPs as we do
+    results[key] = {'images_per_s': timing.rate(batch), 'images_per_s_min': batch / timing.max,
+                    'images_per_s_max': batch / timing.min, 'time': timing.to_json(),
+                    'flops_per_image': f / batch if f else None,
+                    'mfu': f / timing.median / peak if f and peak else None}
+    if 'torch/' + mode in timings and side != 'torch':
+      results[key]['ratio_to_torch'] = common.paired_ratio(timing, timings['torch/' + mode])
+  return {
+      'benchmark': 'compare_torch',
+      'config': {'batch': batch, 'dtype': dtype, 'width': width, 'image_size': image_size,
+                 'num_classes': num_classes, 'steps': steps, 'warmup': warmup, 'xla': list(xla),
+                 'modes': list(modes)},
+      'torch': torch_info, 'logits_check': logits_check,
+      'peak_flops': peak, 'peak_source': peak_source,
+      'machine': common.machine_info(),
+      'load_average_during': [load_before, load_after],
+      'results': results,
+  }
+
+
+# Layers of alexnet_owt at full width: (name, input side, in channels, out channels, kernel, stride, pad).
+OWT_LAYERS = (('conv1', 224, 3, 64, 11, 4, 2), ('conv2', 27, 64, 192, 5, 1, 2),
+              ('conv3', 13, 192, 384, 3, 1, 1), ('conv4', 13, 384, 256, 3, 1, 1),
+              ('conv5', 13, 256, 256, 3, 1, 1))
+OWT_POOLS = (('pool1', 55, 64), ('pool2', 27, 192), ('pool5', 13, 256))
+OWT_DENSE = (('fc6', 9216, 4096), ('fc7', 4096, 4096), ('fc8', 4096, 1000))
+
+
+def slice_max_pool(x, window: int = 3, stride: int = 2):
+  """Max-pool as the maximum of window x window strided slices (the same values as reduce_window)."""
+  import jax.numpy as jnp
+  n, h, w, c = x.shape
+  ho, wo = (h - window) // stride + 1, (w - window) // stride + 1
+  out = None
+  for i in range(window):
+    for j in range(window):
+      s = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+      out = s if out is None else jnp.maximum(out, s)
+  return out
+
+
+def layer_breakdown(*, batch: int = 32, steps: int = 5, warmup: int = 2,
+                    xla: Sequence[str] = ('default', 'tuned', 'eigen'), use_torch: bool = True,
+                    log=print) -> dict:
+  """Forward + backward of each layer of alexnet_owt alone (full width, float32), ours vs PyTorch's.
+
+  Convolutions: output, input gradient (not for conv1, whose input gradient training never needs) and
+  weight gradient; pools: forward and input gradient, as XLA's ``reduce_window`` (what ``nn.max_pool``
+  lowers to, its gradient a ``select_and_scatter``) and as 9 strided slices; dense layers: output and
+  both gradients. Everything is timed round-robin in one process; times in ms per call.
+  """
+  import jax
+  import jax.numpy as jnp
+  import flax.linen as nn
+  import numpy as np
+
+  device = jax.devices()[0]
+  rng = np.random.default_rng(0)
+  calls, flops = {}, {}
+
+  def add_jax(name, fn, args, n_flops):
+    jitted = jax.jit(fn)
+    for x in xla:
+      compiled = jitted.lower(*args).compile(compiler_options=common.xla_options(x, device.platform))
+      calls[f'{name}|jax_{x}'] = lambda c=compiled: jax.block_until_ready(c(*args))
+    flops[name] = n_flops
+
+  for name, side, cin, cout, k, stride, pad in OWT_LAYERS:
+    out = (side + 2 * pad - k) // stride + 1
+    x = jnp.asarray(rng.normal(size=(batch, side, side, cin)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, cin, cout)) * 0.01, jnp.float32)
+    g = jnp.asarray(rng.normal(size=(batch, out, out, cout)), jnp.float32)
+    conv = lambda x, w, s=stride, p=pad: jax.lax.conv_general_dilated(
+        x, w, (s, s), [(p, p), (p, p)], dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if name == 'conv1':
+      fn = lambda x, w, g, conv=conv: (conv(x, w), jax.vjp(lambda w: conv(x, w), w)[1](g))
+    else:
+      fn = lambda x, w, g, conv=conv: (conv(x, w), jax.vjp(conv, x, w)[1](g))
+    passes = 2 if name == 'conv1' else 3
+    add_jax(name, fn, (x, w, g), passes * 2 * batch * out * out * k * k * cin * cout)
+  for name, side, c in OWT_POOLS:
+    x = jnp.asarray(rng.normal(size=(batch, side, side, c)), jnp.float32)
+    out = (side - 3) // 2 + 1
+    g = jnp.asarray(rng.normal(size=(batch, out, out, c)), jnp.float32)
+    reduce_window = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
+    add_jax(name + ' reduce_window', lambda x, g, f=reduce_window: jax.vjp(f, x)[1](g), (x, g), None)
+    add_jax(name + ' slices', lambda x, g: jax.vjp(slice_max_pool, x)[1](g), (x, g), None)
+  for name, fin, fout in OWT_DENSE:
+    x = jnp.asarray(rng.normal(size=(batch, fin)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(fin, fout)) * 0.01, jnp.float32)
+    g = jnp.asarray(rng.normal(size=(batch, fout)), jnp.float32)
+    add_jax(name, lambda x, w, g: (x @ w, jax.vjp(jnp.matmul, x, w)[1](g)), (x, w, g),
+            3 * 2 * batch * fin * fout)
+  log(f'compiled {len(calls)} layer programs')
+
+  if use_torch and torch_available():
+    import torch
+    torch.set_num_threads(common.usable_cores())
+    cl = torch.channels_last
+    for name, side, cin, cout, k, stride, pad in OWT_LAYERS:
+      out = (side + 2 * pad - k) // stride + 1
+      layer = torch.nn.Conv2d(cin, cout, k, stride, pad).to(memory_format=cl)
+      x = torch.randn(batch, cin, side, side).contiguous(memory_format=cl)
+      x.requires_grad_(name != 'conv1')
+      g = torch.randn(batch, cout, out, out).contiguous(memory_format=cl)
+      calls[f'{name}|torch'] = lambda layer=layer, x=x, g=g: layer(x).backward(g)
+    for name, side, c in OWT_POOLS:
+      x = torch.randn(batch, c, side, side).contiguous(memory_format=cl).requires_grad_()
+      out = (side - 3) // 2 + 1
+      g = torch.randn(batch, c, out, out).contiguous(memory_format=cl)
+      calls[f'{name} reduce_window|torch'] = lambda x=x, g=g: torch.nn.functional.max_pool2d(
+          x, 3, 2).backward(g)
+    for name, fin, fout in OWT_DENSE:
+      layer = torch.nn.Linear(fin, fout)
+      x = torch.randn(batch, fin, requires_grad=True)
+      g = torch.randn(batch, fout)
+      calls[f'{name}|torch'] = lambda layer=layer, x=x, g=g: layer(x).backward(g)
+
+  timings = common.interleave(calls, reps=steps, warmup=warmup)
+  table: dict[str, dict] = {}
+  for key, timing in timings.items():
+    layer, program = key.split('|')
+    row = table.setdefault(layer, {'gflop': flops.get(layer) and flops[layer] / 1e9})
+    row[program] = timing.median * 1e3
+  return {'batch': batch, 'xla': list(xla), 'ms': table, 'machine': common.machine_info()}
+
+
+def format_breakdown(result: dict) -> str:
+  programs = [f'jax_{x}' for x in result['xla']] + ['torch']
+  rows = []
+  totals = dict.fromkeys(programs, 0.0)
+  for layer, row in result['ms'].items():
+    best = min(row.get(p, float('inf')) for p in programs[:-1])
+    rows.append([layer, row['gflop'], *[row.get(p) for p in programs],
+                 best / row['torch'] if 'torch' in row else None])
+    if 'slices' not in layer:
+      for p in programs:
+        totals[p] += row.get(p) or 0.0
+  rows.append(['total (reduce_window pools)', None, *[totals[p] or None for p in programs], None])
+  return '\n'.join([
+      f'per-layer forward+backward of alexnet_owt, batch {result["batch"]}, float32, ms per call '
+      '(round-robin medians)', common.describe(result['machine']),
+      common.format_table(['layer', 'GFLOP', *[p + ' ms' for p in programs], 'best jax/torch time'], rows)])
+
+
+def format_report(report: dict) -> str:
+  cfg = report['config']
+  rows = []
+  for key, r in report['results'].items():
+    side, mode = key.split('/')
+    rows.append([side, mode, r['images_per_s'], f'{r["images_per_s_min"]:.1f}-{r["images_per_s_max"]:.1f}',
+                 r.get('ratio_to_torch'), None if r['mfu'] is None else 100 * r['mfu']])
+  lines = [f'alexnet_owt width {cfg["width"]}, batch {cfg["batch"]}, {cfg["image_size"]}px, {cfg["dtype"]}; '
+           f'{cfg["steps"]} timed calls each, round-robin',
+           common.describe(report['machine'])]
+  if report['torch']:
+    t = report['torch']
+    lines.append(f'torch {t["version"]}, {t["threads"]} threads, {t["memory_format"]}'
+                 f'{", autocast bf16" if t["autocast"] else ""}; eval logits max |diff| vs ours '
+                 f'{report["logits_check"]["max_abs_diff"]:.3g}')
+  else:
+    lines.append('PyTorch is not installed: our side only (pip install torch==2.13.0)')
+  lines.append(common.format_table(['program', 'mode', 'img/s', 'min-max', 'ours/torch', 'MFU %'], rows))
+  lines.append(f'load average before/after timing: {report["load_average_during"][0]} / '
+               f'{report["load_average_during"][1]}')
+  return '\n'.join(lines)
+
+
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a command, so modules can be imported together)."""
+  flags.DEFINE_integer('batch', 32, 'Batch size.')
+  flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
+  flags.DEFINE_float('width', 1.0, 'Channel multiplier.')
+  flags.DEFINE_integer('image_size', 224, 'Input height and width.')
+  flags.DEFINE_integer('num_classes', 1000, 'Classes.')
+  flags.DEFINE_integer('steps', 7, 'Timed calls per program.')
+  flags.DEFINE_integer('warmup', 2, 'Untimed calls per program first.')
+  flags.DEFINE_list('xla', ['default', 'tuned'], f'Our XLA option sets ({", ".join(common.XLA_OPTIONS)}).')
+  flags.DEFINE_list('modes', ['train', 'infer'], 'train and/or infer.')
+  flags.DEFINE_integer('threads', 0, "PyTorch's intra-op threads (0: the usable cores).")
+  flags.DEFINE_string('json', None, 'Write the report as JSON here.')
+  flags.DEFINE_list('max_pools', ['model'], "What-if: also time ours with max-pool as 'slices' (9 "
+                    "strided slices, swapped in while tracing) beside the model's own ('model').")
+  flags.DEFINE_bool('breakdown', False, 'Instead: time each layer alone, ours (every --xla) vs PyTorch.')
+
+
+def main(argv):
+  del argv
+  from alexnet_jax.devices import ensure_devices
+  ensure_devices(1)
+  if FLAGS.breakdown:
+    result = layer_breakdown(batch=FLAGS.batch, steps=FLAGS.steps, warmup=FLAGS.warmup, xla=FLAGS.xla)
+    print(format_breakdown(result))
+    if FLAGS.json:
+      common.write_json(FLAGS.json, result)
+    return
+  report = benchmark(batch=FLAGS.batch, dtype=FLAGS.dtype, width=FLAGS.width, image_size=FLAGS.image_size,
+                     num_classes=FLAGS.num_classes, steps=FLAGS.steps, warmup=FLAGS.warmup, xla=FLAGS.xla,
+                     modes=FLAGS.modes, threads=FLAGS.threads, max_pools=FLAGS.max_pools)
+  print(format_report(report))
+  if FLAGS.json:
+    common.write_json(FLAGS.json, report)
+    print(f'wrote {FLAGS.json}')
+
+
+if __name__ == '__main__':
+  from alexnet_jax import cli
+  define_flags()
+  cli.run(main)

@@ -1,0 +1,142 @@
+"""Smoke runs of the benchmarks at a tiny size (width 1/8, 67x67 inputs, 2 timed steps).
+
+Benchmarks are not tests (STYLE.md): nothing here checks a speed. It checks that each benchmark runs
+end to end on the forced CPU devices of conftest.py, and that what it reports is coherent -- FLOPs and
+memory present, the layouts' first losses equal to ``single``'s, communication where a layout must
+communicate and none where it must not, PyTorch's network equal to ours.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import common
+from benchmarks import compare_torch
+from benchmarks import layouts as layouts_bench
+from benchmarks import model_step
+
+TINY = dict(width=0.125, image_size=67, num_classes=10)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_interleave_times_round_robin_and_ratios_pair_rounds():
+  order = []
+  timings = common.interleave({'a': lambda: order.append('a'), 'b': lambda: order.append('b')},
+                              reps=3, warmup=1)
+  assert order == ['a', 'b'] + ['a', 'b'] * 3
+  assert len(timings['a'].seconds) == 3
+  a, b = common.Timing([1.0, 2.0, 4.0]), common.Timing([2.0, 4.0, 8.0])
+  assert common.paired_ratio(a, b) == 2.0
+
+
+def test_peak_table_knows_the_lent_gpus_and_rejects_unknown_option_sets():
+  assert common.table_peak('NVIDIA H100 80GB HBM3', 'gpu', 'bfloat16') == pytest.approx(989.4e12)
+  assert common.table_peak('NVIDIA H100 PCIe', 'gpu', 'bfloat16') == pytest.approx(756e12)
+  assert common.table_peak('NVIDIA H200', 'gpu', 'float32') == pytest.approx(494.7e12)
+  assert common.table_peak('NVIDIA A100-SXM4-40GB', 'gpu', 'float32_simt') == pytest.approx(19.5e12)
+  assert common.table_peak('Some Future GPU', 'gpu', 'float32') is None
+  with pytest.raises(ValueError, match='--xla'):
+    common.xla_options('fastest', 'cpu')
+  assert common.xla_options('tuned', 'gpu') == {}
+
+
+def test_write_json_is_atomic_and_readable(tmp_path):
+  path = tmp_path / 'sub' / 'r.json'
+  common.write_json(str(path), {'x': 1.5})
+  assert json.loads(path.read_text()) == {'x': 1.5}
+  assert os.listdir(path.parent) == ['r.json']
+
+
+def test_layouts_benchmark_reports_every_layout(tmp_path):
+  names = ['single', 'model', 'weird_trick']
+  report = layouts_bench.benchmark(names, devices=4, model='alexnet', batch=8, steps=2, warmup=1,
+                                   log=lambda *_: None, **TINY)
+  rows = report['layouts']
+  assert list(rows) == names
+  for name, r in rows.items():
+    assert r['loss_matches_single'], (name, r['loss_abs_diff_vs_single'])
+    assert r['flops_per_step'] > 0 and r['images_per_s'] > 0 and r['compile_s'] > 0
+    assert r['memory_per_device']['argument_bytes'] > 0
+    assert r['step']['min_s'] <= r['step']['median_s'] <= r['step']['max_s']
+  assert rows['single']['comm_bytes_per_device_total'] == 0
+  assert rows['model']['comm_bytes_per_device'].get('all-gather', 0) > 0     # the tower exchanges
+  assert rows['weird_trick']['comm_bytes_per_device'].get('all-reduce', 0) > 0  # conv gradients
+  # Towers split over 'model' halve the tower parameters a device holds.
+  assert rows['model']['param_bytes_per_device'] < 0.6 * rows['single']['param_bytes_per_device']
+  text = layouts_bench.format_report(report)
+  assert all(name in text for name in names) and 'MFU' in text
+  layouts_bench.plot(report, str(tmp_path / 'l.png'))
+  assert (tmp_path / 'l.png').stat().st_size > 1000
+  common.write_json(str(tmp_path / 'l.json'), report)
+  assert json.loads((tmp_path / 'l.json').read_text())['layouts']['weird_trick']['devices'] == 4
+
+
+def test_layouts_command_line_writes_table_json_and_plot(tmp_path):
+  env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu')
+  out = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.layouts', '--layouts=model', '--devices=2',
+       '--model=alexnet', '--width=0.125', '--batch=8', '--image_size=67', '--num_classes=10',
+       '--steps=2', '--warmup=1', f'--json={tmp_path / "r.json"}', f'--plot={tmp_path / "r.png"}'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'model' in out.stdout and 'loss ok' in out.stdout
+  report = json.loads((tmp_path / 'r.json').read_text())
+  assert report['layouts']['model']['mesh'] == {'data': 1, 'model': 2}
+  assert report['layouts']['model']['loss_matches_single']
+  assert (tmp_path / 'r.png').exists()
+
+
+def test_layouts_command_line_rejects_an_impossible_layout_before_compiling():
+  env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu')
+  out = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.layouts', '--layouts=model', '--model=alexnet_owt',
+       '--devices=2', '--width=0.125', '--image_size=67', '--batch=8'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2
+  assert 'single tower' in out.stderr and 'compiled' not in out.stdout
+
+
+def test_model_step_benchmark_runs_both_networks():
+  report = model_step.benchmark(('alexnet', 'alexnet_owt'), ('float32',), (8,), ('train', 'infer'),
+                                ('default',), steps=2, warmup=1, log=lambda *_: None, **TINY)
+  assert len(report['results']) == 2 * 2
+  for r in report['results'].values():
+    assert r['images_per_s'] > 0 and r['flops_per_image'] > 0
+    assert r['mfu'] is None or 0 < r['mfu'] < 1
+  # Training costs about three forward passes.
+  train = report['results']['alexnet_owt/float32/b8/default/train']['flops_per_image']
+  infer = report['results']['alexnet_owt/float32/b8/default/infer']['flops_per_image']
+  assert 2.0 < train / infer < 3.5
+  assert set(report['alexnet_over_owt_flop_rate']) >= {'float32/b8/default/train'}
+  assert 'alexnet FLOP rate' in model_step.format_report(report)
+
+
+def test_model_step_benchmark_compares_xla_option_sets_in_bfloat16():
+  report = model_step.benchmark(('alexnet_owt',), ('bfloat16',), (8,), ('infer',), ('default', 'eigen'),
+                                steps=2, warmup=1, log=lambda *_: None, **TINY)
+  rows = report['results']
+  assert rows['alexnet_owt/bfloat16/b8/default/infer']['speed_vs_first_xla'] == 1.0
+  assert rows['alexnet_owt/bfloat16/b8/eigen/infer']['speed_vs_first_xla'] > 0
+
+
+def test_compare_torch_without_torch_times_our_side_only():
+  report = compare_torch.benchmark(batch=8, steps=2, warmup=1, xla=('default',), modes=('infer',),
+                                   use_torch=False, log=lambda *_: None, **TINY)
+  assert report['torch'] is None and list(report['results']) == ['jax_default/infer']
+  assert 'not installed' in compare_torch.format_report(report)
+
+
+def test_compare_torch_runs_the_same_network_in_both():
+  if not compare_torch.torch_available():
+    pytest.skip('PyTorch is not installed')
+  report = compare_torch.benchmark(batch=8, steps=2, warmup=1, xla=('default',), log=lambda *_: None,
+                                   **TINY)
+  check = report['logits_check']
+  assert check['max_abs_diff'] < 1e-4 * max(1.0, check['max_abs_logit'])
+  for mode in ('train', 'infer'):
+    assert report['results'][f'jax_default/{mode}']['ratio_to_torch'] > 0
+    assert report['results'][f'torch/{mode}']['images_per_s'] > 0
+  assert 'ours/torch' in compare_torch.format_report(report)
