@@ -1,7 +1,19 @@
 """The networks, described as towers and stages (see ``towers.py``), and a registry by name.
 
-``build(model_config, num_classes)`` turns ``config.model`` into a ``TowerNetwork``. Nothing in this
-package knows about devices or meshes.
+``build(model_config, num_classes)`` turns ``config.model`` into a ``TowerNetwork``. DIGITS' standard
+networks are in ``REGISTRY``:
+
+=============  ======  =========================================================================
+name           towers  what
+=============  ======  =========================================================================
+alexnet        2       the 2012 paper's network (``alexnet.py``)
+alexnet_owt    1       "One weird trick" / torchvision's one-tower AlexNet (``alexnet_owt.py``)
+lenet          1       DIGITS' LeNet, 28x28 grayscale (``lenet.py``)
+googlenet      1       Inception v1 with its two auxiliary classifiers (``googlenet.py``)
+=============  ======  =========================================================================
+
+Any other Flax module can be named ``package.module:ClassName`` (``custom.py``). Nothing in this package
+knows about devices or meshes.
 """
 
 from __future__ import annotations
@@ -13,22 +25,32 @@ import ml_collections
 
 from alexnet_jax.models.alexnet import alexnet
 from alexnet_jax.models.alexnet_owt import alexnet_owt
+from alexnet_jax.models.custom import custom_network, is_custom_name
+from alexnet_jax.models.googlenet import googlenet
+from alexnet_jax.models.lenet import lenet
 from alexnet_jax.models.towers import Stage, TowerNetwork
 
 REGISTRY: dict[str, Callable[..., TowerNetwork]] = {
     'alexnet': alexnet,
     'alexnet_owt': alexnet_owt,
+    'lenet': lenet,
+    'googlenet': googlenet,
 }
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def build(model_config: ml_collections.ConfigDict, num_classes: int) -> TowerNetwork:
-  """Builds the network named by ``model_config.name`` for ``num_classes`` classes."""
+  """Builds the network named by ``model_config.name`` for ``num_classes`` classes.
+
+  The name is a ``REGISTRY`` key or ``package.module:ClassName`` (a custom Flax module, ``custom.py``).
+  """
   name = model_config.name
+  if is_custom_name(name):
+    return custom_network(name, num_classes)
   if name not in REGISTRY:
-    raise ValueError(f'--config.model.name={name!r} is not a known network; '
-                     f'choose one of {sorted(REGISTRY)}')
+    raise ValueError(f'--config.model.name={name!r} is not a known network; choose one of '
+                     f'{sorted(REGISTRY)} or name a Flax module as package.module:ClassName')
   if model_config.dtype not in DTYPES:
     raise ValueError(f'--config.model.dtype={model_config.dtype!r}: use one of {sorted(DTYPES)}')
   if model_config.width <= 0:
@@ -39,4 +61,5 @@ def build(model_config: ml_collections.ConfigDict, num_classes: int) -> TowerNet
                         dtype=DTYPES[model_config.dtype])
 
 
-__all__ = ['REGISTRY', 'Stage', 'TowerNetwork', 'alexnet', 'alexnet_owt', 'build']
+__all__ = ['REGISTRY', 'Stage', 'TowerNetwork', 'alexnet', 'alexnet_owt', 'build', 'custom_network',
+           'googlenet', 'lenet']
