@@ -29,6 +29,7 @@ from typing import Sequence
 
 from absl import flags
 
+from alexnet_jax.models import layers as model_layers
 from benchmarks import common
 
 FLAGS = flags.FLAGS
@@ -121,7 +122,8 @@ def benchmark(*, batch: int = 32, dtype: str = 'float32', width: float = 1.0, im
     options = common.xla_options(xla_name, device.platform)
     name = f'jax_{xla_name}' + ('' if pool == 'model' else f'+{pool}')
     # A what-if for the model's max-pool: swapped in while tracing only (the model code is unchanged).
-    layers_lib.max_pool = slice_max_pool if pool == 'slices' else model_pool
+    layers_lib.max_pool = {'slices': slice_max_pool, 'reduce_window': reduce_window_max_pool}.get(
+        pool, model_pool)
     try:
       with jax.set_mesh(mesh):
         if 'train' in modes:
@@ -232,17 +234,14 @@ OWT_POOLS = (('pool1', 55, 64), ('pool2', 27, 192), ('pool5', 13, 256))
 OWT_DENSE = (('fc6', 9216, 4096), ('fc7', 4096, 4096), ('fc8', 4096, 1000))
 
 
-def slice_max_pool(x, window: int = 3, stride: int = 2):
-  """Max-pool as the maximum of window x window strided slices (the same values as reduce_window)."""
-  import jax.numpy as jnp
-  n, h, w, c = x.shape
-  ho, wo = (h - window) // stride + 1, (w - window) // stride + 1
-  out = None
-  for i in range(window):
-    for j in range(window):
-      s = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
-      out = s if out is None else jnp.maximum(out, s)
-  return out
+# The model's own max-pool (window x window strided slices), captured before any what-if swaps it.
+slice_max_pool = model_layers.max_pool
+
+
+def reduce_window_max_pool(x, window: int = 3, stride: int = 2):
+  """Max-pool as XLA's ``reduce_window`` (``nn.max_pool``; its gradient is a ``select_and_scatter``)."""
+  import flax.linen as nn
+  return nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')
 
 
 def layer_breakdown(*, batch: int = 32, steps: int = 5, warmup: int = 2,
@@ -385,8 +384,9 @@ def define_flags() -> None:
   flags.DEFINE_list('modes', ['train', 'infer'], 'train and/or infer.')
   flags.DEFINE_integer('threads', 0, "PyTorch's intra-op threads (0: the usable cores).")
   flags.DEFINE_string('json', None, 'Write the report as JSON here.')
-  flags.DEFINE_list('max_pools', ['model'], "What-if: also time ours with max-pool as 'slices' (9 "
-                    "strided slices, swapped in while tracing) beside the model's own ('model').")
+  flags.DEFINE_list('max_pools', ['model'], "What-if: also time ours with max-pool as 'reduce_window' "
+                    "(nn.max_pool, swapped in while tracing) or 'slices' beside the model's own "
+                    "('model', which is 9 strided slices since models/layers.py adopted them).")
   flags.DEFINE_bool('breakdown', False, 'Instead: time each layer alone, ours (every --xla) vs PyTorch.')
 
 
