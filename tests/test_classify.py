@@ -19,6 +19,7 @@ import pytest
 from alexnet_jax import classify, evaluate, inference, train
 from alexnet_jax.data import synthetic
 from experiments import demo
+from tests import tiny_experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,13 +42,7 @@ def tiny_config(source, **overrides):
   c.log_every_steps = 2
   c.learning_rate = 1e-5
   c.lr.policy = 'fixed'
-  for key, value in overrides.items():
-    target = c
-    *path, leaf = key.split('.')
-    for part in path:
-      target = target[part]
-    target[leaf] = value
-  return c
+  return tiny_experiment.override(c, **overrides)
 
 
 def image_folder(tmp_path_factory):

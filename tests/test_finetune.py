@@ -14,6 +14,7 @@ import pytest
 from alexnet_jax import checkpoints, configs, export, finetune, models, train
 from alexnet_jax.data import synthetic
 from alexnet_jax.parallel import layouts, step as step_lib
+from tests import tiny_experiment
 
 SIZE = 28
 
@@ -34,13 +35,7 @@ def lenet_config(source, **overrides):
   c.num_epochs = 2
   c.lr.policy = 'fixed'
   c.log_every_steps = 1
-  for key, value in overrides.items():
-    target = c
-    *path, leaf = key.split('.')
-    for part in path:
-      target = target[part]
-    target[leaf] = value
-  return c
+  return tiny_experiment.override(c, **overrides)
 
 
 @pytest.fixture(scope='module')

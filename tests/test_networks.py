@@ -17,6 +17,7 @@ from alexnet_jax.data import synthetic
 from alexnet_jax.models import custom
 from alexnet_jax.models.googlenet import ceil_max_pool, googlenet
 from alexnet_jax.parallel import layouts, step as step_lib
+from tests import tiny_experiment
 
 CUSTOM = 'tests.test_networks:SmallCNN'
 
@@ -101,13 +102,7 @@ def tiny_config(source, name, *, size, channels=3, **overrides):
   c.learning_rate = 1e-3
   c.lr.policy = 'fixed'
   c.log_every_steps = 1
-  for key, value in overrides.items():
-    target = c
-    *path, leaf = key.split('.')
-    for part in path:
-      target = target[part]
-    target[leaf] = value
-  return c
+  return tiny_experiment.override(c, **overrides)
 
 
 @pytest.fixture(scope='module')

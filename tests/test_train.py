@@ -25,13 +25,7 @@ def tiny_config(source, **overrides):
   """``tests/tiny_experiment.py`` (trains in seconds) on ``source``, with ``overrides``."""
   c = tiny_experiment.get_config()
   c.data.source = str(source)
-  for key, value in overrides.items():
-    target = c
-    *path, leaf = key.split('.')
-    for part in path:
-      target = target[part]
-    target[leaf] = value
-  return c
+  return tiny_experiment.override(c, **overrides)
 
 
 def overrides_as_flags(**overrides):

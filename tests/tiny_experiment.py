@@ -25,3 +25,14 @@ def get_config():
   c.snapshot_interval = 1.0
   c.log_every_steps = 2
   return c
+
+
+def override(config, **overrides):
+  """Sets dotted fields (``override(c, **{'model.width': 0.5})``) in place; returns ``config``."""
+  for key, value in overrides.items():
+    target = config
+    *path, leaf = key.split('.')
+    for part in path:
+      target = target[part]
+    target[leaf] = value
+  return config
