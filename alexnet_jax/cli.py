@@ -1,5 +1,8 @@
 """What every ``python -m alexnet_jax.<tool>`` shares: user errors end the program with one clear line.
 
+It also keeps freed host memory in the process before the tool starts (``--retain_host_memory``, on by
+default; see host_memory.py).
+
 A wrong flag, a missing file or an unusable dataset is the user's to fix, not a bug: it is reported as
 ``error: <message>`` on stderr with exit status 2, without a traceback. Anything else is a bug and keeps
 its traceback.
@@ -14,7 +17,15 @@ import traceback
 from typing import Callable
 
 from absl import app
+from absl import flags
 from absl import logging
+
+from alexnet_jax import host_memory
+
+flags.DEFINE_bool('retain_host_memory', True,
+                  'Keep freed host memory for reuse instead of returning it to the OS between steps '
+                  '(glibc mallopt; alexnet_jax/host_memory.py): no page faults on every step\'s buffers. '
+                  'Off: glibc\'s defaults.')
 
 # Libraries whose INFO lines (dozens per checkpoint) would bury the run's own progress lines.
 QUIET_LIBRARIES = ('/orbax/', '/grain/', '/etils/')
@@ -52,6 +63,8 @@ def run(main: Callable[[list[str]], None]) -> None:
   """``absl.app.run(main)``, with user errors printed as one line and exit status 2."""
   def wrapped(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    if flags.FLAGS.retain_host_memory:
+      host_memory.retain_freed_memory()   # before main starts XLA's threads
     try:
       main(argv)
     except USER_ERRORS as e:

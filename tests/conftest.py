@@ -11,6 +11,8 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 # The XLA CPU options the entry points use (alexnet_jax/devices.py), so tests run what users run.
 from alexnet_jax import devices  # noqa: E402  (imports jax, but starts no backend)
 devices.add_cpu_xla_flags()
+from alexnet_jax import host_memory  # noqa: E402
+host_memory.retain_freed_memory()   # as cli.run does for the entry points
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # noqa: E402  (after the flag, on purpose)

@@ -99,6 +99,29 @@ def test_lrn_follows_the_papers_formula_and_the_caffe_convention():
     layers.local_response_norm(jnp.asarray(x), convention='pytorch')
 
 
+def _plain_lrn(x, k, n, alpha, beta):
+  """The formula written the obvious way, for autodiff to differentiate (the window may be even)."""
+  lo_pad, channels = n // 2, x.shape[-1]
+  padded = jnp.pad(jnp.square(x), [(0, 0)] * (x.ndim - 1) + [(lo_pad, n - 1 - lo_pad)])
+  window = sum(padded[..., i:i + channels] for i in range(n))
+  return x / (k + alpha * window) ** beta
+
+
+@pytest.mark.parametrize('n,k,beta', [(5, 2.0, 0.75), (4, 1.0, 0.75), (3, 2.0, 0.6)])
+def test_lrn_gradient_is_the_analytic_one(n, k, beta):
+  """The hand-written backward pass (one window sum instead of autodiff's pad per tap) is exact."""
+  x = jnp.asarray(np.random.RandomState(1).normal(0, 40, (2, 5, 4, 9)).astype(np.float32))
+  g = jnp.asarray(np.random.RandomState(2).normal(0, 1, x.shape).astype(np.float32))
+  ours = layers.local_response_norm(x, k=k, n=n, alpha=1e-4, beta=beta)
+  np.testing.assert_allclose(ours, _plain_lrn(x, k, n, 1e-4, beta), rtol=2e-6)
+  grad = jax.grad(lambda x: jnp.vdot(layers.local_response_norm(x, k=k, n=n, alpha=1e-4, beta=beta), g))(x)
+  want = jax.grad(lambda x: jnp.vdot(_plain_lrn(x, k, n, 1e-4, beta), g))(x)
+  np.testing.assert_allclose(grad, want, rtol=0, atol=2e-6 * float(jnp.max(jnp.abs(want))))
+  # The gradient through the denominator matters at this scale: dropping it would fail the check above.
+  denominator_held_fixed = g * _plain_lrn(x, k, n, 1e-4, beta) / x
+  assert float(jnp.max(jnp.abs(want - denominator_held_fixed))) > 100 * 2e-6 * float(jnp.max(jnp.abs(want)))
+
+
 def test_paper_init_weights_and_biases():
   params = models.alexnet(1000).init(jax.random.key(0), (224, 224, 3))['towers']
   for layer in PAPER_SHAPES:
