@@ -234,8 +234,9 @@ OWT_POOLS = (('pool1', 55, 64), ('pool2', 27, 192), ('pool5', 13, 256))
 OWT_DENSE = (('fc6', 9216, 4096), ('fc7', 4096, 4096), ('fc8', 4096, 1000))
 
 
-# The model's own max-pool (window x window strided slices), captured before any what-if swaps it.
-slice_max_pool = model_layers.max_pool
+# Max-pool as window x window strided slices, differentiated by autodiff (the model's own max-pool has the
+# same forward and a hand-written backward pass).
+slice_max_pool = model_layers.slice_max_pool
 
 
 def reduce_window_max_pool(x, window: int = 3, stride: int = 2):
@@ -250,8 +251,9 @@ def layer_breakdown(*, batch: int = 32, steps: int = 5, warmup: int = 2,
   """Forward + backward of each layer of alexnet_owt alone (full width, float32), ours vs PyTorch's.
 
   Convolutions: output, input gradient (not for conv1, whose input gradient training never needs) and
-  weight gradient; pools: forward and input gradient, as XLA's ``reduce_window`` (what ``nn.max_pool``
-  lowers to, its gradient a ``select_and_scatter``) and as 9 strided slices; dense layers: output and
+  weight gradient; pools: forward and input gradient, the model's own (``layers.max_pool``) and, as
+  what-ifs, XLA's ``reduce_window`` (what ``nn.max_pool`` lowers to, its gradient a ``select_and_scatter``)
+  and 9 strided slices under autodiff; dense layers: output and
   both gradients. Everything is timed round-robin in one process; times in ms per call.
   """
   import jax
@@ -288,6 +290,7 @@ def layer_breakdown(*, batch: int = 32, steps: int = 5, warmup: int = 2,
     out = (side - 3) // 2 + 1
     g = jnp.asarray(rng.normal(size=(batch, out, out, c)), jnp.float32)
     reduce_window = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
+    add_jax(name, lambda x, g: jax.vjp(model_layers.max_pool, x)[1](g), (x, g), None)
     add_jax(name + ' reduce_window', lambda x, g, f=reduce_window: jax.vjp(f, x)[1](g), (x, g), None)
     add_jax(name + ' slices', lambda x, g: jax.vjp(slice_max_pool, x)[1](g), (x, g), None)
   for name, fin, fout in OWT_DENSE:
@@ -313,7 +316,7 @@ def layer_breakdown(*, batch: int = 32, steps: int = 5, warmup: int = 2,
       x = torch.randn(batch, c, side, side).contiguous(memory_format=cl).requires_grad_()
       out = (side - 3) // 2 + 1
       g = torch.randn(batch, c, out, out).contiguous(memory_format=cl)
-      calls[f'{name} reduce_window|torch'] = lambda x=x, g=g: torch.nn.functional.max_pool2d(
+      calls[f'{name}|torch'] = lambda x=x, g=g: torch.nn.functional.max_pool2d(
           x, 3, 2).backward(g)
     for name, fin, fout in OWT_DENSE:
       layer = torch.nn.Linear(fin, fout)
@@ -338,10 +341,10 @@ def format_breakdown(result: dict) -> str:
     best = min(row.get(p, float('inf')) for p in programs[:-1])
     rows.append([layer, row['gflop'], *[row.get(p) for p in programs],
                  best / row['torch'] if 'torch' in row else None])
-    if 'slices' not in layer:
+    if not layer.endswith((' slices', ' reduce_window')):   # what-ifs, not in the model
       for p in programs:
         totals[p] += row.get(p) or 0.0
-  rows.append(['total (reduce_window pools)', None, *[totals[p] or None for p in programs], None])
+  rows.append(['total (the model\'s layers)', None, *[totals[p] or None for p in programs], None])
   return '\n'.join([
       f'per-layer forward+backward of alexnet_owt, batch {result["batch"]}, float32, ms per call '
       '(round-robin medians)', common.describe(result['machine']),
@@ -385,8 +388,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('threads', 0, "PyTorch's intra-op threads (0: the usable cores).")
   flags.DEFINE_string('json', None, 'Write the report as JSON here.')
   flags.DEFINE_list('max_pools', ['model'], "What-if: also time ours with max-pool as 'reduce_window' "
-                    "(nn.max_pool, swapped in while tracing) or 'slices' beside the model's own "
-                    "('model', which is 9 strided slices since models/layers.py adopted them).")
+                    "(nn.max_pool, swapped in while tracing) or 'slices' (9 strided slices under autodiff) "
+                    "beside the model's own ('model': the slices with a hand-written backward pass).")
   flags.DEFINE_bool('breakdown', False, 'Instead: time each layer alone, ours (every --xla) vs PyTorch.')
 
 

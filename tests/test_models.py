@@ -122,6 +122,24 @@ def test_lrn_gradient_is_the_analytic_one(n, k, beta):
   assert float(jnp.max(jnp.abs(want - denominator_held_fixed))) > 100 * 2e-6 * float(jnp.max(jnp.abs(want)))
 
 
+@pytest.mark.parametrize('shape,window,stride', [((2, 13, 13, 5), 3, 2), ((1, 8, 9, 3), 2, 2),
+                                                  ((1, 7, 7, 2), 3, 1)])
+def test_max_pool_matches_reduce_window_values_and_gradients(shape, window, stride):
+  """Forward: the values of XLA's reduce_window. Backward: its select_and_scatter, i.e. each window's
+  gradient goes to its first maximum, also where a window holds ties (rounded inputs make many)."""
+  x = jnp.asarray(np.round(np.random.RandomState(3).normal(0, 2, shape)).astype(np.float32))
+  reduce_window = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
+                                                  (1, stride, stride, 1), 'VALID')
+  ours, ours_vjp = jax.vjp(lambda x: layers.max_pool(x, window, stride), x)
+  want, want_vjp = jax.vjp(reduce_window, x)
+  np.testing.assert_array_equal(ours, want)
+  g = jnp.asarray(np.random.RandomState(4).normal(0, 1, want.shape).astype(np.float32))
+  np.testing.assert_allclose(ours_vjp(g)[0], want_vjp(g)[0], rtol=0, atol=1e-5)
+  # Autodiff through the chain of maxima splits tied gradients instead, so it differs here.
+  split = jax.vjp(lambda x: layers.slice_max_pool(x, window, stride), x)[1](g)[0]
+  assert float(jnp.max(jnp.abs(split - want_vjp(g)[0]))) > 0.1
+
+
 def test_paper_init_weights_and_biases():
   params = models.alexnet(1000).init(jax.random.key(0), (224, 224, 3))['towers']
   for layer in PAPER_SHAPES:

@@ -3,7 +3,7 @@
 - `local_response_norm`: section 3.3 of the paper, over the channels a tower holds.
 - `dropout`: section 4.2, with one random key *per example* so that a mask never depends on how the
   batch was split across devices (the layouts' equivalence rests on this).
-- `max_pool`: overlapping pooling (section 3.4), z=3, s=2.
+- `max_pool`: overlapping pooling (section 3.4), z=3, s=2, with the usual first-maximum gradient.
 - `convnet_padding`: cuda-convnet's rounding of conv1's output size on 224x224 inputs.
 
 Nothing here knows about devices or meshes.
@@ -118,19 +118,85 @@ def dropout(x: jax.Array, rate: float, example_keys: jax.Array | None, *, layer:
 def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
   """Overlapping max pooling (section 3.4: z = 3, s = 2), no padding, on NHWC maps.
 
-  Written as the maximum of ``window**2`` strided slices rather than ``nn.max_pool``: the same values,
-  but XLA's CPU gradient of ``reduce_window`` (a ``select_and_scatter``) is slow (benchmarks/RESULTS.md).
-  Gradients differ only where two window elements tie exactly: ``select_and_scatter`` gives the whole
-  gradient to one of them, ``maximum`` splits it between them.
+  The forward pass is the maximum of ``window**2`` strided slices; the backward pass hands each output's
+  gradient to the first maximal element of its window (row-major order), as cuda-convnet, Caffe,
+  PyTorch and XLA's ``select_and_scatter`` do. Both are written out (a custom VJP) rather than taken
+  from ``nn.max_pool``: on XLA's CPU backend ``reduce_window``'s gradient is slow, and so is autodiff
+  through the chain of maxima (``slice_max_pool``), which also splits the gradient between exact ties
+  instead of giving it to one element. The values are the same as both; away from ties, the gradients
+  too. Speeds in benchmarks/RESULTS.md.
   """
+  return _max_pool(x, window, stride)
+
+
+def _pool_taps(x: jax.Array, window: int, stride: int) -> list[jax.Array]:
+  """The ``window**2`` strided slices of ``x``, one per position in the window, in row-major order."""
   _, h, w, _ = x.shape
   ho, wo = (h - window) // stride + 1, (w - window) // stride + 1
-  out = None
-  for i in range(window):
-    for j in range(window):
-      s = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
-      out = s if out is None else jnp.maximum(out, s)
+  return [x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+          for i in range(window) for j in range(window)]
+
+
+def slice_max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
+  """The maximum of the strided slices, differentiated by autodiff (the benchmarks' what-if)."""
+  taps = _pool_taps(x, window, stride)
+  out = taps[0]
+  for tap in taps[1:]:
+    out = jnp.maximum(out, tap)
   return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool(x, window, stride):
+  return slice_max_pool(x, window, stride)
+
+
+def _max_pool_forward(x, window, stride):
+  taps = _pool_taps(x, window, stride)
+  out, argmax = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
+  for k, tap in enumerate(taps[1:], start=1):
+    better = tap > out          # strictly: the first maximum keeps the gradient
+    out = jnp.where(better, tap, out)
+    argmax = jnp.where(better, jnp.int8(k), argmax)
+  return out, (argmax, x.shape)
+
+
+def _max_pool_backward(window, stride, residuals, g):
+  """Scatters each window's gradient onto its argmax, written as a gather so that XLA makes it one pass.
+
+  Input row ``h = stride * a + p`` lies under window row ``i = p + stride * m`` of output row ``a - m``
+  (every ``m`` with ``i < window``), and likewise for columns. So the input positions of one phase
+  ``(p, q)`` receive a sum of shifted copies of the masked gradient ``where(argmax == (i, j), g, 0)``,
+  and the phases interleave into ``dx`` by a reshape. (The transpose of the forward slices would be
+  ``window**2`` interior-padded copies of ``dx``'s size, summed: XLA's CPU backend makes each its own
+  pass, recomputing the argmax in each.)
+  """
+  argmax, (n, h, w, c) = residuals
+  ho, wo = g.shape[1:3]
+  rows, cols = -(-h // stride), -(-w // stride)     # phase planes of ceil(h / stride) x ceil(w / stride)
+  zero = jnp.zeros((), g.dtype)
+
+  def shifted(v, m_rows, m_cols):
+    """v[a - m_rows, b - m_cols] on the rows x cols phase grid, zero outside ``v``."""
+    return jax.lax.pad(v, zero, [(0, 0, 0), (m_rows, rows - m_rows - ho, 0),
+                                 (m_cols, cols - m_cols - wo, 0), (0, 0, 0)])
+
+  phase_rows = []
+  for p in range(stride):
+    phase_cols = []
+    for q in range(stride):
+      plane = jnp.zeros((n, rows, cols, c), g.dtype)
+      for i in range(p, window, stride):
+        for j in range(q, window, stride):
+          mine = jnp.where(argmax == i * window + j, g, zero)
+          plane = plane + shifted(mine, (i - p) // stride, (j - q) // stride)
+      phase_cols.append(plane)
+    phase_rows.append(jnp.stack(phase_cols, axis=3))           # [n, rows, cols, q, c]
+  dx = jnp.stack(phase_rows, axis=2)                           # [n, rows, p, cols, q, c]
+  return (dx.reshape(n, rows * stride, cols * stride, c)[:, :h, :w, :],)
+
+
+_max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 
 
 def convnet_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
