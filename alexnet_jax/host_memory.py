@@ -36,6 +36,11 @@ SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
 _applied = False
 
 
+def is_retaining() -> bool:
+  """Whether ``retain_freed_memory`` took effect in this process."""
+  return _applied
+
+
 def retain_freed_memory() -> bool:
   """Applies ``SETTINGS`` once per process; True when glibc accepted all of them."""
   global _applied

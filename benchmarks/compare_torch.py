@@ -12,9 +12,11 @@ momentum 0.9, dropout 0.5 before fc6 and fc7. PyTorch runs eager, ``channels_las
 ``torch.set_num_threads(cores)``; ``--dtype=bfloat16`` means our bfloat16 compute with float32 parameters
 and PyTorch's ``autocast(bfloat16)``, the like-for-like mixed precision.
 
-All programs are timed in one process, **round-robin one call each per round** (train and inference of
-every ``--xla`` option set, and PyTorch's); the ratios are the medians of the per-round ratios
-``our images/s / PyTorch's``.
+All programs are timed **round-robin, one call each per round** (train and inference of every ``--xla``
+option set, and PyTorch's); the ratios are the medians of the per-round ratios ``our images/s /
+PyTorch's``. PyTorch runs in this process (``--torch_process=same``: both sides share its malloc
+settings, see ``alexnet_jax/host_memory.py``) or in a fresh process of its own with glibc's defaults
+(``--torch_process=own``: each framework as its users run it), still called round-robin with ours.
 
 On a busy host PyTorch's OpenMP threads suffer far more than XLA's thread pool: they spin at barriers
 while a sibling thread is descheduled (measured here at load 6 on 2 cores: a tiny train step took 640 ms
@@ -25,10 +27,13 @@ the header near 1, or compare one core each: ``taskset -c 0 python -m benchmarks
 
 from __future__ import annotations
 
+import atexit
+import functools
 from typing import Sequence
 
 from absl import flags
 
+from alexnet_jax import host_memory
 from alexnet_jax.models import layers as model_layers
 from benchmarks import common
 
@@ -86,11 +91,103 @@ def load_our_weights(net, params) -> None:
     linears[2].bias.copy_(torch.from_numpy(np.array(params['head']['bias'])))
 
 
+class TorchPrograms:
+  """PyTorch's side: the network with our initial weights, and one train step or inference per call."""
+
+  def __init__(self, *, num_classes, width, image_size, dtype, threads, params, images, labels, modes):
+    import numpy as np
+    import torch
+    del modes
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    self.net = torch_alexnet_owt(num_classes, width, image_size)
+    load_our_weights(self.net, params)
+    self.net = self.net.to(memory_format=torch.channels_last)
+    self.x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).contiguous(
+        memory_format=torch.channels_last)
+    self.y = torch.from_numpy(labels.astype(np.int64))
+    self.opt = torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=0.9)
+    self.bfloat16 = dtype == 'bfloat16'
+
+  def _autocast(self):
+    import torch
+    return torch.autocast('cpu', dtype=torch.bfloat16, enabled=self.bfloat16)
+
+  def logits(self):
+    import torch
+    self.net.eval()
+    with torch.no_grad(), self._autocast():
+      out = self.net(self.x).float().numpy()
+    self.net.train()
+    return out
+
+  def call(self, mode: str) -> None:
+    import torch
+    if mode == 'train':
+      self.opt.zero_grad(set_to_none=True)
+      with self._autocast():
+        loss = torch.nn.functional.cross_entropy(self.net(self.x).float(), self.y)
+      loss.backward()
+      self.opt.step()
+    else:
+      self.net.eval()
+      with torch.inference_mode(), self._autocast():
+        self.net(self.x)
+      self.net.train()
+
+  def info(self) -> dict:
+    import torch
+    return {'version': torch.__version__, 'threads': torch.get_num_threads(),
+            'memory_format': 'channels_last', 'autocast': self.bfloat16}
+
+
+def _serve_torch(conn, spec) -> None:
+  """The child process of ``TorchServer``: builds the programs, then runs what the parent asks for."""
+  programs = TorchPrograms(**spec)
+  while True:
+    request, arg = conn.recv()
+    if request == 'stop':
+      return
+    conn.send(getattr(programs, request)(*arg))
+
+
+class TorchServer:
+  """``TorchPrograms`` in a process of its own, started fresh (``spawn``): PyTorch as its users run it,
+  with glibc's default malloc settings rather than the ones our process made (alexnet_jax/host_memory.py).
+  Each call is one request over a pipe (well under a millisecond against a step of hundreds)."""
+
+  def __init__(self, spec: dict):
+    import multiprocessing
+    context = multiprocessing.get_context('spawn')
+    self._conn, child = context.Pipe()
+    self._process = context.Process(target=_serve_torch, args=(child, spec), daemon=True)
+    self._process.start()
+    atexit.register(self.close)
+
+  def _ask(self, request: str, *arg):
+    self._conn.send((request, arg))
+    return self._conn.recv()
+
+  def logits(self):
+    return self._ask('logits')
+
+  def call(self, mode: str) -> None:
+    self._ask('call', mode)
+
+  def info(self) -> dict:
+    return self._ask('info')
+
+  def close(self) -> None:
+    if self._process.is_alive():
+      self._conn.send(('stop', ()))
+      self._process.join(timeout=10)
+
+
 def benchmark(*, batch: int = 32, dtype: str = 'float32', width: float = 1.0, image_size: int = 224,
               num_classes: int = 1000, steps: int = 7, warmup: int = 2,
               xla: Sequence[str] = ('default', 'tuned'), modes: Sequence[str] = ('train', 'infer'),
               threads: int = 0, use_torch: bool = True, max_pools: Sequence[str] = ('model',),
-              log=print) -> dict:
+              torch_process: str = 'same', log=print) -> dict:
   """Runs the comparison and returns the report (what ``--json`` writes)."""
   import jax
   import ml_collections
@@ -155,46 +252,20 @@ def benchmark(*, batch: int = 32, dtype: str = 'float32', width: float = 1.0, im
   logits_check = None
   torch_info = None
   if use_torch and torch_available():
-    import torch
-    torch.set_num_threads(threads or common.usable_cores())
-    torch.manual_seed(0)
-    net = torch_alexnet_owt(num_classes, width, image_size)
-    load_our_weights(net, initial_params)
-    net = net.to(memory_format=torch.channels_last)
-    x = torch.from_numpy(images_np.transpose(0, 3, 1, 2).copy()).contiguous(
-        memory_format=torch.channels_last)
-    y = torch.from_numpy(labels_np.astype(np.int64))
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    autocast = (lambda: torch.autocast('cpu', dtype=torch.bfloat16)) if dtype == 'bfloat16' else (
-        lambda: torch.autocast('cpu', enabled=False))
+    spec = dict(num_classes=num_classes, width=width, image_size=image_size, dtype=dtype,
+                threads=threads or common.usable_cores(), params=initial_params, images=images_np,
+                labels=labels_np, modes=tuple(modes))
+    theirs_programs = TorchPrograms(**spec) if torch_process == 'same' else TorchServer(spec)
     # The same network: eval logits from the same weights on the same batch.
-    net.eval()
-    with torch.no_grad(), autocast():
-      theirs = net(x).float().numpy()
+    theirs = theirs_programs.logits()
     ours = np.asarray(eval_step(jax.tree.map(jax.numpy.asarray, initial_params), images_np))
     logits_check = {'max_abs_diff': float(np.max(np.abs(theirs - ours))),
                     'max_abs_logit': float(np.max(np.abs(ours)))}
     log(f'eval logits, PyTorch vs ours: max |diff| {logits_check["max_abs_diff"]:.3g} '
         f'(max |logit| {logits_check["max_abs_logit"]:.3g})')
-    net.train()
-
-    if 'train' in modes:
-      def torch_train():
-        opt.zero_grad(set_to_none=True)
-        with autocast():
-          loss = torch.nn.functional.cross_entropy(net(x).float(), y)
-        loss.backward()
-        opt.step()
-      calls['torch/train'] = torch_train
-    if 'infer' in modes:
-      def torch_infer():
-        net.eval()
-        with torch.inference_mode(), autocast():
-          net(x)
-        net.train()
-      calls['torch/infer'] = torch_infer
-    torch_info = {'version': torch.__version__, 'threads': torch.get_num_threads(),
-                  'memory_format': 'channels_last', 'autocast': dtype == 'bfloat16'}
+    for mode in modes:
+      calls[f'torch/{mode}'] = functools.partial(theirs_programs.call, mode)
+    torch_info = dict(theirs_programs.info(), process=torch_process)
 
   load_before = common.load_average()
   timings = common.interleave(calls, reps=steps, warmup=warmup,
@@ -219,6 +290,7 @@ def benchmark(*, batch: int = 32, dtype: str = 'float32', width: float = 1.0, im
                  'num_classes': num_classes, 'steps': steps, 'warmup': warmup, 'xla': list(xla),
                  'modes': list(modes)},
       'torch': torch_info, 'logits_check': logits_check,
+      'host_memory_retained': host_memory.is_retaining(),
       'peak_flops': peak, 'peak_source': peak_source,
       'machine': common.machine_info(),
       'load_average_during': [load_before, load_after],
@@ -363,11 +435,15 @@ def format_report(report: dict) -> str:
            common.describe(report['machine'])]
   if report['torch']:
     t = report['torch']
+    where = ('in this process' if t['process'] == 'same' else
+             'in its own process (glibc malloc defaults)')
     lines.append(f'torch {t["version"]}, {t["threads"]} threads, {t["memory_format"]}'
-                 f'{", autocast bf16" if t["autocast"] else ""}; eval logits max |diff| vs ours '
+                 f'{", autocast bf16" if t["autocast"] else ""}, {where}; eval logits max |diff| vs ours '
                  f'{report["logits_check"]["max_abs_diff"]:.3g}')
   else:
     lines.append('PyTorch is not installed: our side only (pip install torch==2.13.0)')
+  lines.append('our process keeps freed memory (alexnet_jax/host_memory.py)' if report['host_memory_retained']
+               else 'our process runs with glibc malloc defaults (--noretain_host_memory)')
   lines.append(common.format_table(['program', 'mode', 'img/s', 'min-max', 'ours/torch', 'MFU %'], rows))
   lines.append(f'load average before/after timing: {report["load_average_during"][0]} / '
                f'{report["load_average_during"][1]}')
@@ -387,6 +463,10 @@ def define_flags() -> None:
   flags.DEFINE_list('modes', ['train', 'infer'], 'train and/or infer.')
   flags.DEFINE_integer('threads', 0, "PyTorch's intra-op threads (0: the usable cores).")
   flags.DEFINE_string('json', None, 'Write the report as JSON here.')
+  flags.DEFINE_enum('torch_process', 'same', ['same', 'own'],
+                    "Where PyTorch runs: 'same' = in this process (both sides get this process's malloc "
+                    "settings, see --retain_host_memory); 'own' = a fresh process of its own with glibc's "
+                    "defaults, as PyTorch users run it, still called round-robin with ours.")
   flags.DEFINE_list('max_pools', ['model'], "What-if: also time ours with max-pool as 'reduce_window' "
                     "(nn.max_pool, swapped in while tracing) or 'slices' (9 strided slices under autodiff) "
                     "beside the model's own ('model': the slices with a hand-written backward pass).")
@@ -405,7 +485,8 @@ def main(argv):
     return
   report = benchmark(batch=FLAGS.batch, dtype=FLAGS.dtype, width=FLAGS.width, image_size=FLAGS.image_size,
                      num_classes=FLAGS.num_classes, steps=FLAGS.steps, warmup=FLAGS.warmup, xla=FLAGS.xla,
-                     modes=FLAGS.modes, threads=FLAGS.threads, max_pools=FLAGS.max_pools)
+                     modes=FLAGS.modes, threads=FLAGS.threads, max_pools=FLAGS.max_pools,
+                     torch_process=FLAGS.torch_process)
   print(format_report(report))
   if FLAGS.json:
     common.write_json(FLAGS.json, report)

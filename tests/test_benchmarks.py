@@ -129,11 +129,13 @@ def test_compare_torch_without_torch_times_our_side_only():
   assert 'not installed' in compare_torch.format_report(report)
 
 
-def test_compare_torch_runs_the_same_network_in_both():
+@pytest.mark.parametrize('torch_process', ['same', 'own'])
+def test_compare_torch_runs_the_same_network_in_both(torch_process):
   if not compare_torch.torch_available():
     pytest.skip('PyTorch is not installed')
   report = compare_torch.benchmark(batch=8, steps=2, warmup=1, xla=('default',), log=lambda *_: None,
-                                   **TINY)
+                                   torch_process=torch_process, **TINY)
+  assert report['torch']['process'] == torch_process
   check = report['logits_check']
   assert check['max_abs_diff'] < 1e-4 * max(1.0, check['max_abs_logit'])
   for mode in ('train', 'infer'):
