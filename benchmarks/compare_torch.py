@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import os
 from typing import Sequence
 
 from absl import flags
@@ -138,7 +139,8 @@ class TorchPrograms:
   def info(self) -> dict:
     import torch
     return {'version': torch.__version__, 'threads': torch.get_num_threads(),
-            'memory_format': 'channels_last', 'autocast': self.bfloat16}
+            'memory_format': 'channels_last', 'autocast': self.bfloat16,
+            'glibc_tunables': os.environ.get('GLIBC_TUNABLES', '')}
 
 
 def _serve_torch(conn, spec) -> None:
@@ -436,7 +438,7 @@ def format_report(report: dict) -> str:
   if report['torch']:
     t = report['torch']
     where = ('in this process' if t['process'] == 'same' else
-             'in its own process (glibc malloc defaults)')
+             f'in its own process ({"GLIBC_TUNABLES=" + t["glibc_tunables"] if t.get("glibc_tunables") else "glibc malloc defaults"})')
     lines.append(f'torch {t["version"]}, {t["threads"]} threads, {t["memory_format"]}'
                  f'{", autocast bf16" if t["autocast"] else ""}, {where}; eval logits max |diff| vs ours '
                  f'{report["logits_check"]["max_abs_diff"]:.3g}')
