@@ -71,10 +71,7 @@ WEIGHT_INITS = {'paper': nn.initializers.normal(stddev=0.01),
 ONE_BIAS_LAYERS = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
 
 STAGES = (
-    # conv1 alone, so that one program can run both towers' conv1 as one 96-map convolution (the input
-    # is the same image); no exchange follows it.
-    Stage('conv1_block', 'none', feeds='conv2', vmap_towers=True),
-    Stage('conv2_block', 'concat', feeds='conv3'),  # LRN, pool1, conv2..pool2 (tower-local)
+    Stage('conv12', 'concat', feeds='conv3'),     # conv1..pool2 (tower-local)
     Stage('conv345', 'concat', feeds='fc6'),        # conv3 reads both towers' maps; conv4/5 their own
     Stage('fc6_block', 'concat', feeds='fc7'),
     Stage('fc78_block', 'sum', feeds='fc8'),      # fc7 and this tower's block of fc8
@@ -120,7 +117,7 @@ class AlexNetTower(TowerModule):
       return nn.Dense(features, name=name, kernel_init=weight_init, bias_init=bias(name),
                       dtype=self.dtype)
 
-    self.conv1 = conv('conv1', 11, stride=4, padding='VALID')  # padded by hand: see conv1_block()
+    self.conv1 = conv('conv1', 11, stride=4, padding='VALID')  # padded by hand: see conv12()
     self.conv2 = conv('conv2', 5)
     self.conv3 = conv('conv3', 3)
     self.conv4 = conv('conv4', 3)
@@ -131,20 +128,15 @@ class AlexNetTower(TowerModule):
     self.fc8 = nn.Dense(self.num_classes, use_bias=False, name='fc8', kernel_init=weight_init,
                         dtype=self.dtype)
 
-  def conv1_block(self, x, *, train, example_keys):
-    """conv1 -> ReLU, on the image (which every tower reads)."""
+  def conv12(self, x, *, train, example_keys):
+    """conv1 -> ReLU -> LRN -> pool -> conv2 -> ReLU -> LRN -> pool, on this tower's maps only."""
     del train, example_keys
     pad_h = layers.convnet_padding(x.shape[1], 11, 4)
     pad_w = layers.convnet_padding(x.shape[2], 11, 4)
     if self.weight_init == 'he':
       x = x / PIXEL_STD  # unit-variance inputs, as He init assumes (see WEIGHT_INITS)
     x = jnp.pad(x.astype(self.dtype), [(0, 0), pad_h, pad_w, (0, 0)])
-    return nn.relu(self.conv1(x))
-
-  def conv2_block(self, x, *, train, example_keys):
-    """LRN -> pool -> conv2 -> ReLU -> LRN -> pool, on this tower's maps only."""
-    del train, example_keys
-    x = layers.max_pool(layers.local_response_norm(x, convention=self.lrn))
+    x = layers.max_pool(layers.local_response_norm(nn.relu(self.conv1(x)), convention=self.lrn))
     x = layers.max_pool(layers.local_response_norm(nn.relu(self.conv2(x)), convention=self.lrn))
     return x
 

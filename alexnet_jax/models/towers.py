@@ -8,8 +8,6 @@ network by
   ``'concat'`` (along channels: what the paper's GPUs did at the inputs of conv3, fc6 and fc7) or
   ``'sum'`` (the fc8 exchange: each tower multiplies its own half of fc7 by its block of fc8 and the
   partial logits are added, cuda-convnet's ``W_a x_a + W_b x_b``, which works for any class count),
-  A stage may also end in ``'none'``: no exchange, each tower's next stage reads its own output. A
-  one-program layout may then run that stage for all towers at once (``vmap_towers``, below),
 - a small **head** of parameters that are not split (fc8's bias), applied after the last combine.
 
 Tower parameters are stored stacked, with a leading ``[tower]`` axis, so a checkpoint looks the same
@@ -33,21 +31,12 @@ Params = dict[str, Any]
 class Stage:
   """One stretch of a tower between two exchange points.
 
-  ``method`` names the tower module's method; ``combine`` says how the towers' outputs meet (``'none'``:
-  they do not); ``feeds`` names the layer whose input that exchange is (``conv3``, ``fc6``, ...), used
-  to label communication.
-
-  ``vmap_towers`` marks a stage whose input all towers share (the first stage, or one after a combine)
-  and for which ``jax.vmap`` over the stacked tower parameters is *one* wider operation: a convolution
-  with only its kernel batched becomes a single convolution with the towers' kernels side by side. A
-  one-program layout then runs the towers' copies as that one operation -- the same numbers, and on CPU
-  faster than several narrow ones. (Not for stages with a second layer: with both input and kernel
-  batched, ``vmap`` makes a grouped convolution, whose gradients are slow on CPU.)
+  ``method`` names the tower module's method; ``combine`` says how the towers' outputs meet; ``feeds``
+  names the layer whose input that exchange is (``conv3``, ``fc6``, ...), used to label communication.
   """
   method: str
-  combine: Literal['concat', 'sum', 'none']
+  combine: Literal['concat', 'sum']
   feeds: str
-  vmap_towers: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

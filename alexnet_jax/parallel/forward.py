@@ -8,15 +8,12 @@ combine          towers local (single, data)         one tower per device (model
 ===============  =================================  ==============================================
 ``concat``       ``jnp.concatenate`` along channels  ``all_gather(x, 'model', axis=-1, tiled=True)``
 ``sum``          ``+``                               ``psum(x, 'model')``
-``none``         each tower keeps its own output     each device keeps its own output
 ===============  =================================  ==============================================
 
 Both columns run the *same stage functions* on the *same values*, so the layouts compute the same
 numbers by construction. Running local towers as separate convolutions (rather than ``vmap`` over the
 tower axis, which XLA lowers to grouped convolutions) also keeps the one-device program fast on CPU,
-where the gradients of grouped convolutions are slow (PERF_NOTES.md section 3). The one exception is a
-stage marked ``vmap_towers`` (a single layer on a shared input, such as conv1), whose ``vmap`` is one
-wider convolution rather than a grouped one.
+where the gradients of grouped convolutions are slow (PERF_NOTES.md section 3).
 
 Every exchange runs under ``jax.named_scope('exchange_<layer>')``, which the communication census reads
 back from the compiled program to say which layer a collective serves.
@@ -62,30 +59,18 @@ def run_local_towers(network: TowerNetwork, params, images: jax.Array, rng: jax.
   ``after_combine(stage, x)``, if given, may annotate the combined activations (the compiler-partitioned
   layouts use it to say where the batch is gathered).
   """
+  x = images
   towers = range(network.num_towers)
   keys = [None if rng is None else example_keys(rng, t, example_offset, images.shape[0])
           for t in towers]
-  shared, own = images, None     # the input all towers read, or each tower's own after a 'none' stage
   for i, stage in enumerate(network.stages):
-    if own is None and stage.vmap_towers:
-      def one_tower(tower_params, tower_keys, i=i):
-        return network.apply_stage(i, tower_params, shared, train=train, example_keys=tower_keys)
-      stacked_keys = None if rng is None else jnp.stack(keys)
-      stacked = jax.vmap(one_tower)(params['towers'], stacked_keys)
-      outs = [stacked[t] for t in towers]
-    else:
-      outs = [network.apply_stage(i, _tower_slice(params['towers'], t),
-                                  shared if own is None else own[t], train=train, example_keys=keys[t])
-              for t in towers]
-    if stage.combine == 'none':
-      own = outs
-      continue
-    own = None
+    outs = [network.apply_stage(i, _tower_slice(params['towers'], t), x, train=train,
+                                example_keys=keys[t]) for t in towers]
     with jax.named_scope(exchange_scope(stage.feeds)):
-      shared = jnp.concatenate(outs, axis=-1) if stage.combine == 'concat' else sum(outs[1:], outs[0])
+      x = jnp.concatenate(outs, axis=-1) if stage.combine == 'concat' else sum(outs[1:], outs[0])
       if after_combine is not None:
-        shared = after_combine(stage, shared)
-  return network.apply_head(params, shared)
+        x = after_combine(stage, x)
+  return network.apply_head(params, x)
 
 
 def layer_activations(network: TowerNetwork, params, images: jax.Array
@@ -94,22 +79,17 @@ def layer_activations(network: TowerNetwork, params, images: jax.Array
 
   The same stages and combines as ``run_local_towers``; used by the visualizations.
   """
-  shared, own = images, None
+  x = images
   activations: dict[str, list[jax.Array]] = {}
   for i, stage in enumerate(network.stages):
     outs = []
     for t in range(network.num_towers):
-      y, captured = network.apply_stage_capturing(i, _tower_slice(params['towers'], t),
-                                                  shared if own is None else own[t])
+      y, captured = network.apply_stage_capturing(i, _tower_slice(params['towers'], t), x)
       outs.append(y)
       for name, value in captured.items():
         activations.setdefault(name, []).append(value)
-    if stage.combine == 'none':
-      own = outs
-      continue
-    own = None
-    shared = jnp.concatenate(outs, axis=-1) if stage.combine == 'concat' else sum(outs[1:], outs[0])
-  return network.apply_head(params, shared), activations
+    x = jnp.concatenate(outs, axis=-1) if stage.combine == 'concat' else sum(outs[1:], outs[0])
+  return network.apply_head(params, x), activations
 
 
 def run_tower_per_device(network: TowerNetwork, params, images: jax.Array, rng: jax.Array | None, *,
@@ -121,9 +101,6 @@ def run_tower_per_device(network: TowerNetwork, params, images: jax.Array, rng: 
   x = images
   for i, stage in enumerate(network.stages):
     y = network.apply_stage(i, own, x, train=train, example_keys=keys)
-    if stage.combine == 'none':
-      x = y
-      continue
     with jax.named_scope(exchange_scope(stage.feeds)):
       if stage.combine == 'concat':
         x = jax.lax.all_gather(y, TOWER_AXIS, axis=-1, tiled=True)
