@@ -95,10 +95,9 @@ def load_our_weights(net, params) -> None:
 class TorchPrograms:
   """PyTorch's side: the network with our initial weights, and one train step or inference per call."""
 
-  def __init__(self, *, num_classes, width, image_size, dtype, threads, params, images, labels, modes):
+  def __init__(self, *, num_classes, width, image_size, dtype, threads, params, images, labels):
     import numpy as np
     import torch
-    del modes
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     self.net = torch_alexnet_owt(num_classes, width, image_size)
@@ -144,13 +143,18 @@ class TorchPrograms:
 
 
 def _serve_torch(conn, spec) -> None:
-  """The child process of ``TorchServer``: builds the programs, then runs what the parent asks for."""
-  programs = TorchPrograms(**spec)
-  while True:
-    request, arg = conn.recv()
-    if request == 'stop':
-      return
-    conn.send(getattr(programs, request)(*arg))
+  """The child process of ``TorchServer``: builds the programs, then runs what the parent asks for and
+  answers (True, result), or (False, the error's traceback)."""
+  import traceback
+  try:
+    programs = TorchPrograms(**spec)
+    while True:
+      request, arg = conn.recv()
+      if request == 'stop':
+        return
+      conn.send((True, getattr(programs, request)(*arg)))
+  except Exception:  # pylint: disable=broad-except
+    conn.send((False, traceback.format_exc()))
 
 
 class TorchServer:
@@ -164,11 +168,15 @@ class TorchServer:
     self._conn, child = context.Pipe()
     self._process = context.Process(target=_serve_torch, args=(child, spec), daemon=True)
     self._process.start()
+    child.close()   # so that recv() raises EOFError, not hangs, if the child dies
     atexit.register(self.close)
 
   def _ask(self, request: str, *arg):
     self._conn.send((request, arg))
-    return self._conn.recv()
+    ok, answer = self._conn.recv()
+    if not ok:
+      raise RuntimeError(f'PyTorch process failed on {request!r}:\n{answer}')
+    return answer
 
   def logits(self):
     return self._ask('logits')
@@ -181,7 +189,10 @@ class TorchServer:
 
   def close(self) -> None:
     if self._process.is_alive():
-      self._conn.send(('stop', ()))
+      try:
+        self._conn.send(('stop', ()))
+      except OSError:
+        pass
       self._process.join(timeout=10)
 
 
@@ -256,7 +267,7 @@ def benchmark(*, batch: int = 32, dtype: str = 'float32', width: float = 1.0, im
   if use_torch and torch_available():
     spec = dict(num_classes=num_classes, width=width, image_size=image_size, dtype=dtype,
                 threads=threads or common.usable_cores(), params=initial_params, images=images_np,
-                labels=labels_np, modes=tuple(modes))
+                labels=labels_np)
     theirs_programs = TorchPrograms(**spec) if torch_process == 'same' else TorchServer(spec)
     # The same network: eval logits from the same weights on the same batch.
     theirs = theirs_programs.logits()

@@ -153,11 +153,12 @@ def _max_pool(x, window, stride):
 
 def _max_pool_forward(x, window, stride):
   taps = _pool_taps(x, window, stride)
-  out, argmax = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
+  index = jnp.int8 if len(taps) <= 127 else jnp.int32   # the window position of each output's maximum
+  out, argmax = taps[0], jnp.zeros(taps[0].shape, index)
   for k, tap in enumerate(taps[1:], start=1):
     better = tap > out          # strictly: the first maximum keeps the gradient
     out = jnp.where(better, tap, out)
-    argmax = jnp.where(better, jnp.int8(k), argmax)
+    argmax = jnp.where(better, index(k), argmax)
   return out, (argmax, x.shape)
 
 
