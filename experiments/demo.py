@@ -9,10 +9,12 @@ at a quarter of its width -- the two towers on two forced CPU devices, exchangin
 fc6, fc7 and fc8 -- with the paper's initialization (N(0, 0.01^2) weights; biases 0.1 instead of 1), LRN,
 dropout 0.5, weight decay 5e-4, crops, flips and PCA lighting, for 30 epochs (2,100 steps of 32).
 
-Measured (2-core KVM guest, AMD EPYC with AVX-512, CPU only, other jobs sharing the cores, load
-average 3-4): 84 s of wall time, validation top-1 96.80% (seed 0; runs are deterministic). Before the
-LRN and max-pool rewrites of models/layers.py: 87-131 s and 94.93% (seed 0), 95.6% / 96.1% (seeds 1 / 2).
-That includes drawing the images, the mean pass and compilation.
+Measured (2-core KVM guest, AMD EPYC with AVX-512, CPU only, quiet host): 76 s of wall time, validation
+top-1 98.40% (seed 0; runs are deterministic), 780 MB peak resident memory -- with the analytic LRN and
+max-pool backward passes and the malloc settings of host_memory.py. Earlier versions of models/layers.py:
+84 s and 96.80% (load 3-4; max-pool gradients split between tied maxima), before that 87-131 s and
+94.93% (seed 0), 95.6% / 96.1% (seeds 1 / 2). That includes drawing the images, the mean pass and
+compilation.
 
 Solver: Adam (lr 5e-4, cosine with a 1-epoch warmup), not the paper's SGD, because the paper's SGD
 cannot train this narrow copy in minutes:
