@@ -12,7 +12,7 @@ dropout 0.5, weight decay 5e-4, crops, flips and PCA lighting, for 30 epochs (2,
 Measured (2-core KVM guest, AMD EPYC with AVX-512, CPU only, quiet host): 76 s of wall time, validation
 top-1 98.40% (seed 0; runs are deterministic), 780 MB peak resident memory -- with the analytic LRN and
 max-pool backward passes and the malloc settings of host_memory.py. Earlier versions of models/layers.py:
-84 s and 96.80% (load 3-4; max-pool gradients split between tied maxima), before that 87-131 s and
+84 s and 96.80% (load 3-4; the runs differ in rounding, so the trajectories do), before that 87-131 s and
 94.93% (seed 0), 95.6% / 96.1% (seeds 1 / 2). That includes drawing the images, the mean pass and
 compilation.
 
