@@ -38,288 +38,63 @@ The preprocessing is the run's own (``inference.py``: ``data.preprocess_for_eval
 contract; ten-crop per the run's ``config.data.ten_crop_eval`` unless ``--[no]ten_crop``), so classify
 and ``evaluate`` agree image for image. The default layout is ``single`` (one device); any layout gives
 the same probabilities.
+
+The library is ``classification.py``; heavy libraries are imported after the flags are parsed, so
+``--help`` answers at once.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import io
-import json
 import os
 import re
 import sys
-from typing import Any, Optional, Sequence
+from typing import Sequence
 
-import numpy as np
 from absl import flags
 
-from alexnet_jax import cli, fileio, inference, metrics, plots
-from alexnet_jax import data as data_lib
+from alexnet_jax import cli
 
-FORMATS = ('table', 'json', 'csv')
-_LABELLED_LINE = re.compile(r'(.+?)\s+(\d+)\s*$')   # DIGITS' list pattern: the path may hold spaces
-MAX_SHEET_CLASSES = 100                              # rows of the top-N contact sheet
-
-
-# ---- Inputs --------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-  """One image to classify: ``name`` as the user wrote it, ``path`` to read, its list line and label."""
-  name: str
-  path: str
-  line: Optional[int] = None
-  label: Optional[int] = None
-
-
-def parse_image_list(list_path: str, *, num_classes: int, image_root: str = '',
-                     limit: int = 0) -> list[Entry]:
-  """Reads a DIGITS list (``path [label]`` per line); raises ``data.DataError`` naming file:line.
-
-  Whether the list is labelled is decided by its first entry; every other entry must agree. A label
-  must be below ``num_classes``. ``limit`` > 0 keeps the first ``limit`` entries.
-  """
-  try:
-    with open(list_path, encoding='utf-8', errors='surrogateescape') as f:
-      lines = f.read().splitlines()
-  except OSError as e:
-    raise FileNotFoundError(f'--image_list={list_path}: cannot read it ({e.strerror or e})') from None
-  base = image_root or os.path.dirname(os.path.abspath(list_path))
-  entries: list[Entry] = []
-  labelled: Optional[bool] = None
-  for lineno, raw in enumerate(lines, 1):
-    text = raw.strip()
-    if not text or text.startswith('#'):
-      continue
-    m = _LABELLED_LINE.match(text)
-    has_label = m is not None
-    if labelled is None:
-      labelled = has_label
-    elif has_label != labelled:
-      first = 'a label' if labelled else 'no label'
-      raise data_lib.DataError(
-          f'{list_path}:{lineno}: expected "<image path>{" <integer label>" if labelled else ""}" '
-          f'like the first entry ({first}), got {text!r}')
-    name, label = (m.group(1).strip(), int(m.group(2))) if m else (text, None)
-    if label is not None and label >= num_classes:
-      raise data_lib.DataError(f'{list_path}:{lineno}: label {label} is out of range: the model has '
-                               f'{num_classes} classes (0..{num_classes - 1})')
-    path = name if os.path.isabs(name) else os.path.join(base, name)
-    entries.append(Entry(name, path, lineno, label))
-    if limit and len(entries) >= limit:
-      break
-  if not entries:
-    raise data_lib.DataError(f'--image_list={list_path} lists no images')
-  return entries
-
-
-# ---- Classification ------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Results:
-  """Everything ``classify_entries`` found; the writers below turn it into JSON, CSV or a table.
-
-  ``probabilities`` is float32 [N, num_classes], a row of NaN where ``errors`` has the entry's index.
-  """
-  entries: list[Entry]
-  classes: list[str]
-  probabilities: np.ndarray
-  errors: dict[int, str]
-  top_k: int
-  model: dict[str, Any]
-  accuracy: Optional[dict[str, Any]] = None
-  top_n_per_category: Optional[dict[str, list[tuple[str, float]]]] = None
-
-  def ranked(self, i: int) -> list[tuple[str, float]]:
-    return metrics.top_n(self.probabilities[i][None], self.top_k, self.classes)[0]
-
-
-def classify_entries(model: inference.Model, entries: Sequence[Entry], *, top_k: int = 5,
-                     ten_crop: Optional[bool] = None, top_n_per_category: int = 0,
-                     progress: bool = True) -> Results:
-  """Classifies ``entries`` in batches; accuracy when they carry labels; the top-N per class if asked."""
-  if top_k < 1:
-    raise ValueError(f'--top_k={top_k} must be at least 1')
-  probs = np.full((len(entries), model.num_classes), np.nan, np.float32)
-  errors: dict[int, str] = {}
-  for p in model.classify([e.path for e in entries], ten_crop=ten_crop, progress=progress):
-    if p.error:
-      errors[p.index] = p.error
-    else:
-      probs[p.index] = p.probabilities
-  used_ten_crop = model.ten_crop if ten_crop is None else bool(ten_crop)
-  results = Results(list(entries), model.classes, probs, errors, top_k, {
-      'source': model.path, 'kind': model.kind, 'network': model.network.name, 'step': model.step,
-      'layout': model.layout.name, 'ten_crop': used_ten_crop, 'classes': model.num_classes})
-  if entries and all(e.label is not None for e in entries):
-    results.accuracy = accuracy_report(probs, [e.label for e in entries], model.classes, errors)
-  if top_n_per_category > 0:
-    results.top_n_per_category = top_n_per_category_of(probs, [e.name for e in entries],
-                                                       model.classes, top_n_per_category)
-  return results
-
-
-def accuracy_report(probs: np.ndarray, labels: Sequence[int], classes: Sequence[str],
-                    errors: dict[int, str]) -> dict[str, Any]:
-  """top1, top5, per_class, confusion (and loss, count) over the images that could be read.
-
-  The same ``metrics.EvalAccumulator`` as ``evaluate``; log-probabilities serve as logits (a softmax
-  of log p is p), so the loss is the cross-entropy of the probabilities shown.
-  """
-  ok = np.array([i not in errors for i in range(len(labels))], bool)
-  acc = metrics.EvalAccumulator(len(classes), list(classes))
-  if ok.any():
-    logp = np.log(np.maximum(probs[ok].astype(np.float64), 1e-30))
-    acc.update_from_logits(logp, np.asarray(labels)[ok])
-  summary = acc.summary()
-  summary['failed'] = int((~ok).sum())
-  return summary
-
-
-def top_n_per_category_of(probs: np.ndarray, names: Sequence[str], classes: Sequence[str],
-                          n: int) -> dict[str, list[tuple[str, float]]]:
-  """For each class, the ``n`` images (name, probability of that class) scoring highest for it."""
-  scores = np.where(np.isnan(probs), -np.inf, probs)
-  out: dict[str, list[tuple[str, float]]] = {}
-  for c, cls in enumerate(classes):
-    order = np.argsort(-scores[:, c], kind='stable')
-    out[cls] = [(names[i], float(probs[i, c])) for i in order[:n] if np.isfinite(scores[i, c])]
-  return out
-
-
-# ---- Writers -------------------------------------------------------------------------------------------
-
-def to_json(results: Results) -> dict[str, Any]:
-  doc: dict[str, Any] = {
-      'model': results.model,
-      'predictions': {e.name: [[label, p] for label, p in results.ranked(i)]
-                      for i, e in enumerate(results.entries) if i not in results.errors},
-      'errors': [{'path': results.entries[i].name, 'line': results.entries[i].line, 'reason': msg}
-                 for i, msg in sorted(results.errors.items())]}
-  if results.accuracy is not None:
-    doc['accuracy'] = results.accuracy
-  if results.top_n_per_category is not None:
-    doc['top_n_per_category'] = {c: [[name, p] for name, p in rows]
-                                 for c, rows in results.top_n_per_category.items()}
-  return doc
-
-
-def to_csv(results: Results) -> str:
-  buf = io.StringIO()
-  writer = csv.writer(buf, lineterminator='\n')
-  writer.writerow(['path', 'line', 'rank', 'label', 'probability', 'true_label', 'error'])
-  for i, e in enumerate(results.entries):
-    line = '' if e.line is None else e.line
-    truth = '' if e.label is None else results.classes[e.label]
-    if i in results.errors:
-      writer.writerow([e.name, line, '', '', '', truth, results.errors[i]])
-      continue
-    for rank, (label, p) in enumerate(results.ranked(i), 1):
-      writer.writerow([e.name, line, rank, label, f'{p:.6f}', truth, ''])
-  return buf.getvalue()
-
-
-def to_table(results: Results) -> str:
-  width = max([len(c) for c in results.classes] + [5])
-  out: list[str] = []
-  for i, e in enumerate(results.entries):
-    where = f'  (line {e.line})' if e.line is not None else ''
-    truth = f'  true: {results.classes[e.label]}' if e.label is not None else ''
-    out.append(f'{e.name}{where}{truth}')
-    if i in results.errors:
-      out.append(f'   error: {results.errors[i]}')
-    else:
-      out.append(f'   #  {"label":<{width}}  confidence')
-      for rank, (label, p) in enumerate(results.ranked(i), 1):
-        out.append(f'  {rank:>2}  {label:<{width}}  {100 * p:9.2f}%')
-    out.append('')
-  if results.accuracy is not None:
-    out.append(accuracy_text(results.accuracy))
-  if results.top_n_per_category is not None:
-    out.append('top predictions per category:')
-    for cls, rows in results.top_n_per_category.items():
-      out.append(f'  {cls}: ' + ', '.join(f'{name} ({100 * p:.2f}%)' for name, p in rows))
-  return '\n'.join(out).rstrip('\n') + '\n'
-
-
-def accuracy_text(acc: dict[str, Any]) -> str:
-  lines = [f'accuracy: top-1 {100 * acc["top1"]:.2f}%  top-5 {100 * acc["top5"]:.2f}%  '
-           f'({acc["count"]} images' + (f', {acc["failed"]} unreadable)' if acc['failed'] else ')')]
-  for cls, a in acc['per_class'].items():
-    lines.append(f'  {cls}: ' + ('no images' if a is None else f'{100 * a:.2f}%'))
-  return '\n'.join(lines)
-
-
-def write_text_atomic(text: str, path: str) -> str:
-  """Writes ``text`` (UTF-8) to a temp file beside ``path`` and renames it into place."""
-  return fileio.write_bytes(path, text.encode('utf-8', errors='surrogateescape'))
-
-
-def report_paths(output: str, report_dir: str) -> Optional[dict[str, str]]:
-  """Where the side files go: ``report_dir/<name>``, else ``<output stem>-<name>``; None for neither."""
-  names = {'confusion': 'confusion.png', 'accuracy': 'accuracy.json',
-           'top_n_json': 'top_n_per_category.json', 'top_n_png': 'top_n_per_category.png'}
-  if report_dir:
-    return {k: os.path.join(report_dir, v) for k, v in names.items()}
-  if output:
-    stem = os.path.splitext(output)[0]
-    return {k: f'{stem}-{v}' for k, v in names.items()}
-  return None
-
-
-def top_n_sheet(results: Results, path: str) -> str:
-  """The top-N-per-category contact sheet (a row per class, at most ``MAX_SHEET_CLASSES`` rows)."""
-  from alexnet_jax import visualize
-  by_name = {e.name: e.path for e in results.entries}
-  rows = []
-  for cls, picks in list(results.top_n_per_category.items())[:MAX_SHEET_CLASSES]:
-    rows.append((cls, [(visualize.thumbnail(by_name[name], 96),
-                        f'{100 * p:.1f}% {os.path.basename(name)}'[:16]) for name, p in picks]))
-  more = len(results.top_n_per_category) - len(rows)
-  title = 'top predictions per category' + (f' (first {len(rows)} classes; {more} more in the JSON)'
-                                            if more > 0 else '')
-  return visualize.save_png(visualize.image_grid(rows, title=title), path)
-
-
-def write_results(results: Results, fmt: str, output: str = '', report_dir: str = '',
-                  stdout=None) -> list[str]:
-  """Writes the predictions (``output`` or ``stdout``) and the report files; returns the paths written.
-
-  The report files are written first and the predictions last, each atomically: if drawing a PNG
-  fails, no predictions file claims a finished run.
-  """
-  if fmt not in FORMATS:
-    raise ValueError(f'--format={fmt!r}: choose one of {", ".join(FORMATS)}')
-  written: list[str] = []
-  paths = report_paths(output, report_dir)
-  if paths is not None:
-    if results.accuracy is not None:
-      written.append(plots.plot_confusion_matrix(np.asarray(results.accuracy['confusion']),
-                                                 results.classes, paths['confusion']))
-      if fmt != 'json':
-        written.append(write_text_atomic(json.dumps(results.accuracy, indent=1), paths['accuracy']))
-    if results.top_n_per_category is not None:
-      written.append(top_n_sheet(results, paths['top_n_png']))
-      if fmt != 'json':
-        doc = {c: [[n, p] for n, p in rows] for c, rows in results.top_n_per_category.items()}
-        written.append(write_text_atomic(json.dumps(doc, indent=1), paths['top_n_json']))
-  if fmt == 'json':
-    text = json.dumps(to_json(results), indent=1) + '\n'
-  elif fmt == 'csv':
-    text = to_csv(results)
-  else:
-    text = to_table(results)
-  if output:
-    written.append(write_text_atomic(text, output))
-  else:
-    (stdout or sys.stdout).write(text)
-  return written
+FORMATS = ('table', 'json', 'csv')   # classification.write_results' formats
+DEFAULT_LAYOUT = 'single'            # inference.DEFAULT_LAYOUT
 
 
 # ---- Command line --------------------------------------------------------------------------------------
 
 FLAGS = flags.FLAGS
+
+# ``scheme://``: what a URL looks like on the command line (http, https, ftp, s3, gs, file, ...).
+_URL = re.compile(r'^[A-Za-z][A-Za-z0-9+.-]*://')
+
+
+def check_image_arguments(images: Sequence[str]) -> None:
+  """Checks that every ``IMAGE`` argument names an image file, before anything is loaded.
+
+  Raises:
+    FileNotFoundError: some arguments are missing files (all of them named, in one line).
+    ValueError: an argument is a URL (the tool works offline and fetches nothing) or a directory;
+      the message says what to pass instead, with the missing files too if there are any.
+  """
+  urls = [name for name in images if _URL.match(name)]
+  folders = [name for name in images if name not in urls and os.path.isdir(name)]
+  missing = [name for name in images
+             if name not in urls and name not in folders and not os.path.isfile(name)]
+  problems = []
+  if urls:
+    problems.append(f'{", ".join(urls)}: {"is a URL" if len(urls) == 1 else "are URLs"}, and '
+                    'classify works offline (it fetches nothing); download the file first and pass '
+                    'its path')
+  for name in folders:
+    pattern = os.path.join(name, '*.jpg')
+    problems.append(f'{name} is a directory, not an image: pass its images (e.g. {pattern}) or '
+                    'list them in a file for --image_list=FILE')
+  if missing:
+    problems.append('no such image file: ' + ', '.join(missing))
+  if not problems:
+    return
+  message = '; '.join(problems)   # one line: the CLI prints it as "error: ..."
+  if urls or folders:
+    raise ValueError(message)
+  raise FileNotFoundError(message)
 
 
 def main(argv):
@@ -336,26 +111,26 @@ def main(argv):
     raise ValueError('--limit and --top_n_per_category must be >= 0')
   if FLAGS.image_root and not FLAGS.image_list:
     raise ValueError('--image_root applies to --image_list only')
-  missing = [name for name in images if not os.path.isfile(name)]
-  if missing:  # before loading anything
-    raise FileNotFoundError('no such image file: ' + ', '.join(missing))
-  from alexnet_jax.devices import ensure_devices
-  ensure_devices(inference.devices_for_layout(FLAGS.layout))
-  files = inference.read_model_files(FLAGS.workdir or FLAGS.bundle)
+  check_image_arguments(images)  # before loading anything
+  from alexnet_jax import bundle, classification, devices, inference, models
+  from alexnet_jax.parallel import layouts
+  files = bundle.read_model_files(FLAGS.workdir or FLAGS.bundle)
+  devices.ensure_devices(layouts.devices_needed(
+      FLAGS.layout, models.build(files.config.model, len(files.classes)).num_towers))
   if FLAGS.image_list:  # a malformed list stops us before any device work
-    entries = parse_image_list(FLAGS.image_list, num_classes=len(files.classes),
+    entries = classification.parse_image_list(FLAGS.image_list, num_classes=len(files.classes),
                                image_root=FLAGS.image_root, limit=FLAGS.limit)
   else:
-    entries = [Entry(name, name) for name in images]
+    entries = [classification.Entry(name, name) for name in images]
   model = inference.load_from_files(files, step=FLAGS.step, layout=FLAGS.layout,
                                     batch_size=FLAGS.batch_size or None)
-  results = classify_entries(model, entries, top_k=FLAGS.top_k, ten_crop=FLAGS.ten_crop,
+  results = classification.classify_entries(model, entries, top_k=FLAGS.top_k, ten_crop=FLAGS.ten_crop,
                              top_n_per_category=FLAGS.top_n_per_category)
   if results.errors and not FLAGS.image_list:
     # One image or a few named on the command line: each must work, and nothing is written.
     raise ValueError('; '.join(f'cannot classify {entries[i].name}: {msg}'
                                for i, msg in sorted(results.errors.items())))
-  written = write_results(results, FLAGS.format, FLAGS.output, FLAGS.report_dir)
+  written = classification.write_results(results, FLAGS.format, FLAGS.output, FLAGS.report_dir)
   if results.errors:
     print(f'{len(results.errors)} of {len(entries)} images could not be read (listed in the output)',
           file=sys.stderr)
@@ -371,7 +146,8 @@ def define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'A training run (its checkpoints, labels and preprocessing).')
   flags.DEFINE_string('bundle', None, 'A bundle written by alexnet_jax.export (.tar.gz, .zip, folder).')
   flags.DEFINE_string('step', 'latest', 'latest | best | a step number (workdir only)')
-  flags.DEFINE_string('layout', inference.DEFAULT_LAYOUT, 'single | model | data | hybrid')
+  flags.DEFINE_string('layout', DEFAULT_LAYOUT, 'single | model | data | hybrid | weird_trick | auto '
+                      '(the same default as evaluate)')
   flags.DEFINE_integer('top_k', 5, 'Classes to show per image.')
   flags.DEFINE_bool('ten_crop', None, "The paper's 10-crop procedure (default: the run's "
                     'config.data.ten_crop_eval).')

@@ -97,4 +97,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_snapshots = 3
   c.early_stopping_patience = 0   # validations without improvement; 0 disables
   c.log_every_steps = 20
+  # 'START,STOP': a jax.profiler trace of steps START..STOP-1 under WORKDIR/profile (TensorBoard's
+  # profile plugin or Perfetto); '' = off. See alexnet_jax/profiling.py.
+  c.profile_steps = ''
   return c

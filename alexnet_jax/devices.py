@@ -8,6 +8,10 @@ is not the default one, so it is harmless there.
 
 from __future__ import annotations
 
+import functools
+import glob
+import importlib.util
+import mmap
 import os
 import re
 
@@ -21,14 +25,59 @@ def _forced_by_xla_flags() -> int:
 
 # XLA CPU options our entry points want (benchmarks/RESULTS.md): convolutions on XLA's own kernels rather
 # than YNNPACK, whose convolution gradients are slower on 2 cores; dots and reductions stay on YNNPACK.
-# Only read when JAX starts its CPU backend; a flag the user already set in XLA_FLAGS wins.
+# Only read when JAX starts its CPU backend; a flag the user already set in XLA_FLAGS wins. The flag is
+# experimental: XLA aborts the process at start-up on a flag it does not know, so each is added only when
+# the installed jaxlib is seen to define it (``xla_knows_flag``).
 CPU_XLA_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=-individual_convolution',)
 
 
+@functools.lru_cache(maxsize=None)
+def xla_knows_flag(name: str) -> bool:
+  """Whether the installed jaxlib's XLA defines the flag ``name`` (``--xla_...`` or ``xla_...``).
+
+  XLA registers its flags by name in its shared library, so the name appears there verbatim when the
+  flag exists; a renamed or removed flag does not. A memory-mapped search of the library (~10 ms when
+  cached, once per process). Unknown or unreadable: False, so an unverified flag is never passed.
+  """
+  try:
+    import jaxlib  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  libraries = sorted(glob.glob(os.path.join(os.path.dirname(jaxlib.__file__), '**', '*.so'),
+                           recursive=True), key=os.path.getsize, reverse=True)
+  needle = name.lstrip('-').split('=')[0].encode()
+  for library in libraries[:3]:   # the XLA core is the largest library
+    try:
+      with open(library, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        if m.find(needle) != -1:
+          return True
+    except (OSError, ValueError):
+      continue
+  return False
+
+
+ACCELERATOR_PLUGINS = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
+                       'jax_rocm7_plugin', 'libtpu')
+
+
+def accelerator_host() -> bool:
+  """True when JAX will run on an accelerator: ``JAX_PLATFORMS`` names one, or a GPU/TPU plugin is
+  installed. Its XLA (the CUDA plugin is a build of its own) parses ``XLA_FLAGS`` too, and the CPU
+  options buy nothing there, so they are left out. Found without starting a backend."""
+  platforms = os.environ.get('JAX_PLATFORMS', '').lower()
+  if platforms:
+    return any(p.strip() not in ('', 'cpu') for p in platforms.split(','))
+  return any(importlib.util.find_spec(name) is not None for name in ACCELERATOR_PLUGINS)
+
+
 def add_cpu_xla_flags() -> None:
-  """Appends ``CPU_XLA_FLAGS`` to ``XLA_FLAGS`` (each unless the user already set that flag)."""
+  """Appends ``CPU_XLA_FLAGS`` to ``XLA_FLAGS`` (each unless the user already set that flag, and only
+  if this jaxlib knows it), on CPU hosts only."""
+  if accelerator_host():
+    return
   current = os.environ.get('XLA_FLAGS', '')
-  extra = [f for f in CPU_XLA_FLAGS if f.split('=')[0] + '=' not in current]
+  extra = [f for f in CPU_XLA_FLAGS
+           if f.split('=')[0] + '=' not in current and xla_knows_flag(f)]
   if extra:
     # Never leave XLA_FLAGS blank-but-set: XLA then takes it for a file name and aborts.
     os.environ['XLA_FLAGS'] = ' '.join([current.strip(), *extra]).strip()

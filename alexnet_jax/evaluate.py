@@ -1,162 +1,46 @@
-"""Evaluation of a run: loss, top-1, top-5, per-class accuracy and the confusion matrix of one split.
+"""``python -m alexnet_jax.evaluate``: loss, top-1/top-5, per-class accuracy and confusion of one split.
 
     python -m alexnet_jax.evaluate --workdir=DIR [--split=val|test] [--step=latest|best|N]
-        [--ten_crop] [--layout=single|model|data|hybrid]
+        [--ten_crop] [--layout=single|model|data|hybrid|weird_trick|auto]
 
-writes ``DIR/eval/<split>-<step>.json`` and ``DIR/eval/<split>-<step>-confusion.png``. The images go
-through ``data.preprocess_for_eval`` -- the function classification uses too -- so evaluate and classify
-agree on every image. With ``--ten_crop`` each image is scored as the paper's section 4.1 does: the
-softmax averaged over the four corner and the centre crops and their mirrors.
+writes ``DIR/eval/<split>-<step>.json`` and ``DIR/eval/<split>-<step>-confusion.png`` (the library:
+``evaluation.py``). Its defaults are classify's: the run's own test-time procedure (``--ten_crop`` unset:
+``config.data.ten_crop_eval``) on one device (``--layout=single``; a snapshot restores onto any layout
+with the same numbers). ``--step=latest`` takes the newest snapshot that restores, skipping a damaged one.
 
-A checkpoint restores into any layout (its arrays are ``[tower, ...]`` whatever wrote them), so a run
-trained with the towers on two devices evaluates on one, and the reverse.
+Heavy libraries are imported after the flags are parsed, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
 
-import jax
-import ml_collections
-import numpy as np
 from absl import flags
 
-from alexnet_jax import checkpoints, cli, fileio, data, metrics, models, plots
-from alexnet_jax.parallel import layouts, step as step_lib
-from alexnet_jax.progress import Progress
+from alexnet_jax import cli
 
-
-def evaluate_split(eval_step, params, dataset, data_config, split: str, *, batch_size: int,
-                   mesh, layout: layouts.Layout, ten_crop: bool = False,
-                   show_progress: bool = True) -> dict[str, Any]:
-  """Runs ``eval_step`` over every example of ``split`` once; returns ``metrics.summarize_eval``'s dict.
-
-  ``batch_size`` is the global batch; each process feeds its own rows of every batch.
-  """
-  iterator = data.eval_iterator(dataset, data_config, split, global_batch_size=batch_size,
-                                ten_crop=ten_crop, shard_index=jax.process_index(),
-                                shard_count=jax.process_count())
-  sharding = layout.batch_sharding(mesh)
-  acc = metrics.EvalAccumulator(dataset.num_classes, dataset.classes)
-  num_batches = -(-len(dataset.split(split)) // batch_size)
-  failed = 0
-  with Progress(num_batches, f'eval {split}', unit='batch', tty=None if show_progress else False,
-                log_every_secs=30.0 if show_progress else None) as bar:
-    for batch in iterator:
-      images = jax.make_array_from_process_local_data(sharding, batch['image'])
-      logits = gather_to_host(eval_step(params, images))
-      labels = gather_to_host_rows(batch['label'])
-      mask = gather_to_host_rows(batch['mask'])
-      failed += int(gather_to_host_rows(batch['replaced']).sum())
-      acc.update_from_logits(logits, labels, mask)
-      bar.update(1)
-  summary = acc.summary()
-  summary['failed_to_decode'] = failed
-  summary['split'] = split
-  summary['ten_crop'] = bool(ten_crop)
-  return summary
-
-
-def gather_to_host(x: jax.Array) -> np.ndarray:
-  """A global array as one numpy array on every process."""
-  if jax.process_count() == 1:
-    return np.asarray(x)
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def gather_to_host_rows(local: np.ndarray) -> np.ndarray:
-  """Per-process rows of a batch, concatenated in process order (the layout of the global batch)."""
-  if jax.process_count() == 1:
-    return np.asarray(local)
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(local, tiled=True))
-
-
-def write_eval(workdir: str, split: str, step: int, summary: dict[str, Any]) -> str:
-  """Writes ``eval/<split>-<step>.json`` and its confusion-matrix PNG atomically; returns the JSON path."""
-  directory = os.path.join(workdir, 'eval')
-  os.makedirs(directory, exist_ok=True)
-  stem = os.path.join(directory, f'{split}-{step}')
-  fileio.write_json(stem + '.json', {'step': step, **summary}, indent=1)
-  plots.plot_confusion_matrix(np.asarray(summary['confusion']), summary['class_names'],
-                              stem + '-confusion.png')
-  return stem + '.json'
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{workdir} has no config.json: is it the --workdir of a training run?')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def resolve_step(ckpt: checkpoints.Checkpointer, step: str) -> int:
-  """``latest`` | ``best`` | N -> a step that exists, or an error listing the available ones."""
-  available = ckpt.all_steps()
-  if not available:
-    raise FileNotFoundError(f'no checkpoints in {ckpt.directory}: train first (or wait for the '
-                            f'first snapshot)')
-  if step == 'latest':
-    return available[-1]
-  if step == 'best':
-    best = ckpt.best_step()
-    if best is None:
-      raise FileNotFoundError(f'no checkpoint in {ckpt.directory} was saved with validation '
-                              f'metrics; available steps: {available}')
-    return best
-  try:
-    value = int(step)
-  except ValueError:
-    raise ValueError(f'--step={step!r}: use latest, best or a step number') from None
-  if value not in available:
-    raise FileNotFoundError(f'--step={value}: no such checkpoint; available steps: {available}')
-  return value
-
-
-def run_evaluation(workdir: str, *, split: str = 'val', step: str = 'latest', ten_crop: bool = False,
-                   layout_name: str | None = None) -> tuple[str, dict[str, Any]]:
-  """Evaluates a checkpoint of the run in ``workdir``; returns (json path, summary)."""
-  from alexnet_jax import train  # the run's own set-up (data source, network, layout)
-  config = load_run_config(workdir)
-  dataset = train.load_run_dataset(config, workdir)
-  if not dataset.has_split(split):
-    raise ValueError(f'--split={split}: the dataset of {workdir} has no {split!r} split '
-                     f'(it has {sorted(dataset.splits)})')
-  network = models.build(config.model, dataset.num_classes)
-  layout = layouts.resolve(layout_name or config.layout, network, batch_size=config.batch_size,
-                           mesh_data=-1 if layout_name else config.mesh.data,
-                           mesh_model=-1 if layout_name else config.mesh.model)
-  mesh = layout.make_mesh()
-  with checkpoints.Checkpointer(workdir, keep=config.keep_snapshots) as ckpt:
-    number = resolve_step(ckpt, step)
-    params = train.restore_params(ckpt, number, network, layout, mesh, config)
-  eval_step = step_lib.make_eval_step(network, layout, mesh)
-  summary = evaluate_split(eval_step, params, dataset, config.data, split,
-                           batch_size=config.batch_size, mesh=mesh, layout=layout,
-                           ten_crop=ten_crop)
-  path = write_eval(workdir, split, number, summary) if jax.process_index() == 0 else ''
-  return path, summary
-
-
+DEFAULT_LAYOUT = 'single'   # the same default as classify (inference.DEFAULT_LAYOUT)
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-  del argv
-  from alexnet_jax import train
-  config = load_run_config(FLAGS.workdir)
-  if FLAGS.layout:
-    config.layout = FLAGS.layout
-  from alexnet_jax.devices import ensure_devices
-  ensure_devices(train.devices_needed(config))
-  path, summary = run_evaluation(FLAGS.workdir, split=FLAGS.split, step=FLAGS.step,
-                                 ten_crop=FLAGS.ten_crop, layout_name=FLAGS.layout)
+  if len(argv) > 1:
+    raise ValueError(f'unexpected arguments {argv[1:]}: give --workdir (and --split, --step)')
+  from alexnet_jax import devices, evaluation
+  from alexnet_jax.run import status as status_lib, workdir as workdir_lib
+  config = workdir_lib.read_config(FLAGS.workdir)
+  config.layout = FLAGS.layout
+  devices.ensure_devices(workdir_lib.devices_needed(config))
+  ten_crop = config.data.get('ten_crop_eval', False) if FLAGS.ten_crop is None else FLAGS.ten_crop
+  # Its own status beside its results (WORKDIR/eval/status.json): the run's status.json is the trainer's.
+  with status_lib.StatusWriter(os.path.join(FLAGS.workdir, 'eval'), 'evaluate') as live:
+    live.start(split=FLAGS.split, requested_step=FLAGS.step, ten_crop=ten_crop, layout=FLAGS.layout)
+    path, summary = evaluation.run_evaluation(FLAGS.workdir, split=FLAGS.split, step=FLAGS.step,
+                                              ten_crop=ten_crop, layout_name=FLAGS.layout)
+    live.finish('done', results=path, **{k: summary[k] for k in ('loss', 'top1', 'top5', 'count')})
   print(f'{FLAGS.split}: loss {summary["loss"]:.4f}  top-1 {100 * summary["top1"]:.2f}%  '
-        f'top-5 {100 * summary["top5"]:.2f}%  ({summary["count"]} images)')
+        f'top-5 {100 * summary["top5"]:.2f}%  ({summary["count"]} images'
+        f'{", 10 crops" if ten_crop else ""})')
   if path:
     print(f'wrote {path}')
 
@@ -166,8 +50,10 @@ def define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'The training run to evaluate.')
   flags.DEFINE_string('split', 'val', 'val | test | train')
   flags.DEFINE_string('step', 'latest', 'latest | best | a step number')
-  flags.DEFINE_bool('ten_crop', False, "The paper's 10-crop evaluation.")
-  flags.DEFINE_string('layout', None, "Layout to evaluate in (default: the run's own).")
+  flags.DEFINE_bool('ten_crop', None, "The paper's 10-crop evaluation (default: the run's "
+                    'config.data.ten_crop_eval, as classify).')
+  flags.DEFINE_string('layout', DEFAULT_LAYOUT, 'Layout to evaluate in: single (default, as classify), '
+                      'model, data, hybrid, weird_trick or auto.')
   flags.mark_flag_as_required('workdir')
 
 

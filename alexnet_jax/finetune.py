@@ -5,7 +5,7 @@
 
 ``--config.init_from`` names a training workdir or an exported bundle (folder or archive, see
 ``export.py``), optionally followed by ``:STEP`` (a snapshot number, ``latest`` -- the default -- or
-``best``; a bundle holds one step). ``train.py`` calls ``initialize_from`` once, after the new run's
+``best``; a bundle holds one step). The trainer (``trainer.py``) calls ``initialize_from`` once, after the new run's
 parameters were initialized and before its first step; a run that resumes from its own snapshots never
 does (big_vision's order: workdir, then init-from, then scratch).
 
@@ -35,8 +35,9 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from alexnet_jax import inference, models
+from alexnet_jax import bundle, models
 from alexnet_jax.parallel import layouts
+from alexnet_jax.run import workdir as workdir_lib
 
 STEP_NAMES = ('latest', 'best')
 
@@ -73,18 +74,18 @@ def load_earlier(spec: str, mesh: Mesh) -> tuple[dict[str, np.ndarray], dict[str
   """The earlier model's parameters as ``{'towers/conv1/kernel': numpy array}`` and a description
   (``path``, ``kind``, ``step``, ``network``, ``num_classes``)."""
   path, step = parse_spec(spec)
-  files = inference.read_model_files(path)
+  files = bundle.read_model_files(path)
   num_classes = len(files.classes)
   network = models.build(files.config.model, num_classes)
   if files.kind == 'workdir':
-    params, number, _ = inference.restore_params_from_workdir(
+    params, number, _ = workdir_lib.restore_params(
         files.path, files.config, step, network, _replicated_layout(mesh), mesh)
-    host = inference.flatten_params(params)
+    host = bundle.flatten_params(params)
   else:
     number = files.info.get('step')
     if step not in (*STEP_NAMES, str(number)):
       raise ValueError(f'--config.init_from={spec}: the bundle {path} holds step {number} only')
-    host = inference.flatten_params(files.params)
+    host = bundle.flatten_params(files.params)
   about = {'path': path, 'kind': files.kind, 'step': number, 'network': network.name,
            'num_classes': num_classes}
   return host, about
@@ -128,7 +129,7 @@ def initialize_from(spec: str, network: models.TowerNetwork, layout: layouts.Lay
   """
   del layout  # the placement is read from ``params`` itself
   old, about = load_earlier(spec, mesh)
-  new = inference.flatten_params(params, to_host=False)
+  new = bundle.flatten_params(params, to_host=False)
   old_k, new_k = about['num_classes'], network.num_classes
 
   copied: dict[str, Any] = {}

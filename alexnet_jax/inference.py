@@ -9,10 +9,11 @@
 
 Three things make a prediction trustworthy, and each has one place here:
 
-* **The right parameters.** ``ModelFiles`` finds what a path holds: a training workdir (``config.json``,
+* **The right parameters.** ``bundle.ModelFiles`` finds what a path holds: a training workdir (``config.json``,
   ``labels.txt``, ``preprocess.json``/``mean.npy`` and ``checkpoints/<step>/``) or a bundle (the same files
   plus ``params.npz``, checked against the sha256 sums of its ``manifest.json`` before anything is read,
-  see ``export.py``).
+  see ``bundle.py``). A workdir's snapshot is opened read-only and only its parameters are read
+  (``run/workdir.py``), so classifying a live run never disturbs its trainer.
 * **Any layout.** A snapshot's tower-split arrays are ``[tower, ...]`` whatever layout wrote them
   (DESIGN.md), so they are restored *straight into the target layout's shardings* (orbax with a sharded
   restore target, API_NOTES.md section 6; ``jax.device_put`` per leaf for a bundle). A run trained with the
@@ -38,287 +39,28 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import json
 import os
-import shutil
-import tempfile
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import jax
-import ml_collections
 import numpy as np
 import PIL.Image
 
-from alexnet_jax import checkpoints, metrics, models
+from alexnet_jax import metrics, models
 from alexnet_jax import data as data_lib
-from alexnet_jax.data import sources as sources_lib
+from alexnet_jax.bundle import BundleError, ModelFiles, check_param_shapes, read_model_files
 from alexnet_jax.parallel import layouts, step as step_lib
 from alexnet_jax.progress import Progress
+from alexnet_jax.run import workdir as workdir_lib
 
-CONFIG_FILE = 'config.json'
-PARAMS_FILE = 'params.npz'
-MANIFEST_FILE = 'manifest.json'
-INFO_FILE = 'info.json'
 DEFAULT_LAYOUT = 'single'
-ARCHIVE_SUFFIXES = ('.tar.gz', '.tgz', '.zip')
-
-
-class BundleError(ValueError):
-  """A bundle that is not one, is truncated, or does not match its manifest (tampered or corrupted)."""
-
-
-# ---- What a path holds ---------------------------------------------------------------------------------
-
-def is_archive(path: str | os.PathLike) -> bool:
-  return os.fspath(path).lower().endswith(ARCHIVE_SUFFIXES)
-
-
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-  import hashlib
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    while True:
-      block = f.read(chunk)
-      if not block:
-        return h.hexdigest()
-      h.update(block)
-
-
-def verify_bundle_dir(directory: str, *, name: Optional[str] = None) -> dict[str, Any]:
-  """Checks every file of ``manifest.json`` (present, size, sha256); returns the manifest.
-
-  Raises ``BundleError`` saying which file is missing, truncated or altered. Files the manifest does not
-  list are never read, so they are ignored.
-  """
-  name = name or directory
-  path = os.path.join(directory, MANIFEST_FILE)
-  try:
-    with open(path, encoding='utf-8') as f:
-      manifest = json.load(f)
-    files = manifest['files']
-  except FileNotFoundError:
-    raise BundleError(f'{name} is not an alexnet_jax model bundle: it has no {MANIFEST_FILE} '
-                      f'(write bundles with python -m alexnet_jax.export)') from None
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise BundleError(f'{name}: {MANIFEST_FILE} is unreadable ({e}); the bundle is truncated or '
-                      f'corrupted, export it again') from None
-  if not isinstance(files, dict):
-    raise BundleError(f'{name}: {MANIFEST_FILE} has no file list; the bundle is corrupted')
-  for rel, expected in sorted(files.items()):
-    file_path = os.path.join(directory, rel)
-    if os.path.isabs(rel) or '..' in rel.replace('\\', '/').split('/'):
-      raise BundleError(f'{name}: the manifest names an unsafe path {rel!r}; not reading this bundle')
-    if not isinstance(expected, dict) or not {'bytes', 'sha256'} <= set(expected):
-      raise BundleError(f'{name}: {MANIFEST_FILE} has no size and sha256 for {rel}; the bundle is '
-                        f'corrupted')
-    if not os.path.isfile(file_path):
-      raise BundleError(f'{name} is incomplete: {rel} is missing (the manifest lists it)')
-    size = os.path.getsize(file_path)
-    if size != expected['bytes']:
-      raise BundleError(f'{name} is truncated or altered: {rel} has {size} bytes, the manifest says '
-                        f'{expected["bytes"]}; copy or export the bundle again')
-    if sha256_file(file_path) != expected['sha256']:
-      raise BundleError(f'{name}: {rel} does not match its sha256 in the manifest: the bundle was '
-                        f'modified or corrupted after export; copy or export it again')
-  return manifest
-
-
-def extract_archive(path: str, destination: str) -> str:
-  """Unpacks a .tar.gz/.tgz/.zip bundle into ``destination``; returns the folder holding the manifest.
-
-  Member paths are checked (no absolute paths, no ``..``, no links), and a truncated or corrupt archive
-  is a ``BundleError`` rather than a library traceback.
-  """
-  import tarfile
-  import zipfile
-  import zlib
-  try:
-    if path.lower().endswith('.zip'):
-      with zipfile.ZipFile(path) as z:
-        bad = z.testzip()  # reads every member and checks its CRC
-        if bad is not None:
-          raise BundleError(f'{path} is corrupt: the zip member {bad} fails its CRC check')
-        for member in z.namelist():
-          parts = member.replace('\\', '/').split('/')
-          if member.startswith(('/', '\\')) or '..' in parts:
-            raise BundleError(f'{path}: unsafe member path {member!r}; not extracting this archive')
-        z.extractall(destination)
-    else:
-      with tarfile.open(path, 'r:*') as t:
-        t.extractall(destination, filter='data')  # refuses absolute paths, '..' and links outside
-  except BundleError:
-    raise
-  except FileNotFoundError:
-    raise FileNotFoundError(f'{path}: no such bundle') from None
-  except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError) as e:
-    raise BundleError(f'{path} is truncated or corrupt and cannot be unpacked ({type(e).__name__}: '
-                      f'{e}); copy or export the bundle again') from None
-  if os.path.exists(os.path.join(destination, MANIFEST_FILE)):
-    return destination
-  entries = [e for e in os.listdir(destination) if not e.startswith('.')]
-  if len(entries) == 1 and os.path.isfile(os.path.join(destination, entries[0], MANIFEST_FILE)):
-    return os.path.join(destination, entries[0])  # an archive of the bundle folder itself
-  raise BundleError(f'{path} is not an alexnet_jax model bundle: it has no {MANIFEST_FILE}')
-
-
-@dataclasses.dataclass
-class ModelFiles:
-  """Everything but the parameters, read from a workdir or a (verified) bundle.
-
-  Attributes:
-    path: what the user gave.
-    kind: 'workdir' or 'bundle'.
-    config: the run's resolved config (``config.json``).
-    classes: class names, label i = ``classes[i]`` (``labels.txt``).
-    contract: the preprocessing the network was trained with.
-    info: a bundle's ``info.json`` (empty for a workdir).
-    params: a bundle's parameters as numpy arrays (None for a workdir: they come from a checkpoint).
-  """
-  path: str
-  kind: str
-  config: ml_collections.ConfigDict
-  classes: list[str]
-  contract: data_lib.PreprocessContract
-  info: dict[str, Any]
-  params: Optional[dict[str, Any]] = None
-
-
-def _read_common(directory: str, *, what: str) -> tuple[ml_collections.ConfigDict, list[str],
-                                                          data_lib.PreprocessContract]:
-  config_path = os.path.join(directory, CONFIG_FILE)
-  if not os.path.isfile(config_path):
-    raise FileNotFoundError(f'{what} has no {CONFIG_FILE}: give the --workdir of a training run or '
-                            f'a bundle written by python -m alexnet_jax.export')
-  with open(config_path, encoding='utf-8') as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  labels_path = os.path.join(directory, data_lib.contract.LABELS_FILE)
-  if not os.path.isfile(labels_path):
-    raise FileNotFoundError(f'{what} has no labels.txt: was the run started by this version of '
-                            f'alexnet_jax.train?')
-  classes = sources_lib.read_labels_file(labels_path, what=what)
-  contract = data_lib.load_contract(directory)
-  return config, classes, contract
-
-
-def read_model_files(path: str | os.PathLike) -> ModelFiles:
-  """Reads a workdir or a bundle (folder or archive, verified against its manifest)."""
-  path = os.fspath(path)
-  if is_archive(path):
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'{path}: no such bundle')
-    scratch = tempfile.mkdtemp(prefix='alexnet_bundle_')
-    try:
-      return _read_bundle_dir(extract_archive(path, scratch), name=path)
-    finally:
-      shutil.rmtree(scratch, ignore_errors=True)  # everything was read into memory
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f'{path}: no such workdir or bundle (expected a training run directory, '
-                            f'a bundle directory, or a {"/".join(ARCHIVE_SUFFIXES)} bundle)')
-  if os.path.exists(os.path.join(path, MANIFEST_FILE)):
-    return _read_bundle_dir(path, name=path)
-  config, classes, contract = _read_common(path, what=path)
-  return ModelFiles(path, 'workdir', config, classes, contract, {})
-
-
-def _read_bundle_dir(directory: str, *, name: str) -> ModelFiles:
-  manifest = verify_bundle_dir(directory, name=name)
-  for required in (PARAMS_FILE, CONFIG_FILE, INFO_FILE, data_lib.contract.LABELS_FILE,
-                   data_lib.contract.CONTRACT_FILE, data_lib.contract.MEAN_FILE):
-    if required not in manifest['files']:
-      raise BundleError(f'{name}: the manifest does not list {required}; not a complete bundle')
-  config, classes, contract = _read_common(directory, what=name)
-  with open(os.path.join(directory, INFO_FILE), encoding='utf-8') as f:
-    info = json.load(f)
-  params = load_params_npz(os.path.join(directory, PARAMS_FILE), name=name)
-  return ModelFiles(name, 'bundle', config, classes, contract, info, params)
-
-
-# ---- Parameters as one .npz file -----------------------------------------------------------------------
-
-def flatten_params(params: Any, prefix: str = '', *, to_host: bool = True) -> dict[str, Any]:
-  """``{'towers': {'conv1': {'kernel': a}}}`` -> ``{'towers/conv1/kernel': a}``; with ``to_host`` the
-  leaves become numpy arrays (gathered from whatever devices hold them)."""
-  out: dict[str, Any] = {}
-  for key, value in params.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, dict):
-      out.update(flatten_params(value, name + '/', to_host=to_host))
-    else:
-      out[name] = np.asarray(jax.device_get(value)) if to_host else value
-  return out
-
-
-def unflatten_params(flat: dict[str, np.ndarray]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for name, value in flat.items():
-    node = tree
-    *path, leaf = name.split('/')
-    for part in path:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree
-
-
-def save_params_npz(params: Any, path: str) -> None:
-  """Writes the parameter tree as an uncompressed ``.npz`` (numpy only, no pickle)."""
-  with open(path, 'wb') as f:
-    np.savez(f, **flatten_params(params))
-
-
-def load_params_npz(path: str, *, name: str = '') -> dict[str, Any]:
-  """Reads what ``save_params_npz`` wrote (``allow_pickle=False``: a bundle can never run code)."""
-  import zipfile
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      return unflatten_params({k: z[k] for k in z.files})
-  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-    raise BundleError(f'{name or path}: cannot read {PARAMS_FILE} ({type(e).__name__}: {e})') from None
-
-
-def check_param_shapes(params: dict[str, Any], expected: dict[str, Any], *, name: str) -> None:
-  """Raises ``BundleError`` listing every parameter whose name, shape or dtype differs from the network's."""
-  have = {k: (tuple(v.shape), np.dtype(v.dtype))
-          for k, v in flatten_params(params, to_host=False).items()}
-  want = {k: (tuple(v.shape), np.dtype(v.dtype))
-          for k, v in flatten_params(expected, to_host=False).items()}
-  problems = [f'{k} missing' for k in sorted(set(want) - set(have))]
-  problems += [f'{k} unexpected' for k in sorted(set(have) - set(want))]
-  problems += [f'{k}: {have[k][0]} {have[k][1]}, the network needs {want[k][0]} {want[k][1]}'
-               for k in sorted(set(have) & set(want)) if have[k] != want[k]]
-  if problems:
-    raise BundleError(f'{name}: the parameters do not fit the network of its config.json: '
-                      + '; '.join(problems[:8]) + (' ...' if len(problems) > 8 else ''))
 
 
 # ---- Restoring onto a layout ---------------------------------------------------------------------------
 
-def devices_for_layout(name: str) -> int:
-  """Devices a layout needs for the two-tower network (what entry points pass to ``ensure_devices``
-  before JAX starts: single 1, model 2, data 2, hybrid 4)."""
-  from alexnet_jax import configs, train
-  probe = configs.default_config()
-  probe.layout = name
-  return train.devices_needed(probe)
-
-
 def resolve_layout(name: str, network: models.TowerNetwork) -> layouts.Layout:
   """The layout ``name`` on the devices present (mesh axes derived: 'data' takes what is left)."""
   return layouts.resolve(name, network, mesh_data=-1, mesh_model=-1)
-
-
-def restore_params_from_workdir(workdir: str, config: ml_collections.ConfigDict, step: str | int,
-                                network: models.TowerNetwork, layout: layouts.Layout, mesh
-                                ) -> tuple[Any, int, Optional[dict[str, Any]]]:
-  """(params in ``layout``'s shardings, the step, the metrics saved with it) of snapshot ``step``.
-
-  ``step`` is 'latest', 'best' or a number; a missing step lists the available ones.
-  """
-  from alexnet_jax import evaluate, train
-  with checkpoints.Checkpointer(workdir, keep=config.get('keep_snapshots', 3)) as ckpt:
-    number = evaluate.resolve_step(ckpt, str(step))
-    params = train.restore_params(ckpt, number, network, layout, mesh, config)
-    saved_metrics = ckpt.metrics(number)
-  return params, number, saved_metrics
 
 
 def place_params(params: dict[str, Any], network: models.TowerNetwork, layout: layouts.Layout, mesh,
@@ -585,8 +327,8 @@ def load_from_files(files: ModelFiles, *, step: str | int = 'latest', layout: st
   lay = resolve_layout(layout, network)
   mesh = lay.make_mesh()
   if files.kind == 'workdir':
-    params, number, step_metrics = restore_params_from_workdir(files.path, config, step, network,
-                                                               lay, mesh)
+    params, number, step_metrics = workdir_lib.restore_params(files.path, config, step, network,
+                                                              lay, mesh)
   else:
     if str(step) not in ('latest', 'best', str(files.info.get('step'))):
       raise ValueError(f'--step={step}: the bundle {files.path} holds step {files.info.get("step")} '
@@ -603,4 +345,4 @@ def load_from_files(files: ModelFiles, *, step: str | int = 'latest', layout: st
 
 
 __all__ = ['BundleError', 'Model', 'ModelFiles', 'Prediction', 'load', 'load_from_files',
-           'read_model_files', 'verify_bundle_dir']
+           'read_model_files']

@@ -7,8 +7,14 @@
 For development and tests of multi-host code without a cluster: it picks a free local port for the
 coordinator, starts ``--num_processes`` copies of the command with ``ALEXNET_COORDINATOR_ADDRESS``,
 ``ALEXNET_NUM_PROCESSES``, ``ALEXNET_PROCESS_ID`` and ``ALEXNET_DEVICES_PER_PROCESS`` set (read by
-``alexnet_jax.distributed``), streams their output prefixed ``[p<i>]``, and, if one of them fails, stops
-the others and exits with the failing status. CPU collectives between the processes go through gloo.
+``alexnet_jax.distributed``) and streams their output prefixed ``[p<i>]``. CPU collectives between
+the processes go through gloo.
+
+If one of them fails, the launcher says which one and how (``[launch] process 1 was killed by SIGKILL;
+stopping the others``), stops the others and exits with that first failure's status (128 + the signal's
+number for a signal, as a shell does). The trainer's status 75, "stopped by a signal after a snapshot",
+is no failure. SIGTERM and SIGINT sent to the launcher are forwarded to every process: a scheduler's
+preemption of the launcher reaches the trainers, which then stop together (``run/stopping.py``).
 
 On a real cluster the launcher is not needed: start one process per host (e.g. ``srun`` under SLURM,
 which JAX detects), or pass ``--coordinator_address/--num_processes/--process_id`` to the command.
@@ -17,6 +23,7 @@ which JAX detects), or pass ``--coordinator_address/--num_processes/--process_id
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -28,71 +35,163 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+# The trainer's exit status after a signal stopped it with a snapshot (cli.STOPPED_EXIT_STATUS, not
+# imported: cli defines flags of its own): not a failure, since the processes stop together, one after
+# the other, and the last ones must not be disturbed while they finish the snapshot.
+STOPPED_EXIT_STATUS = 75
+
 
 def free_port() -> int:
+  """A TCP port that is free on this machine now (for the coordinator)."""
   with socket.socket() as s:
     s.bind(('localhost', 0))
     return s.getsockname()[1]
 
 
-def _stream(proc: subprocess.Popen, prefix: str, out) -> None:
+def describe_exit(returncode: int) -> tuple[str, int]:
+  """How a process ended, in words, and the status a shell would report for it.
+
+  Args:
+    returncode: ``Popen.returncode``: the exit status, or minus the number of the killing signal.
+
+  Returns:
+    ``('exited with status 3', 3)``, or ``('was killed by SIGKILL', 137)`` (128 + the signal).
+  """
+  if returncode >= 0:
+    return f'exited with status {returncode}', returncode
+  try:
+    name = signal.Signals(-returncode).name
+  except ValueError:
+    name = f'signal {-returncode}'
+  return f'was killed by {name}', 128 - returncode
+
+
+class _Output:
+  """Whole lines to ``out`` from several threads (the streams and the launcher's own messages)."""
+
+  def __init__(self, out):
+    self._out = out
+    # Reentrant: the signal handler writes too, and may interrupt the main thread inside a write.
+    self._lock = threading.RLock()
+
+  def write(self, text: str) -> None:
+    with self._lock:
+      self._out.write(text)
+      self._out.flush()
+
+
+def _stream(proc: subprocess.Popen, prefix: str, out: _Output) -> None:
   for line in iter(proc.stdout.readline, b''):
     out.write(prefix + line.decode(errors='replace'))
-    out.flush()
 
 
 def launch(command: list[str], num_processes: int, devices_per_process: int, *,
            heartbeat_timeout_seconds: int = 30, grace_seconds: float = 10.0, out=None) -> int:
-  """Runs ``command`` as ``num_processes`` processes; returns 0 or the first failing exit status."""
-  out = out or sys.stdout
-  address = f'localhost:{free_port()}'
-  procs = []
-  for i in range(num_processes):
-    env = dict(os.environ,
-               ALEXNET_COORDINATOR_ADDRESS=address, ALEXNET_NUM_PROCESSES=str(num_processes),
-               ALEXNET_PROCESS_ID=str(i), ALEXNET_DEVICES_PER_PROCESS=str(devices_per_process),
-               ALEXNET_HEARTBEAT_TIMEOUT_SECONDS=str(heartbeat_timeout_seconds),
-               JAX_PLATFORMS=os.environ.get('JAX_PLATFORMS', 'cpu'), PYTHONUNBUFFERED='1')
-    env.pop('XLA_FLAGS', None)  # each process forces its own share of host devices
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    threading.Thread(target=_stream, args=(proc, f'[p{i}] ', out), daemon=True).start()
-    procs.append(proc)
+  """Runs ``command`` as ``num_processes`` processes until all of them end.
 
-  def stop_all(sig=signal.SIGTERM):
+  When one fails, the launcher prints which one and how, sends SIGTERM to the others and, after
+  ``grace_seconds``, SIGKILL. SIGTERM and SIGINT received by the launcher (from the main thread's
+  handlers) are forwarded to every process's group.
+
+  Args:
+    command: the program and its arguments, run once per process.
+    num_processes: how many processes to start.
+    devices_per_process: CPU host devices each process forces (``ALEXNET_DEVICES_PER_PROCESS``).
+    heartbeat_timeout_seconds: how long survivors of a dead process wait before failing.
+    grace_seconds: how long the others may take to stop after a failure before being killed.
+    out: where the prefixed output and the launcher's messages go (default: stdout).
+
+  Returns:
+    The status of the first process to fail (128 + the signal's number when a signal killed it);
+    else ``STOPPED_EXIT_STATUS`` (75) when a process stopped on a signal after a snapshot; else 130
+    after a forwarded SIGINT; else 0.
+  """
+  out = _Output(out or sys.stdout)
+  address = f'localhost:{free_port()}'
+  procs: list[subprocess.Popen] = []
+  streams: list[threading.Thread] = []
+  exits: queue.Queue = queue.Queue()  # (process index, returncode), in the order they end
+  forwarded: list[int] = []
+
+  def stop_all(sig: int) -> None:
     for p in procs:
-      if p.poll() is None:
+      if p.returncode is None:
         try:
-          os.killpg(p.pid, sig)
-        except ProcessLookupError:
+          os.killpg(p.pid, sig)  # the group: also reaches the process's own workers
+        except (ProcessLookupError, PermissionError):
           pass
 
-  previous = signal.signal(signal.SIGTERM, lambda *_: stop_all())
-  status = 0
+  def forward(signum, frame) -> None:
+    del frame
+    forwarded.append(signum)
+    out.write(f'[launch] {signal.Signals(signum).name} received: forwarding it to the processes\n')
+    stop_all(signum)
+
+  previous = {}
+  if threading.current_thread() is threading.main_thread():
+    for sig in FORWARDED_SIGNALS:  # before the first start: no process may miss a signal
+      previous[sig] = signal.signal(sig, forward)
+  first_failure = None
+  stopped = False
   try:
-    while [p.poll() for p in procs].count(None):  # polls every process (any() would stop early)
-      failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode not in (None, 0)]
-      if failed:
-        i, status = failed[0]
-        out.write(f'[launch] process {i} exited with status {status}; stopping the others\n')
-        stop_all()
-        deadline = time.time() + grace_seconds
-        while any(p.poll() is None for p in procs) and time.time() < deadline:
-          time.sleep(0.1)
-        stop_all(signal.SIGKILL)
+    for i in range(num_processes):
+      if forwarded:  # stopped while starting: the others would wait for the missing ones
         break
-      time.sleep(0.1)
-  except KeyboardInterrupt:
-    stop_all(signal.SIGINT)
-    status = 130
+      env = dict(os.environ,
+                 ALEXNET_COORDINATOR_ADDRESS=address, ALEXNET_NUM_PROCESSES=str(num_processes),
+                 ALEXNET_PROCESS_ID=str(i), ALEXNET_DEVICES_PER_PROCESS=str(devices_per_process),
+                 ALEXNET_HEARTBEAT_TIMEOUT_SECONDS=str(heartbeat_timeout_seconds),
+                 JAX_PLATFORMS=os.environ.get('JAX_PLATFORMS', 'cpu'), PYTHONUNBUFFERED='1')
+      env.pop('XLA_FLAGS', None)  # each process forces its own share of host devices
+      proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+      procs.append(proc)
+      stream = threading.Thread(target=_stream, args=(proc, f'[p{i}] ', out), daemon=True)
+      stream.start()
+      streams.append(stream)
+      threading.Thread(target=lambda i=i, p=proc: exits.put((i, p.wait())), daemon=True).start()
+    if len(procs) < num_processes:
+      stop_all(signal.SIGKILL)
+
+    kill_at = None
+    for _ in procs:
+      while True:
+        try:
+          i, returncode = exits.get(timeout=0.1)
+          break
+        except queue.Empty:
+          if kill_at is not None and time.monotonic() > kill_at:
+            stop_all(signal.SIGKILL)
+            kill_at = float('inf')
+      if returncode in (0, STOPPED_EXIT_STATUS):
+        stopped = stopped or returncode == STOPPED_EXIT_STATUS
+        continue
+      streams[i].join(timeout=1.0)  # its last lines first
+      how, status = describe_exit(returncode)
+      if first_failure is None:
+        first_failure = status
+        running = any(p.returncode is None for p in procs)
+        out.write(f'[launch] process {i} {how}' + ('; stopping the others\n' if running else '\n'))
+        stop_all(signal.SIGTERM)
+        kill_at = time.monotonic() + grace_seconds
+      else:
+        out.write(f'[launch] process {i} {how}\n')
   finally:
-    signal.signal(signal.SIGTERM, previous)
-  for p in procs:
-    p.wait()
-  if status == 0:
-    status = next((p.returncode for p in procs if p.returncode), 0)
-  time.sleep(0.2)  # let the streaming threads drain
-  return status
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+    if any(p.poll() is None for p in procs):  # only on an error in the launcher itself
+      stop_all(signal.SIGKILL)
+    for p in procs:
+      p.wait()
+  for stream in streams:  # let the streams drain
+    stream.join(timeout=5.0)
+  if first_failure is not None:
+    return first_failure
+  if stopped:
+    return STOPPED_EXIT_STATUS
+  return 130 if signal.SIGINT in forwarded else 0
 
 
 def main(argv):

@@ -404,3 +404,10 @@ def set_learning_rate(opt_state: Any, lr: float | jax.Array) -> Any:
   if not found:
     raise ValueError('optimizer state has no injected learning rate; build it with make_optimizer')
   return new_state
+
+
+def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
+                    ) -> optax.GradientTransformation:
+  """The run's optimizer with its learning-rate schedule (updates per epoch: batches / accumulation)."""
+  updates_per_epoch = max(1, steps_per_epoch // config.batch_accumulation)
+  return make_optimizer(config, make_lr_schedule(config, updates_per_epoch))

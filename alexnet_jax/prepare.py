@@ -9,7 +9,13 @@ r"""Prepare a dataset once, as DIGITS' "New Image Classification Dataset" did.
 Decodes and resizes every image once and writes ArrayRecord files per split, DIGITS-style lists,
 labels.txt, mean.npy/mean.png, stats.json, histogram.png and contact sheets (see
 alexnet_jax/data/preparation.py). Train on the result with `--config.data.source=DIR`.
-Exit status 0 on success, 1 on a bad option or an unusable source (the message says which).
+Exit status 0 on success, 1 on a bad option or an unusable source (the message says which), or when
+another prepare of the same --output is running (the message names its process and command).
+
+While it runs, ``<parent>/.<name>.lock`` keeps other prepares of the same output away and
+``<parent>/.<name>.status.json`` says how far it is (``python -m alexnet_jax.runs`` shows it); at the end
+the status moves into ``<output>/status.json``. A failed or interrupted prepare leaves no half dataset,
+only that status, saying failed or stopped and why.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from absl import flags
 
 from alexnet_jax.data import errors
 from alexnet_jax.data import preparation
+from alexnet_jax.run import lock as lock_lib
 
 _SOURCE = flags.DEFINE_string('source', None, 'Image folder (root/<class>/<image>), DIGITS list file '
                               '("path label" lines, labels.txt beside it) or tfds:NAME[:SPLIT].')
@@ -71,12 +78,12 @@ def main(argv):
         image_root=_IMAGE_ROOT.value, labels_file=_LABELS_FILE.value, tfds_data_dir=_TFDS_DATA_DIR.value,
         min_per_class=_MIN_PER_CLASS.value, max_per_class=_MAX_PER_CLASS.value, encoding=_ENCODING.value,
         seed=_SEED.value, workers=_WORKERS.value, overwrite=_OVERWRITE.value)
-    stats = preparation.prepare_dataset(opts)
-  except errors.DataError as e:
+    stats = preparation.prepare_dataset(opts, track=True)
+  except (errors.DataError, lock_lib.WorkdirBusyError) as e:
     print(f'prepare: error: {e}', file=sys.stderr)
     return 1
   except KeyboardInterrupt:
-    print('prepare: interrupted; nothing was written', file=sys.stderr)
+    print('prepare: interrupted; no dataset was written', file=sys.stderr)
     return 130
   print(preparation.summary_text(stats))
   return 0

@@ -1,7 +1,8 @@
 r"""``python -m benchmarks.model_step``: train-step and inference throughput of the networks on one device.
 
     python -m benchmarks.model_step --models=alexnet,alexnet_owt --dtypes=float32,bfloat16 \
-        --batches=32,64 --width=1.0 --image_size=224 --steps=5 [--xla=default,tuned] [--json=PATH]
+        --batches=32,64 --width=1.0 --image_size=224 --steps=5 [--xla=default,tuned] [--json=PATH] \
+        [--profile_dir=DIR]
 
 Every (model, dtype, batch, XLA option set) is compiled up front -- the train step of the ``single``
 layout (SGD with momentum 0.9, dropout on, state donated) and the eval step (no dropout) -- and then all
@@ -11,6 +12,10 @@ the peak of the dtype (``--peak_tflops`` or ``benchmarks.common.PEAK_TFLOPS``; o
 is 2 cores x 64 FLOP/cycle x 2.6 GHz, checked by the FMA probe). With several ``--xla`` sets, ``x first``
 is the paired speed ratio to the first set. The summary line compares the FLOP *rate* of the two-tower
 ``alexnet`` with ``alexnet_owt`` (the issue's target: the towers must not cost FLOP rate).
+
+``--profile_dir=DIR`` then records a ``jax.profiler`` trace of ``--profile_steps`` more calls of the first
+train configuration (``alexnet_jax.profiling.StepProfiler``; view it with ``tensorboard --logdir=DIR`` or
+open its ``*.trace.json.gz`` in https://ui.perfetto.dev); the timings above are taken before, untraced.
 """
 
 from __future__ import annotations
@@ -31,8 +36,13 @@ def benchmark(models: Sequence[str] = ('alexnet', 'alexnet_owt'),
               dtypes: Sequence[str] = ('float32', 'bfloat16'), batches: Sequence[int] = (32, 64),
               modes: Sequence[str] = ('train', 'infer'), xla: Sequence[str] = ('default',), *,
               width: float = 1.0, image_size: int = 224, num_classes: int = 1000, steps: int = 5,
-              warmup: int = 2, peak_tflops: float | None = None, log=print) -> dict:
-  """Runs the benchmark on the first device and returns the report (what ``--json`` writes)."""
+              warmup: int = 2, peak_tflops: float | None = None, profile_dir: str | None = None,
+              profile_steps: int = 3, log=print) -> dict:
+  """Runs the benchmark on the first device and returns the report (what ``--json`` writes).
+
+  With ``profile_dir``, ``profile_steps`` further calls of the first train configuration (else the first
+  one) are traced there after the timings; the report's ``'profile'`` says which, and the files.
+  """
   import jax
   import ml_collections
   import optax
@@ -92,6 +102,8 @@ def benchmark(models: Sequence[str] = ('alexnet', 'alexnet_owt'),
   timings = common.interleave(calls, reps=steps, warmup=warmup,
                               on_round=lambda r: log(f'round {r + 1}/{steps}, load {common.load_average()[0]}'))
   load_after = common.load_average()
+  profile = _profile(calls, [e['key'] for e in entries if e['mode'] == 'train'] or list(calls),
+                     profile_dir, profile_steps, log) if profile_dir else None
 
   peaks = {dtype: common.peak(device, dtype, peak_tflops) for dtype in dtypes}
   results = {}
@@ -136,7 +148,22 @@ def benchmark(models: Sequence[str] = ('alexnet', 'alexnet_owt'),
       'load_average_during': [load_before, load_after],
       'results': results,
       'alexnet_over_owt_flop_rate': tower_rate,
+      **({'profile': profile} if profile else {}),
   }
+
+
+def _profile(calls: dict, keys: Sequence[str], directory: str, steps: int, log) -> dict:
+  """Traces ``steps`` calls of ``calls[keys[0]]`` into ``directory`` (each call blocks until done)."""
+  from alexnet_jax import profiling
+  key = keys[0]
+  profiler = profiling.StepProfiler(directory, 0, steps, name=key.replace('/', '_'), log=log)
+  with profiler:
+    for i in range(steps + 1):
+      profiler.step(i)
+      if i < steps:
+        calls[key]()
+  return {'key': key, 'steps': steps, 'directory': directory, 'session_dir': profiler.session_dir,
+          'files': profiler.files(), 'skipped': profiler.skipped}
 
 
 def format_report(report: dict) -> str:
@@ -162,6 +189,11 @@ def format_report(report: dict) -> str:
         f'{k} {v:.2f}' for k, v in report['alexnet_over_owt_flop_rate'].items()))
   lines.append(f'load average before/after timing: {report["load_average_during"][0]} / '
                f'{report["load_average_during"][1]}')
+  if report.get('profile'):
+    p = report['profile']
+    lines.append(f'profile: {p["steps"]} calls of {p["key"]} traced into '
+                 f'{p["session_dir"] or p["directory"]}' + (f' (skipped: {p["skipped"]})'
+                                                          if p['skipped'] else ''))
   return '\n'.join(lines)
 
 
@@ -180,6 +212,9 @@ def define_flags() -> None:
   flags.DEFINE_integer('warmup', 2, 'Untimed calls per configuration first.')
   flags.DEFINE_float('peak_tflops', None, 'Peak TFLOP/s of the device (default: the known-device table).')
   flags.DEFINE_string('json', None, 'Write the report as JSON here.')
+  flags.DEFINE_string('profile_dir', None, 'After timing, trace --profile_steps calls of the first train '
+                      'configuration here (jax.profiler; TensorBoard or Perfetto).')
+  flags.DEFINE_integer('profile_steps', 3, 'Calls traced with --profile_dir.')
 
 
 def main(argv):
@@ -188,7 +223,8 @@ def main(argv):
   ensure_devices(1)
   report = benchmark(FLAGS.models, FLAGS.dtypes, [int(b) for b in FLAGS.batches], FLAGS.modes, FLAGS.xla,
                      width=FLAGS.width, image_size=FLAGS.image_size, num_classes=FLAGS.num_classes,
-                     steps=FLAGS.steps, warmup=FLAGS.warmup, peak_tflops=FLAGS.peak_tflops)
+                     steps=FLAGS.steps, warmup=FLAGS.warmup, peak_tflops=FLAGS.peak_tflops,
+                     profile_dir=FLAGS.profile_dir, profile_steps=FLAGS.profile_steps)
   print(format_report(report))
   if FLAGS.json:
     common.write_json(FLAGS.json, report)

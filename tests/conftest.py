@@ -6,6 +6,8 @@ loads before any test module.
 
 import os
 
+import pytest
+
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=4').strip()
 # The XLA CPU options the entry points use (alexnet_jax/devices.py), so tests run what users run.
@@ -19,3 +21,14 @@ import jax  # noqa: E402  (after the flag, on purpose)
 
 NUM_DEVICES = 4
 assert jax.device_count() == NUM_DEVICES, jax.devices()
+
+
+@pytest.fixture
+def children():
+  """A list to append child processes to; whatever is still running is killed after the test."""
+  procs = []
+  yield procs
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+    p.wait()

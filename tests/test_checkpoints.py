@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoints
+from alexnet_jax.run import checkpoints
 from alexnet_jax import configs
 from alexnet_jax import optim
 
@@ -138,7 +138,7 @@ def test_empty_directory_restore_raises(tmp_path):
 _CRASH = textwrap.dedent('''
     import os, sys
     import numpy as np, jax.numpy as jnp
-    from alexnet_jax.checkpoints import Checkpointer
+    from alexnet_jax.run.checkpoints import Checkpointer
     ck = Checkpointer(sys.argv[1], keep=3)
     big = np.random.default_rng(0).standard_normal((8 * 1024 * 1024,)).astype(np.float32)  # 32 MB
     ck.save(1, {'w': jnp.full((4,), 1.0), 'big': jnp.asarray(big)}, meta={'step': 1})

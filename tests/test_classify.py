@@ -16,8 +16,9 @@ import sys
 import numpy as np
 import pytest
 
-from alexnet_jax import classify, evaluate, inference, train
+from alexnet_jax import classification, evaluation, inference, trainer
 from alexnet_jax.data import synthetic
+from alexnet_jax.run import workdir as workdir_lib
 from experiments import demo
 from tests import tiny_experiment
 
@@ -58,7 +59,7 @@ def trained_run(tmp_path_factory, layout='model'):
   """A finished tiny run trained in ``layout``, once per session (4 steps, one snapshot)."""
   workdir = tmp_path_factory.getbasetemp() / f'inference_run_{layout}'
   if not (workdir / 'done').exists():
-    train.train_and_evaluate(tiny_config(image_folder(tmp_path_factory), layout=layout),
+    trainer.train_and_evaluate(tiny_config(image_folder(tmp_path_factory), layout=layout),
                              str(workdir))
     (workdir / 'done').write_text('')
   return workdir
@@ -148,17 +149,17 @@ def test_same_probabilities_in_every_layout(run_dir, tmp_path_factory, images, m
 # ---- classify == evaluate ---------------------------------------------------------------------------------
 
 def val_entries(run_dir):
-  config = evaluate.load_run_config(str(run_dir))
-  val = train.load_run_dataset(config, str(run_dir)).split('val')
-  return [classify.Entry(os.path.basename(k), k, i + 1, int(label))
+  config = workdir_lib.read_config(str(run_dir))
+  val = workdir_lib.load_run_dataset(config, str(run_dir)).split('val')
+  return [classification.Entry(os.path.basename(k), k, i + 1, int(label))
           for i, (k, label) in enumerate(zip(val.keys, val.labels))]
 
 
 @pytest.mark.parametrize('ten_crop', [False, True])
 def test_classify_and_evaluate_agree(run_dir, model, ten_crop):
   entries = val_entries(run_dir)
-  results = classify.classify_entries(model, entries, ten_crop=ten_crop, progress=False)
-  _, summary = evaluate.run_evaluation(str(run_dir), split='val', ten_crop=ten_crop,
+  results = classification.classify_entries(model, entries, ten_crop=ten_crop, progress=False)
+  _, summary = evaluation.run_evaluation(str(run_dir), split='val', ten_crop=ten_crop,
                                        layout_name='single')
   acc = results.accuracy
   assert acc['count'] == summary['count'] == len(entries) == 6
@@ -186,8 +187,8 @@ def labelled_list(tmp_path_factory, images):
 
 @pytest.fixture(scope='module')
 def list_results(model, labelled_list):
-  entries = classify.parse_image_list(str(labelled_list), num_classes=3)
-  return classify.classify_entries(model, entries, top_k=2, top_n_per_category=3, progress=False)
+  entries = classification.parse_image_list(str(labelled_list), num_classes=3)
+  return classification.classify_entries(model, entries, top_k=2, top_n_per_category=3, progress=False)
 
 
 def test_list_mode_reports_bad_lines_and_goes_on(list_results, model):
@@ -202,7 +203,7 @@ def test_list_mode_reports_bad_lines_and_goes_on(list_results, model):
 
 
 def test_json_structure_accuracy_and_top_n(list_results, tmp_path):
-  written = classify.write_results(list_results, 'json', str(tmp_path / 'out' / 'preds.json'))
+  written = classification.write_results(list_results, 'json', str(tmp_path / 'out' / 'preds.json'))
   assert sorted(os.listdir(tmp_path / 'out')) == [
       'preds-confusion.png', 'preds-top_n_per_category.png', 'preds.json']
   assert len(written) == 3
@@ -229,7 +230,7 @@ def test_json_structure_accuracy_and_top_n(list_results, tmp_path):
 
 def test_csv_and_table_formats(list_results, tmp_path):
   import csv
-  classify.write_results(list_results, 'csv', str(tmp_path / 'preds.csv'))
+  classification.write_results(list_results, 'csv', str(tmp_path / 'preds.csv'))
   with open(tmp_path / 'preds.csv') as f:
     rows = list(csv.DictReader(f))
   assert rows[0].keys() == {'path', 'line', 'rank', 'label', 'probability', 'true_label', 'error'}
@@ -241,7 +242,7 @@ def test_csv_and_table_formats(list_results, tmp_path):
     assert (tmp_path / name).exists(), name
   import io
   out = io.StringIO()
-  classify.write_results(list_results, 'table', stdout=out)
+  classification.write_results(list_results, 'table', stdout=out)
   text = out.getvalue()
   assert 'error: missing file' in text and 'accuracy: top-1' in text
   first = list_results.ranked(0)[0]
@@ -253,13 +254,13 @@ def test_malformed_lists_name_file_and_line(tmp_path):
   bad = tmp_path / 'bad.txt'
   bad.write_text('a.jpg 0\nb.jpg\n')
   with pytest.raises(ValueError, match=r'bad.txt:2: expected'):
-    classify.parse_image_list(str(bad), num_classes=3)
+    classification.parse_image_list(str(bad), num_classes=3)
   bad.write_text('a.jpg 0\n\nb.jpg 3\n')
   with pytest.raises(ValueError, match=r'bad.txt:3: label 3 is out of range'):
-    classify.parse_image_list(str(bad), num_classes=3)
+    classification.parse_image_list(str(bad), num_classes=3)
   ok = tmp_path / 'ok.txt'
   ok.write_text('my photo.jpg\n/abs/x.png\n')
-  entries = classify.parse_image_list(str(ok), num_classes=3, image_root='/data')
+  entries = classification.parse_image_list(str(ok), num_classes=3, image_root='/data')
   assert [(e.name, e.path, e.label) for e in entries] == [
       ('my photo.jpg', '/data/my photo.jpg', None), ('/abs/x.png', '/abs/x.png', None)]
 

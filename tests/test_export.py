@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from alexnet_jax import export, inference
+from alexnet_jax import bundle as bundle_lib, cli, exporting, inference
 from tests.test_classify import all_images, image_folder, run_cli, trained_run
 
 
@@ -32,7 +32,7 @@ def reference(run_dir, images):
 
 @pytest.fixture(scope='module')
 def bundle(run_dir, tmp_path_factory):
-  path, info = export.export_model(str(run_dir), tmp_path_factory.mktemp('bundles') / 'm.tar.gz')
+  path, info = exporting.export_model(str(run_dir), tmp_path_factory.mktemp('bundles') / 'm.tar.gz')
   return path, info
 
 
@@ -40,7 +40,7 @@ def test_bundle_contents_and_info(bundle, run_dir):
   path, info = bundle
   with tarfile.open(path) as t:
     names = sorted(t.getnames())
-  assert names == sorted(export.BUNDLE_FILES + (inference.MANIFEST_FILE,))
+  assert names == sorted(bundle_lib.BUNDLE_FILES + (bundle_lib.MANIFEST_FILE,))
   assert info['step'] == 4 and info['classes'] == ['class_0', 'class_1', 'class_2']
   assert info['model']['name'] == 'alexnet' and info['model']['towers'] == 2
   assert info['preprocess']['crop_size'] == 64 and info['preprocess']['resize_mode'] == 'squash'
@@ -53,7 +53,7 @@ def test_bundle_contents_and_info(bundle, run_dir):
   with np.load(os.path.join(scratch, 'params.npz'), allow_pickle=False) as z:
     assert z['towers/conv1/kernel'].shape == (2, 11, 11, 3, 6) and z['head/bias'].shape == (3,)
   manifest = json.loads(open(os.path.join(scratch, 'manifest.json')).read())
-  assert set(manifest['files']) == set(export.BUNDLE_FILES)
+  assert set(manifest['files']) == set(bundle_lib.BUNDLE_FILES)
 
 
 @pytest.mark.parametrize('suffix', ['tar.gz', 'zip', 'dir'])
@@ -61,7 +61,7 @@ def test_round_trip_in_a_fresh_directory(run_dir, images, reference, tmp_path, s
   """Export from a copy of the run, move the bundle elsewhere, delete the run, classify: same numbers."""
   workdir = tmp_path / 'run'
   shutil.copytree(run_dir, workdir)
-  made, _ = export.export_model(str(workdir), tmp_path / 'out' / f'model.{suffix}'.replace('.dir', ''))
+  made, _ = exporting.export_model(str(workdir), tmp_path / 'out' / f'model.{suffix}'.replace('.dir', ''))
   elsewhere = tmp_path / 'elsewhere'
   elsewhere.mkdir()
   moved = elsewhere / os.path.basename(made)
@@ -103,21 +103,21 @@ def test_tampered_truncated_and_incomplete_bundles_are_named(bundle, tmp_path):
   data = open(path, 'rb').read()
   truncated = tmp_path / 'cut.tar.gz'
   truncated.write_bytes(data[:len(data) // 2])
-  with pytest.raises(inference.BundleError, match='truncated or corrupt'):
+  with pytest.raises(bundle_lib.BundleError, match='truncated or corrupt'):
     inference.load(str(truncated))
 
   target = _dir_bundle(bundle, tmp_path)
   params = bytearray((target / 'params.npz').read_bytes())
   params[-100] ^= 0xFF
   (target / 'params.npz').write_bytes(bytes(params))
-  with pytest.raises(inference.BundleError, match='params.npz does not match its sha256'):
+  with pytest.raises(bundle_lib.BundleError, match='params.npz does not match its sha256'):
     inference.load(str(target))
   (target / 'params.npz').write_bytes(bytes(params[:1000]))
-  with pytest.raises(inference.BundleError, match='params.npz has 1000 bytes'):
+  with pytest.raises(bundle_lib.BundleError, match='params.npz has 1000 bytes'):
     inference.load(str(target))
   (target / 'labels.txt').unlink()
-  with pytest.raises(inference.BundleError, match='incomplete: labels.txt is missing'):
-    inference.verify_bundle_dir(str(target))
+  with pytest.raises(bundle_lib.BundleError, match='incomplete: labels.txt is missing'):
+    bundle_lib.verify_bundle_dir(str(target))
 
   # A zip with a damaged member fails its CRC check.
   good_zip = tmp_path / 'm.zip'
@@ -127,7 +127,7 @@ def test_tampered_truncated_and_incomplete_bundles_are_named(bundle, tmp_path):
   raw = bytearray(good_zip.read_bytes())
   raw[raw.index(b'a\nb\n')] = ord('x')
   good_zip.write_bytes(bytes(raw))
-  with pytest.raises(inference.BundleError, match='fails its CRC check'):
+  with pytest.raises(bundle_lib.BundleError, match='fails its CRC check'):
     inference.load(str(good_zip))
 
 
@@ -142,14 +142,26 @@ def test_cli_rejects_a_tampered_bundle(bundle, tmp_path, images):
 def test_export_leaves_nothing_behind_on_error(run_dir, bundle, tmp_path):
   out = tmp_path / 'out'
   with pytest.raises(FileNotFoundError, match=r'available steps: \[4\]'):
-    export.export_model(str(run_dir), out / 'm.zip', step=9)
+    exporting.export_model(str(run_dir), out / 'm.zip', step=9)
   assert not out.exists() or os.listdir(out) == []
   path, _ = bundle
   with pytest.raises(FileExistsError, match='--overwrite'):
-    export.export_model(str(run_dir), path)
+    exporting.export_model(str(run_dir), path)
   before = os.path.getmtime(path)
-  export.export_model(str(run_dir), path, overwrite=True)
+  exporting.export_model(str(run_dir), path, overwrite=True)
   assert os.path.getmtime(path) >= before
   assert not [n for n in os.listdir(os.path.dirname(path)) if n.endswith('.tmp') or '.old-' in n]
   with pytest.raises(ValueError, match='already a bundle'):
-    export.export_model(str(_dir_bundle(bundle, tmp_path)), tmp_path / 'again.zip')
+    exporting.export_model(str(_dir_bundle(bundle, tmp_path)), tmp_path / 'again.zip')
+
+
+@pytest.mark.parametrize('where', ['/proc/alexnet_bundle.tar.gz', 'parent_is_a_file/m.zip'])
+def test_export_to_an_unwritable_place_names_the_output(run_dir, tmp_path, where):
+  if not where.startswith('/'):
+    (tmp_path / 'parent_is_a_file').write_text('not a folder')
+    where = str(tmp_path / where)
+  with pytest.raises(OSError) as err:
+    exporting.export_model(str(run_dir), where)
+  message = cli.user_message(err.value)
+  assert message.startswith(f'cannot write {where}') and '.tmp' not in message, message
+  assert not os.path.exists(where)

@@ -11,7 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import checkpoints, configs, export, finetune, models, train
+from alexnet_jax import configs, exporting, finetune, models, trainer
+from alexnet_jax.run import checkpoints
 from alexnet_jax.data import synthetic
 from alexnet_jax.parallel import layouts, step as step_lib
 from tests import tiny_experiment
@@ -51,7 +52,7 @@ def folders(tmp_path_factory):
 def earlier(folders, tmp_path_factory):
   """A finished two-epoch LeNet run on three classes (snapshots at steps 3 and 6)."""
   workdir = tmp_path_factory.mktemp('earlier')
-  results = train.train_and_evaluate(lenet_config(folders[0]), str(workdir))
+  results = trainer.train_and_evaluate(lenet_config(folders[0]), str(workdir))
   assert results['step'] == 6
   return workdir
 
@@ -102,7 +103,7 @@ def test_a_step_and_another_layout(earlier):
 
 
 def test_from_an_exported_bundle(earlier, tmp_path):
-  bundle, _ = export.export_model(str(earlier), str(tmp_path / 'lenet.tar.gz'))
+  bundle, _ = exporting.export_model(str(earlier), str(tmp_path / 'lenet.tar.gz'))
   network, layout, mesh, params = fresh_params(4)
   started = finetune.initialize_from(bundle, network, layout, mesh, params)
   np.testing.assert_array_equal(started['towers']['conv2']['kernel'],
@@ -134,7 +135,7 @@ def test_training_starts_from_the_earlier_model_with_more_classes(earlier, folde
   restart of the same workdir resumes its own snapshot instead of initializing again."""
   workdir = tmp_path / 'tuned'
   config = lenet_config(folders[1], init_from=str(earlier), num_epochs=1)
-  results = train.train_and_evaluate(config, str(workdir))
+  results = trainer.train_and_evaluate(config, str(workdir))
   assert results['step'] == 4 and np.isfinite(results['val']['loss'])  # 24 train images / 6
   tuned = snapshot_params(workdir)
   old = snapshot_params(earlier)

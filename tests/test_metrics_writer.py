@@ -9,8 +9,8 @@ import numpy as np
 import jax.numpy as jnp
 from tensorboardX.proto import event_pb2
 
-from alexnet_jax import metrics_writer
-from alexnet_jax.metrics_writer import MetricsWriter, read_metrics
+from alexnet_jax.run import metrics_writer
+from alexnet_jax.run.metrics_writer import MetricsWriter, read_metrics
 
 
 def _events(workdir):

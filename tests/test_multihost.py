@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoints, evaluate, launch, models, train
+from alexnet_jax import evaluation, launch, models, trainer
+from alexnet_jax.run import workdir as workdir_lib
 from alexnet_jax.data import synthetic
 from alexnet_jax.parallel import compare, layouts
 from tests.test_train import EXPERIMENT, REPO, overrides_as_flags, tiny_config
@@ -33,13 +34,11 @@ def train_command(folder, workdir):
 
 def params_on_one_device(workdir):
   """The latest snapshot's parameters, restored into the single-device layout of this process."""
-  config = evaluate.load_run_config(str(workdir))
+  config = workdir_lib.read_config(str(workdir))
   network = models.build(config.model, 3)
   layout = layouts.resolve('single', network)
   mesh = layout.make_mesh()
-  with checkpoints.Checkpointer(workdir) as ckpt:
-    step = ckpt.latest_step()
-    params = train.restore_params(ckpt, step, network, layout, mesh, config)
+  params, step, _ = workdir_lib.restore_params(str(workdir), config, 'latest', network, layout, mesh)
   return step, jax.tree.map(np.asarray, params)
 
 
@@ -69,7 +68,7 @@ def test_two_processes_train_like_one(folder, tmp_path):
 
   config = tiny_config(folder, **OVERRIDES)
   single_dir = tmp_path / 'one_process'
-  train.train_and_evaluate(config, str(single_dir))
+  trainer.train_and_evaluate(config, str(single_dir))
 
   step_a, params_a = params_on_one_device(distributed_dir)
   step_b, params_b = params_on_one_device(single_dir)

@@ -12,7 +12,8 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import configs, metrics_writer, models, train
+from alexnet_jax import configs, models, trainer
+from alexnet_jax.run import metrics_writer
 from alexnet_jax.data import synthetic
 from alexnet_jax.models import custom
 from alexnet_jax.models.googlenet import ceil_max_pool, googlenet
@@ -235,7 +236,7 @@ def test_train_step_agrees_across_single_data_and_auto(name, shape):
 
 def test_lenet_trains_on_a_grayscale_folder(folder, tmp_path):
   config = tiny_config(folder, 'lenet', size=28, channels=1)
-  results = train.train_and_evaluate(config, str(tmp_path / 'lenet'))
+  results = trainer.train_and_evaluate(config, str(tmp_path / 'lenet'))
   assert results['step'] == 3 and results['val'] is not None
   records = metrics_writer.read_metrics(tmp_path / 'lenet', split='train')
   assert all(np.isfinite(r['loss']) for r in records)
@@ -246,7 +247,7 @@ def test_googlenet_trains_and_reports_each_head(folder, tmp_path):
   batch split over two devices."""
   config = tiny_config(folder, 'googlenet', size=64, layout='data',
                        **{'model.width': 0.125, 'mesh.data': 2})
-  results = train.train_and_evaluate(config, str(tmp_path / 'googlenet'))
+  results = trainer.train_and_evaluate(config, str(tmp_path / 'googlenet'))
   assert results['step'] == 3 and results['val'] is not None
   record = metrics_writer.read_metrics(tmp_path / 'googlenet', split='train')[-1]
   assert {'aux1_top1', 'aux1_top5', 'aux2_top1', 'aux2_top5', 'top1', 'top5'} <= set(record)
@@ -257,7 +258,7 @@ def test_googlenet_trains_and_reports_each_head(folder, tmp_path):
 
 def test_custom_network_trains(folder, tmp_path):
   config = tiny_config(folder, CUSTOM, size=32, layout='data', **{'mesh.data': 2})
-  results = train.train_and_evaluate(config, str(tmp_path / 'custom'))
+  results = trainer.train_and_evaluate(config, str(tmp_path / 'custom'))
   assert results['step'] == 3 and np.isfinite(results['val']['loss'])
 
 

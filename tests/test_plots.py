@@ -7,7 +7,7 @@ from PIL import Image
 import pytest
 
 from alexnet_jax import plots
-from alexnet_jax.metrics_writer import MetricsWriter, read_metrics
+from alexnet_jax.run.metrics_writer import MetricsWriter, read_metrics
 
 
 def _png_size(path):

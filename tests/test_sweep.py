@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from alexnet_jax import checkpoints, configs, metrics_writer, sweep, train
+from alexnet_jax import configs, sweeping, trainer
+from alexnet_jax.run import checkpoints, metrics_writer, stopping
 from alexnet_jax.data import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,8 +43,12 @@ def folder(tmp_path_factory):
 
 
 class StopAtOnce:
-  """Stands in for ``train.StopRequest`` as if SIGTERM had arrived before the first step."""
+  """Stands in for ``run.stopping.StopRequest`` as if SIGTERM had arrived before the first step."""
   signal = 'SIGTERM'
+
+  def should_stop(self, step):
+    del step
+    return self.signal
 
   def __enter__(self):
     return self
@@ -58,8 +63,8 @@ def test_grid_sweep_runs_resumes_and_summarizes(folder, tmp_path, monkeypatch):
 
   # 1. Interrupted at the first point: it snapshots after one step and the sweep stops there.
   with monkeypatch.context() as m:
-    m.setattr(train, 'StopRequest', StopAtOnce)
-    first = sweep.run_sweep(config, str(workdir), GRID)
+    m.setattr(stopping, 'StopRequest', StopAtOnce)
+    first = sweeping.run_sweep(config, str(workdir), GRID)
   assert first['interrupted'] == NAMES[0]
   assert [p['status'] for p in first['points']] == ['stopped', 'pending', 'pending', 'pending']
   with checkpoints.Checkpointer(workdir / NAMES[0]) as ckpt:
@@ -67,7 +72,7 @@ def test_grid_sweep_runs_resumes_and_summarizes(folder, tmp_path, monkeypatch):
   assert not (workdir / NAMES[1]).exists()
 
   # 2. The same call again: the first point resumes from its snapshot, the others run.
-  summary = sweep.run_sweep(config, str(workdir), GRID)
+  summary = sweeping.run_sweep(config, str(workdir), GRID)
   assert 'interrupted' not in summary
   assert [p['name'] for p in summary['points']] == NAMES
   assert [p['status'] for p in summary['points']] == ['done'] * 4
@@ -81,18 +86,18 @@ def test_grid_sweep_runs_resumes_and_summarizes(folder, tmp_path, monkeypatch):
     assert 0.0 <= point['best_val_top1'] <= 1.0 and point['best_epoch'] in (1.0, 2.0)
   best = max(summary['points'], key=lambda p: p['best_val_top1'])
   assert summary['best'] == best['name']
-  on_disk = json.loads((workdir / sweep.SUMMARY_JSON).read_text())
+  on_disk = json.loads((workdir / sweeping.SUMMARY_JSON).read_text())
   assert on_disk['grid'] == {'learning_rate': [0.01, 0.05], 'batch_size': [6, 9]}
   assert [p['best_val_top1'] for p in on_disk['points']] == [
       p['best_val_top1'] for p in summary['points']]
-  assert (workdir / sweep.SUMMARY_PNG).stat().st_size > 1000
-  table = sweep.format_table(summary)
+  assert (workdir / sweeping.SUMMARY_PNG).stat().st_size > 1000
+  table = sweeping.format_table(summary)
   assert 'learning_rate' in table.splitlines()[0] and len(table.splitlines()) == 6
 
   # 3. Once more: every point finished, so nothing trains.
-  monkeypatch.setattr(train, 'train_and_evaluate',
+  monkeypatch.setattr(trainer, 'train_and_evaluate',
                       lambda *a: pytest.fail('a finished point was trained again'))
-  again = sweep.run_sweep(config, str(workdir), GRID)
+  again = sweeping.run_sweep(config, str(workdir), GRID)
   assert [p['status'] for p in again['points']] == ['skipped'] * 4
   assert [p['best_val_top1'] for p in again['points']] == [
       p['best_val_top1'] for p in summary['points']]
@@ -100,11 +105,11 @@ def test_grid_sweep_runs_resumes_and_summarizes(folder, tmp_path, monkeypatch):
 
 def test_grid_values_take_the_fields_types():
   config = configs.default_config()
-  axes = sweep.parse_grid(['config.learning_rate=0.1,1', 'batch_size=64,128',
+  axes = sweeping.parse_grid(['config.learning_rate=0.1,1', 'batch_size=64,128',
                            'config.data.flip=true,False', 'config.lr.policy=step,cosine'], config)
   assert [a.values for a in axes] == [(0.1, 1.0), (64, 128), (True, False), ('step', 'cosine')]
   assert isinstance(axes[0].values[1], float) and isinstance(axes[1].values[0], int)
-  points = sweep.make_points(config, axes)
+  points = sweeping.make_points(config, axes)
   assert len(points) == 16
   assert points[0].name == 'learning_rate=0.1,batch_size=64,data.flip=true,lr.policy=step'
   assert points[0].config.data.flip is True and points[-1].config.lr.policy == 'cosine'
@@ -125,7 +130,7 @@ def test_grid_values_take_the_fields_types():
 ])
 def test_bad_grids_name_the_flag(grid, message):
   with pytest.raises(ValueError, match=message):
-    sweep.parse_grid(grid, configs.default_config())
+    sweeping.parse_grid(grid, configs.default_config())
 
 
 def test_command_line_reports_a_bad_grid_in_one_line(tmp_path):

@@ -11,7 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoints, evaluate, metrics_writer, train
+from alexnet_jax import cli, evaluation, profiling, trainer
+from alexnet_jax.cadence import Cadence
+from alexnet_jax.run import checkpoints, metrics_writer, status
 from alexnet_jax.data import synthetic
 from tests import tiny_experiment
 
@@ -43,7 +45,8 @@ def folder(tmp_path_factory):
 def finished_run(folder, tmp_path_factory):
   """An uninterrupted 3-epoch run in the paper's layout; other tests compare against it."""
   workdir = tmp_path_factory.mktemp('uninterrupted')
-  results = train.train_and_evaluate(tiny_config(folder), str(workdir))
+  # With a profiler trace of step 1 (profile_steps may change on resume: the numbers do not).
+  results = trainer.train_and_evaluate(tiny_config(folder, profile_steps='1,2'), str(workdir))
   return workdir, results
 
 
@@ -95,7 +98,7 @@ def test_run_resumed_after_kill_minus_9_ends_bit_identical(folder, finished_run,
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert first.exists(), proc.stderr.read().decode()[-3000:]
-  results = train.train_and_evaluate(tiny_config(folder), str(workdir))
+  results = trainer.train_and_evaluate(tiny_config(folder), str(workdir))
   assert results['step'] == 12
   jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference_dir))
   assert comparable(metrics_writer.read_metrics(workdir)) == comparable(
@@ -114,32 +117,45 @@ def test_sigterm_snapshots_and_stops_then_resumes(folder, finished_run, tmp_path
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)
-  assert proc.returncode == 0, err[-3000:]
+  # Stopped, not finished: a distinct exit status, and the state in status.json.
+  assert proc.returncode == cli.STOPPED_EXIT_STATUS == 75, err[-3000:]
   assert 'SIGTERM' in out + err
   with checkpoints.Checkpointer(workdir) as ckpt:
     stopped_at = ckpt.latest_step()
   assert stopped_at is not None and stopped_at < 12
-  train.train_and_evaluate(tiny_config(folder), str(workdir))
+  record = status.read_status(str(workdir))
+  assert record['state'] == 'stopped' and record['step'] == stopped_at
+  assert status.effective_state(record) == 'stopped'
+  assert 'SIGTERM' in (workdir / 'train.log').read_text()
+  trainer.train_and_evaluate(tiny_config(folder), str(workdir))
+  record = status.read_status(str(workdir))
+  assert record['state'] == 'done' and record['step'] == record['total_steps'] == 12
+  assert record['snapshots'] and record['best_val_top1'] is not None
   jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference_dir))
+
+
+def test_profile_steps_write_a_trace_under_the_workdir(finished_run):
+  workdir, _ = finished_run
+  assert profiling.trace_files(str(workdir / 'profile')), os.listdir(workdir)
 
 
 def test_resume_with_a_changed_config_names_the_fields(folder, finished_run):
   workdir, _ = finished_run
   with pytest.raises(ValueError) as err:
-    train.train_and_evaluate(tiny_config(folder, learning_rate=0.05, **{'model.lrn': 'caffe'}),
+    trainer.train_and_evaluate(tiny_config(folder, learning_rate=0.05, **{'model.lrn': 'caffe'}),
                              str(workdir))
   message = str(err.value)
   assert 'learning_rate: 0.01 -> 0.05' in message and 'model.lrn' in message
   with pytest.raises(ValueError, match='num_epochs'):
-    train.train_and_evaluate(tiny_config(folder, num_epochs=2), str(workdir))
+    trainer.train_and_evaluate(tiny_config(folder, num_epochs=2), str(workdir))
 
 
 def test_more_epochs_continue_the_run(folder, tmp_path):
   workdir = tmp_path / 'longer'
   config = tiny_config(folder, num_epochs=1, **{'lr.policy': 'fixed'})
-  assert train.train_and_evaluate(config, str(workdir))['step'] == 4
+  assert trainer.train_and_evaluate(config, str(workdir))['step'] == 4
   config = tiny_config(folder, num_epochs=2, **{'lr.policy': 'fixed'})
-  assert train.train_and_evaluate(config, str(workdir))['step'] == 8
+  assert trainer.train_and_evaluate(config, str(workdir))['step'] == 8
   steps = [r['step'] for r in metrics_writer.read_metrics(workdir, split='val')]
   assert steps == [4, 8]
 
@@ -147,9 +163,12 @@ def test_more_epochs_continue_the_run(folder, tmp_path):
 def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_snapshot(folder, tmp_path):
   workdir = tmp_path / 'nan'
   config = tiny_config(folder, learning_rate=1e12, **{'lr.policy': 'fixed'})
-  with pytest.raises(train.NonFiniteLossError) as err:
-    train.train_and_evaluate(config, str(workdir))
+  with pytest.raises(trainer.NonFiniteLossError) as err:
+    trainer.train_and_evaluate(config, str(workdir))
   assert 'at step' in str(err.value) and 'learning_rate' in str(err.value)
+  record = status.read_status(str(workdir))   # the failure is recorded where `runs` reads it
+  assert record['state'] == 'failed' and 'NonFiniteLossError' in record['error']
+  assert status.effective_state(record) == 'failed'
   with checkpoints.Checkpointer(workdir) as ckpt:
     for step in ckpt.all_steps():
       state, _ = ckpt.restore(step)
@@ -158,15 +177,15 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_snapshot(folder, 
 
 def test_bad_flags_stop_before_compiling(folder, tmp_path):
   with pytest.raises(ValueError, match='batch_size'):
-    train.train_and_evaluate(tiny_config(folder, layout='hybrid', batch_size=3),
+    trainer.train_and_evaluate(tiny_config(folder, layout='hybrid', batch_size=3),
                              str(tmp_path / 'a'))
   with pytest.raises(ValueError, match='data.source'):
-    train.train_and_evaluate(tiny_config(''), str(tmp_path / 'b'))
+    trainer.train_and_evaluate(tiny_config(''), str(tmp_path / 'b'))
 
 
 def test_evaluate_writes_metrics_and_confusion_in_another_layout(finished_run):
   workdir, results = finished_run
-  path, summary = evaluate.run_evaluation(str(workdir), split='val', step='latest',
+  path, summary = evaluation.run_evaluation(str(workdir), split='val', step='latest',
                                           layout_name='single')
   assert path.endswith('eval/val-12.json') and os.path.exists(path)
   assert os.path.exists(path.replace('.json', '-confusion.png'))
@@ -176,14 +195,14 @@ def test_evaluate_writes_metrics_and_confusion_in_another_layout(finished_run):
   # The same checkpoint evaluated in the paper's layout gives the same numbers.
   assert abs(saved['top1'] - results['val']['top1']) < 1e-6
   assert abs(saved['loss'] - results['val']['loss']) < 1e-5
-  _, ten = evaluate.run_evaluation(str(workdir), split='val', step='best', ten_crop=True)
+  _, ten = evaluation.run_evaluation(str(workdir), split='val', step='best', ten_crop=True)
   assert ten['ten_crop'] and ten['count'] == 6
   with pytest.raises(FileNotFoundError, match='available steps'):
-    evaluate.run_evaluation(str(workdir), step='7')
+    evaluation.run_evaluation(str(workdir), step='7')
 
 
 def test_cadence_counts_the_last_step():
-  cadence = train.Cadence(steps_per_epoch=10, total_steps=25, log_every=4, val_every=10,
+  cadence = Cadence(steps_per_epoch=10, total_steps=25, log_every=4, val_every=10,
                           snapshot_every=20)
   assert [s for s in range(1, 26) if cadence.validate(s)] == [10, 20, 25]
   assert [s for s in range(1, 26) if cadence.snapshot(s)] == [20, 25]

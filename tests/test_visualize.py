@@ -8,7 +8,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from alexnet_jax import inference, visualize
+from alexnet_jax import exporting, inference, visualization
 from tests.test_classify import all_images, image_folder, run_cli, trained_run
 
 
@@ -27,7 +27,7 @@ def test_conv1_grid_puts_the_towers_side_by_side():
   kernel = np.zeros((2, 11, 11, 3, 48), np.float32)
   kernel[0, :, :, 0] = np.linspace(0.1, 1, 11)[:, None, None]   # red ramps
   kernel[1, :, :, 1] = np.linspace(0.1, 1, 11)[None, :, None]   # green ramps
-  grid = visualize.conv1_filter_grid(kernel, enlarge_by=2)
+  grid = visualization.conv1_filter_grid(kernel, enlarge_by=2)
   assert grid.dtype == np.uint8 and grid.ndim == 3
   half = grid.shape[1] // 2
   left, right = grid[20:, :half - 8].reshape(-1, 3), grid[20:, half + 8:].reshape(-1, 3)
@@ -36,15 +36,15 @@ def test_conv1_grid_puts_the_towers_side_by_side():
   assert kernel_px(right)[:, 1].mean() > 120 and kernel_px(right)[:, 0].max() == 0
   # 48 kernels per tower on a 7x7 grid of 22-pixel tiles.
   assert grid.shape[1] > 2 * 7 * 22
-  assert visualize.color_specificity(kernel)[0] > 0.5
+  assert visualization.color_specificity(kernel)[0] > 0.5
   grey = np.repeat(kernel[:, :, :, :1], 3, axis=3)
-  assert visualize.color_specificity(grey) == pytest.approx([0.0, 0.0], abs=1e-9)
+  assert visualization.color_specificity(grey) == pytest.approx([0.0, 0.0], abs=1e-9)
 
 
 def test_visualize_writes_every_picture_and_the_stats(run_dir, image, tmp_path):
   model = inference.load(str(run_dir))
   out = tmp_path / 'vis'
-  stats = visualize.visualize(model, str(out), image=image)
+  stats = visualization.visualize(model, str(out), image=image)
   layers = ['conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8']
   expected = {'conv1_filters.png', 'input.png', 'top5.png', 'stats.json'}
   expected |= {f'activations/{l}.png' for l in layers}
@@ -83,16 +83,16 @@ def test_refuses_a_foreign_folder_and_a_bad_image(run_dir, tmp_path):
   foreign.mkdir()
   (foreign / 'notes.txt').write_text('keep me')
   with pytest.raises(FileExistsError, match='--overwrite'):
-    visualize.visualize(model, str(foreign))
+    visualization.visualize(model, str(foreign))
   from alexnet_jax.data import DecodeError
   with pytest.raises(DecodeError):
-    visualize.visualize(model, str(tmp_path / 'new'), image=str(tmp_path / 'missing.jpg'))
+    visualization.visualize(model, str(tmp_path / 'new'), image=str(tmp_path / 'missing.jpg'))
   assert sorted(os.listdir(tmp_path)) == ['mine']  # nothing half-written, no temp folders
 
 
 def test_cli_from_a_bundle(run_dir, image, tmp_path):
   from alexnet_jax import export
-  bundle, _ = export.export_model(str(run_dir), tmp_path / 'm.zip')
+  bundle, _ = exporting.export_model(str(run_dir), tmp_path / 'm.zip')
   out = tmp_path / 'vis'
   proc = run_cli('visualize', f'--bundle={bundle}', f'--image={image}', f'--output={out}')
   assert proc.returncode == 0, proc.stderr[-2000:]

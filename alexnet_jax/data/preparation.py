@@ -17,7 +17,9 @@
 
 4. renames the temporary folder to the output only when everything is written, so an interrupted run
    leaves no half dataset (at worst a hidden ``.<name>.tmp-*`` folder, removed on the next run once its
-   process is gone); an existing output is replaced only with ``overwrite=True``.
+   process is gone); an existing output is replaced only with ``overwrite=True``. The command
+   (``track=True``) also holds ``<parent>/.<name>.lock`` and keeps a live ``<parent>/.<name>.status.json``
+   (images done, rate, ETA) that becomes ``<output>/status.json`` at the end (`prepare_dataset`).
 
 Unusable files -- empty, truncated, not images, decompression bombs, unreadable, dangling links -- are
 skipped and listed in ``stats.json["skipped"]``; they never stop the job. Progress lines with a rate and an
@@ -37,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import TextIO
+from typing import Callable, TextIO
 import zlib
 
 import numpy as np
@@ -51,6 +53,8 @@ from alexnet_jax.data import resize as resize_lib
 from alexnet_jax.data import sources
 from alexnet_jax.data import splits as splits_lib
 from alexnet_jax.data import statistics
+from alexnet_jax.run import lock as lock_lib
+from alexnet_jax.run import status as status_lib
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +215,9 @@ def _load_rect(content, width: int, height: int, o: PrepareOptions, rng) -> np.n
 
 def _write_split(tmp: str, split: splits_lib.SplitData, classes: list[str], opts: PrepareOptions,
                  workers: int, stream: TextIO, acc: statistics.MomentAccumulator | None,
-                 thumbs: dict[int, list[np.ndarray]] | None):
-  """Writes one split; returns (written count per class, skipped list, bytes)."""
+                 thumbs: dict[int, list[np.ndarray]] | None,
+                 report: Callable[[progress_lib.Progress], None] | None = None):
+  """Writes one split; returns (written count per class, skipped list, bytes). `report(progress)` after each image."""
   import grain  # pylint: disable=g-import-not-at-top
   rec_path = os.path.join(tmp, f'{split.name}.array_record')
   writer = records.Writer(rec_path)
@@ -226,6 +231,8 @@ def _write_split(tmp: str, split: splits_lib.SplitData, classes: list[str], opts
   try:
     for i, (blob, image, path) in enumerate(ds):
       prog.update()
+      if report is not None:
+        report(prog)
       if blob is None:
         skipped.append(image)
         continue
@@ -270,26 +277,83 @@ def summary_text(stats: dict) -> str:
   return '\n'.join(out)
 
 
-def prepare_dataset(opts: PrepareOptions, *, stream: TextIO | None = None) -> dict:
+def lock_path(output: str) -> str:
+  """The lock of a prepare making `output`: `<parent>/.<name>.lock` (the output does not exist yet)."""
+  parent, name = os.path.split(os.path.abspath(output))
+  return os.path.join(parent, f'.{name}.lock')
+
+
+def live_status_path(output: str) -> str:
+  """The status of a prepare making `output` while it runs, or after it failed: `<parent>/.<name>.status.json`.
+
+  On success it moves into `<output>/status.json` (state done) with the rest of the dataset.
+  """
+  parent, name = os.path.split(os.path.abspath(output))
+  return os.path.join(parent, f'.{name}.status.json')
+
+
+def prepare_dataset(opts: PrepareOptions, *, stream: TextIO | None = None, track: bool = False) -> dict:
   """Runs the whole job (module docstring); returns the contents of stats.json.
+
+  Args:
+    opts: what to prepare.
+    stream: where progress lines go (default stderr).
+    track: what `python -m alexnet_jax.prepare` does: hold the output's lock (`lock_path`), so that a
+      second prepare of the same output stops at once naming this one, and keep a live status
+      (`live_status_path`: images done/total, rate, ETA) that `python -m alexnet_jax.runs` shows. It
+      becomes `<output>/status.json` (done) at the end, and stays beside the output as failed or
+      stopped, with the error, if the job does not finish.
 
   Raises:
     DataError: bad options, a missing source, fewer than 2 usable classes, an existing output without
       `overwrite`. Nothing is written in that case.
+    WorkdirBusyError: with `track`, another process is preparing the same output.
   """
   stream = stream if stream is not None else sys.stderr
   _check(opts)
   output = os.path.abspath(opts.output)
+  if not track:
+    return _prepare(opts, output, stream, None)
+  with lock_lib.WorkdirLock(opts.output, what='prepare', lock_file=lock_path(output)):
+    status = status_lib.StatusWriter(os.path.dirname(output), 'prepare',
+                                     filename=os.path.basename(live_status_path(output)))
+    try:
+      return _prepare(opts, output, stream, status)
+    except BaseException as e:
+      status.record_exception(e)              # failed / stopped, with the error; no-op if never started
+      raise
+
+
+def _prepare(opts: PrepareOptions, output: str, stream: TextIO, status: status_lib.StatusWriter | None) -> dict:
+  """`prepare_dataset` after the option checks (and under the lock, with `status`, when tracked)."""
   if os.path.lexists(output) and not opts.overwrite:
     raise errors.DataError(f'--output={opts.output} already exists; pass --overwrite to replace it')
   if not opts.source.startswith(sources.TFDS_PREFIX) and os.path.isdir(opts.source) and _is_within(
       output, opts.source):
     raise errors.DataError(f'--output={opts.output} is inside --source={opts.source}; it would become a class')
   t0 = time.time()
+  if status is not None:
+    status.start(workdir=output, output=output, source=opts.source, phase='listing')
   description, classes, split_map, dropped, skipped = _listing_splits(opts)
   if 'train' not in split_map or not len(split_map['train']):
     raise errors.DataError(f'{description}: the training split is empty (--val_percent + --test_percent = 100?)')
   workers = opts.workers or os.cpu_count() or 1
+  sizes_planned = {k: len(v) for k, v in split_map.items() if v is not None and len(v)}
+  total_images = sum(sizes_planned.values())
+  progress_state = {'before': 0, 'seconds_before': 0.0, 'split_start': None}
+
+  def report(prog: progress_lib.Progress, split_name: str) -> None:
+    progress_state['split_start'] = prog.start
+    done = progress_state['before'] + prog.done
+    elapsed = progress_state['seconds_before'] + time.monotonic() - prog.start
+    rate = done / elapsed if elapsed > 0 and done else None
+    status.update(phase='writing', split=split_name, done=done, total=total_images,
+                  progress=done / total_images if total_images else None, images_per_sec=rate,
+                  eta_seconds=(total_images - done) / rate if rate else None)
+
+  if status is not None:
+    status.update(force=True, phase='writing', source=description, classes=len(classes), done=0,
+                  total=total_images, progress=0.0, splits=sizes_planned)
 
   parent, name = os.path.dirname(output), os.path.basename(output)
   os.makedirs(parent, exist_ok=True)
@@ -306,7 +370,12 @@ def prepare_dataset(opts: PrepareOptions, *, stream: TextIO | None = None) -> di
         continue
       is_train = split_name == 'train'
       c, bad, nbytes = _write_split(tmp, split, classes, opts, workers, stream, acc if is_train else None,
-                                    thumbs if is_train else None)
+                                    thumbs if is_train else None,
+                                    None if status is None else lambda p, n=split_name: report(p, n))
+      progress_state['before'] += len(split)
+      if progress_state['split_start'] is not None:
+        progress_state['seconds_before'] += time.monotonic() - progress_state['split_start']
+        progress_state['split_start'] = None
       skipped.extend(bad)
       if nbytes:
         counts[split_name], sizes[split_name] = c, nbytes
@@ -360,6 +429,12 @@ def prepare_dataset(opts: PrepareOptions, *, stream: TextIO | None = None) -> di
     # stats.json last: a folder with stats.json is a prepared dataset.
     with open(os.path.join(tmp, 'stats.json'), 'w', encoding='utf-8') as f:
       json.dump(stats, f, indent=1, ensure_ascii=True)
+    if status is not None:                   # the record arrives with the dataset, in the same rename
+      status_lib.write_status(os.path.join(tmp, status_lib.STATUS_FILE), status.snapshot(
+          'done', exit_status=0, phase='done', source=description, done=total_images,
+          total=total_images, progress=1.0, eta_seconds=0.0,
+          counts={k: int(sum(v.values())) for k, v in stats['counts'].items()},
+          skipped=len(skipped), bytes=stats['bytes'], seconds=stats['seconds']))
 
     if os.path.lexists(output):
       if not opts.overwrite:
@@ -373,4 +448,6 @@ def prepare_dataset(opts: PrepareOptions, *, stream: TextIO | None = None) -> di
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+  if status is not None:
+    status.discard()                         # its final record is <output>/status.json now
   return stats

@@ -18,10 +18,9 @@ knows about devices or meshes.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import jax.numpy as jnp
-import ml_collections
 
 from alexnet_jax.models.alexnet import alexnet
 from alexnet_jax.models.alexnet_owt import alexnet_owt
@@ -29,6 +28,9 @@ from alexnet_jax.models.custom import custom_network, is_custom_name
 from alexnet_jax.models.googlenet import googlenet
 from alexnet_jax.models.lenet import lenet
 from alexnet_jax.models.towers import Stage, TowerNetwork
+
+if TYPE_CHECKING:  # a type only: the models import without ml_collections (benchmarks/device_check.py)
+  import ml_collections
 
 REGISTRY: dict[str, Callable[..., TowerNetwork]] = {
     'alexnet': alexnet,

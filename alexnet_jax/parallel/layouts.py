@@ -22,8 +22,10 @@ auto         N/towers x towers   no hand-written collectives: one program under 
 The first four map the tower function onto the mesh with ``jax.shard_map`` (``forward.py``); the last two
 run the one-program form and leave partitioning to the compiler, steered by sharding annotations.
 
-Invalid combinations are rejected by ``resolve`` *before anything compiles*, with a message naming the
-flag to change and how.
+Every rule about a layout -- how many devices it needs, the mesh shape it takes, which networks it accepts,
+what it sends between devices -- is a field of its ``LayoutRule`` in ``RULES``, the one place other
+modules (the train, evaluate and classify commands, the dashboard) read them from. Invalid combinations
+are rejected by ``resolve`` *before anything compiles*, with a message naming the flag to change and how.
 """
 
 from __future__ import annotations
@@ -37,14 +39,102 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from alexnet_jax.models import TowerNetwork
 
 AXES = ('data', 'model')
-LAYOUT_NAMES = ('single', 'model', 'data', 'hybrid', 'weird_trick', 'auto')
-COMPILER_PARTITIONED = ('weird_trick', 'auto')
 # Layers that the weird_trick layout splits by output units (both networks name them so).
 FC_LAYERS = ('fc6', 'fc7', 'fc8')
+# Data-parallel width when nothing else says (--config.mesh.data=-1) and CPU host devices are forced: two,
+# so that a laptop run of a data-parallel layout really splits the batch.
+DEFAULT_DATA_DEVICES = 2
 
 
 class LayoutError(ValueError):
   """A layout, mesh, batch or device count that cannot work together."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutRule:
+  """What a layout is, as data.
+
+  Attributes:
+    name: the ``--config.layout`` value.
+    model_axis: what the 'model' axis holds: 'one' (size 1), 'towers' (one tower per device; needs a
+      network of two or more towers), 'workers' (weird_trick: every device, the FC layers split over
+      them) or 'towers_if_any' (auto: the towers where the network has several, else 1).
+    data_axis: 'none' (size 1) or 'rest' (the devices left over; ``--config.mesh.data`` sets it).
+    compiler_partitioned: XLA's partitioner chooses the collectives (jit + sharding annotations)
+      instead of the hand-written ``shard_map`` programs.
+    moves: one line on what crosses devices (for tables and the dashboard).
+  """
+  name: str
+  model_axis: str
+  data_axis: str
+  compiler_partitioned: bool
+  moves: str
+
+  @property
+  def needs_towers(self) -> bool:
+    return self.model_axis == 'towers'
+
+  def accepts(self, num_towers: int) -> bool:
+    """Whether a network of ``num_towers`` towers can run in this layout."""
+    return num_towers >= 2 or not self.needs_towers
+
+  def model_size(self, num_towers: int, mesh_model: int = -1, num_devices: int | None = None) -> int:
+    """The 'model' axis for a network of ``num_towers`` towers (``mesh_model`` -1: derived)."""
+    if self.model_axis == 'one':
+      return 1
+    if self.model_axis == 'towers':
+      return num_towers
+    if self.model_axis == 'workers':
+      if mesh_model != -1:
+        return mesh_model
+      return num_devices if num_devices is not None else DEFAULT_DATA_DEVICES
+    return (num_towers if num_towers > 1 else 1) if mesh_model == -1 else mesh_model
+
+  def devices_needed(self, num_towers: int, *, mesh_data: int = -1, mesh_model: int = -1) -> int:
+    """The devices to force on a CPU host for this layout (an accelerator host has what it has).
+
+    Raises ``LayoutError`` when the network does not fit the layout.
+    """
+    if not self.accepts(num_towers):
+      raise LayoutError(_single_tower_message(self.name, num_towers))
+    model = self.model_size(num_towers, mesh_model)
+    data = 1 if self.data_axis == 'none' else (
+        DEFAULT_DATA_DEVICES if mesh_data == -1 else mesh_data)
+    return max(1, data) * max(1, model)
+
+
+RULES: dict[str, LayoutRule] = {r.name: r for r in (
+    LayoutRule('single', 'one', 'none', False, 'nothing'),
+    LayoutRule('model', 'towers', 'none', False,
+               'activations at the exchange points (conv3, fc6, fc7 inputs; fc8 partial logits)'),
+    LayoutRule('data', 'one', 'rest', False, 'the gradient of every parameter (all-reduce)'),
+    LayoutRule('hybrid', 'towers', 'rest', False,
+               'activations at the exchange points on model, gradients on data'),
+    LayoutRule('weird_trick', 'workers', 'none', True,
+               'conv gradients all-reduced, conv features gathered before fc6, FC layers split'),
+    LayoutRule('auto', 'towers_if_any', 'rest', True, "whatever XLA's partitioner chooses"),
+)}
+LAYOUT_NAMES = tuple(RULES)
+COMPILER_PARTITIONED = tuple(name for name, r in RULES.items() if r.compiler_partitioned)
+
+
+def rule(name: str) -> LayoutRule:
+  """The rule of layout ``name``, or a ``LayoutError`` listing the layouts."""
+  if name not in RULES:
+    raise LayoutError(f'--config.layout={name!r} is not a layout; choose one of {list(LAYOUT_NAMES)}')
+  return RULES[name]
+
+
+def devices_needed(name: str, num_towers: int, *, mesh_data: int = -1, mesh_model: int = -1) -> int:
+  """Devices layout ``name`` needs for a network of ``num_towers`` towers (see ``LayoutRule``)."""
+  return rule(name).devices_needed(num_towers, mesh_data=mesh_data, mesh_model=mesh_model)
+
+
+def _single_tower_message(name: str, num_towers: int, network: str = 'the network') -> str:
+  accepting = [n for n, r in RULES.items() if r.accepts(num_towers)]
+  return (f'--config.layout={name} puts one tower per device on the model axis, but {network} has a '
+          f'single tower; use --config.layout={" or ".join(accepting[:2])} (layouts for it: '
+          f'{", ".join(accepting)}), or --config.model.name=alexnet for the two-tower network')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,65 +218,48 @@ def resolve(name: str, network: TowerNetwork, *, num_devices: int | None = None,
             mesh_data: int = -1, mesh_model: int = -1, batch_size: int | None = None) -> Layout:
   """Turns ``config.layout`` / ``config.mesh`` into a ``Layout``, or raises ``LayoutError``.
 
-  ``mesh_data`` / ``mesh_model`` of -1 mean "derive": the 'model' axis holds one tower per device in
-  the tower layouts, and the 'data' axis takes the remaining devices (``data``, ``hybrid``).
+  ``mesh_data`` / ``mesh_model`` of -1 mean "derive": the 'model' axis as the layout's rule says, and
+  the 'data' axis takes the remaining devices (``data``, ``hybrid``, ``auto``).
   """
+  r = rule(name)
   if num_devices is None:
     num_devices = jax.device_count()
   towers = network.num_towers
-  if name not in LAYOUT_NAMES:
-    raise LayoutError(f'--config.layout={name!r} is not a layout; choose one of {list(LAYOUT_NAMES)}')
+  if not r.accepts(towers):
+    raise LayoutError(_single_tower_message(name, towers, network.name))
 
-  if name == 'weird_trick':
-    model = num_devices if mesh_model == -1 else mesh_model
-    if mesh_data not in (-1, 1):
-      raise LayoutError(f'--config.mesh.data={mesh_data}: the weird_trick layout uses one axis of '
-                        f'workers (--config.mesh.model); leave --config.mesh.data=-1')
-    if model < 1:
-      raise LayoutError(f'--config.mesh.model={mesh_model} must be positive (or -1 for every device)')
-    data = 1
-  elif name == 'auto':
-    model = (towers if towers > 1 else 1) if mesh_model == -1 else mesh_model
-    if model < 1:
-      raise LayoutError(f'--config.mesh.model={mesh_model} must be positive (or -1)')
-    data = max(1, num_devices // model) if mesh_data == -1 else mesh_data
-  elif name in ('model', 'hybrid'):
-    if towers < 2:
-      raise LayoutError(
-          f'--config.layout={name} puts one tower per device on the model axis, but '
-          f'{network.name} has a single tower; use --config.layout=single or data '
-          f'(or --config.model.name=alexnet for the two-tower network)')
-    if mesh_model not in (-1, towers):
-      raise LayoutError(f'--config.mesh.model={mesh_model}: the {name} layout needs one device per '
-                        f'tower, i.e. --config.mesh.model={towers}')
-    model = towers
-  else:
-    if mesh_model not in (-1, 1):
-      raise LayoutError(f'--config.mesh.model={mesh_model}: the {name} layout keeps all towers on '
-                        f'each device; set --config.mesh.model=1 or use --config.layout=hybrid')
-    model = 1
+  if r.model_axis == 'one' and mesh_model not in (-1, 1):
+    raise LayoutError(f'--config.mesh.model={mesh_model}: the {name} layout keeps all towers on '
+                      f'each device; set --config.mesh.model=1 or use --config.layout=hybrid')
+  if r.model_axis == 'towers' and mesh_model not in (-1, towers):
+    raise LayoutError(f'--config.mesh.model={mesh_model}: the {name} layout needs one device per '
+                      f'tower, i.e. --config.mesh.model={towers}')
+  model = r.model_size(towers, mesh_model, num_devices)
+  if model < 1:
+    raise LayoutError(f'--config.mesh.model={mesh_model} must be positive (or -1 for every device)')
 
-  if name in ('weird_trick', 'auto'):
-    pass
-  elif name in ('single', 'model'):
+  if r.data_axis == 'none':
     if mesh_data not in (-1, 1):
-      raise LayoutError(f'--config.mesh.data={mesh_data}: the {name} layout has no data axis; use '
-                        f'--config.layout={"data" if name == "single" else "hybrid"} to split the batch')
+      fix = {'single': 'data', 'model': 'hybrid'}.get(name)
+      hint = (f'use --config.layout={fix} to split the batch' if fix else
+              'leave --config.mesh.data=-1 (the layout has one axis of workers, --config.mesh.model)')
+      raise LayoutError(f'--config.mesh.data={mesh_data}: the {name} layout has no data axis; {hint}')
     data = 1
   elif mesh_data == -1:
-    data = num_devices // model
+    data = max(1, num_devices // model) if r.compiler_partitioned else num_devices // model
   elif mesh_data < 1:
     raise LayoutError(f'--config.mesh.data={mesh_data} must be positive (or -1 to use every device)')
   else:
     data = mesh_data
 
-  layout = Layout(name, data, model, towers_on_model_axis=name in ('model', 'hybrid'))
+  layout = Layout(name, data, model, towers_on_model_axis=r.model_axis == 'towers')
+  needed = max(layout.num_devices, model)
   if layout.num_devices > num_devices or data < 1:
     raise LayoutError(
-        f'--config.layout={name} needs {max(layout.num_devices, model)} devices (mesh data={data} x '
-        f'model={model}) but only {num_devices} are present; on CPU run with '
-        f'XLA_FLAGS=--xla_force_host_platform_device_count={max(layout.num_devices, model)} '
-        f'(the train and census commands do this for you), or pick a smaller mesh')
+        f'--config.layout={name} needs {needed} devices (mesh data={max(data, 1)} x model={model}) but '
+        f'only {num_devices} are present; on CPU run with '
+        f'XLA_FLAGS=--xla_force_host_platform_device_count={needed} (the train, evaluate and classify '
+        f'commands do this for you), or pick a smaller mesh')
   shards = layout.batch_shards
   if batch_size is not None and batch_size % shards:
     raise LayoutError(f'--config.batch_size={batch_size} is not divisible by the {shards} devices the '

@@ -1,6 +1,6 @@
 """Snapshots of a run under WORKDIR/checkpoints: train state, data-iterator position, JSON meta.
 
-What it is for: `train.py` saves a snapshot at each snapshot interval, at the end and on SIGTERM, and on
+What it is for: the trainer (`trainer.py`) saves a snapshot at each snapshot interval, at the end and on SIGTERM, and on
 start restores the latest one, so that a run resumes exactly (DESIGN.md, "the workdir means resume").
 A step directory holds up to four items:
 
@@ -23,6 +23,16 @@ Semantics worth knowing (verified on orbax-checkpoint 0.12.8, see tests/test_che
   metrics are stored with each step, so `best_step()` survives restarts.
 * Saving a step that already exists is a no-op returning False (e.g. the final snapshot falls on an
   interval snapshot).
+* **Readers open read-only** (``read_only=True``: evaluate, classify, export, fine-tuning, the
+  dashboard). A read-write manager removes the temporary folders of unfinished saves when it opens, so
+  a reader opened while the trainer is saving would destroy that snapshot; a read-only one never
+  writes or deletes anything.
+* **Parameters without the solver.** ``restore_params`` reads only the ``params`` subtree of the state
+  item (orbax partial restore), so a reader needs neither the optimizer nor its settings.
+* **Damaged snapshots are skipped, not fatal.** ``restore_latest`` and ``restore_params(None, ...)``
+  try the snapshots newest first and skip one that does not restore (a missing or truncated array
+  file, an emptied metadata file), saying which step and why; an explicitly requested step that is
+  damaged is an error naming the snapshots that do restore.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ from __future__ import annotations
 import math
 import os
 from typing import Any, Mapping, Optional
+
+import logging as std_logging
 
 from absl import logging
 import jax
@@ -43,6 +55,39 @@ except ImportError:  # pragma: no cover
 _STATE, _META, _DATA = 'state', 'meta', 'data'
 
 
+class DamagedCheckpointError(ValueError):
+  """A snapshot that exists on disk but cannot be restored (missing, truncated or corrupt files)."""
+
+
+class _ReadOnlyNotices(std_logging.Filter):
+  """Drops orbax's two warnings about a manager opened read-only (which is what readers want)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not ('read_only=True' in message or 'directory is read only' in message)
+
+
+std_logging.getLogger('absl').addFilter(_ReadOnlyNotices())
+
+
+def _reason(error: BaseException) -> str:
+  """The first line of an exception, for a one-line 'skipped because' message."""
+  text = str(error).strip().splitlines()
+  first = text[0] if text else ''
+  first = first.split(' See full TensorStore details')[0]   # the rest is a page of JSON
+  if len(first) > 200:
+    first = first[:200] + '...'
+  return f'{type(error).__name__}: {first}'.rstrip(': ')
+
+
+def finished_steps(workdir: str | os.PathLike) -> list[int]:
+  """The finished snapshots of ``workdir`` (ascending), read without opening a manager for writing."""
+  if not os.path.isdir(os.path.join(os.fspath(workdir), 'checkpoints')):
+    return []
+  with Checkpointer(workdir, read_only=True) as ckpt:
+    return ckpt.all_steps()
+
+
 class Checkpointer:
   """An orbax CheckpointManager over `WORKDIR/checkpoints` for one run.
 
@@ -52,10 +97,11 @@ class Checkpointer:
     best_metric: the key in `save(..., metrics=)` that ranks snapshots (validation top-1).
     best_mode: 'max' (accuracy) or 'min' (loss / error).
     async_save: write in a background thread (the default); False for fully synchronous saves.
+    read_only: a reader's view: never writes, never removes unfinished saves of a live run.
   """
 
   def __init__(self, workdir: str | os.PathLike, keep: int = 3, best_metric: str = 'top1',
-               best_mode: str = 'max', async_save: bool = True):
+               best_mode: str = 'max', async_save: bool = True, read_only: bool = False):
     if best_mode not in ('max', 'min'):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     self.directory = os.path.join(os.path.abspath(os.fspath(workdir)), 'checkpoints')
@@ -72,6 +118,13 @@ class Checkpointer:
         return worst
       return value if math.isfinite(value) else worst
 
+    self.read_only = read_only
+    if read_only:
+      options = ocp.CheckpointManagerOptions(
+          read_only=True, create=False, cleanup_tmp_directories=False, best_fn=metric,
+          best_mode=best_mode, enable_async_checkpointing=False)
+      self._mngr = ocp.CheckpointManager(self.directory, options=options)
+      return
     pp = ocp.checkpoint_managers
     policy = pp.AnyPreservationPolicy(policies=[
         pp.LatestN(n=keep if keep and keep > 0 else None),
@@ -131,6 +184,8 @@ class Checkpointer:
       meta: a JSON-serializable dict restored alongside (plateau state, epoch, config digest ...).
       metrics: numbers used to rank snapshots (must contain `best_metric` to compete for best).
     """
+    if self.read_only:
+      raise ValueError(f'{self.directory} was opened read-only; only the trainer saves snapshots')
     step = int(step)
     if step in self._mngr.all_steps():
       logging.info('checkpoint for step %d already exists; not saving it again', step)
@@ -155,6 +210,8 @@ class Checkpointer:
       data_iterator: a fresh grain iterator of the same pipeline; its state is set in place.
     """
     self.wait()
+    if self.read_only and data_iterator is not None:
+      raise ValueError('a read-only Checkpointer restores no data iterator (only the trainer does)')
     if step is None:
       step = self.latest_step()
       if step is None:
@@ -174,6 +231,92 @@ class Checkpointer:
     meta = dict(restored[_META]) if has_meta and restored[_META] is not None else {}
     return restored[_STATE], meta
 
+  def restore_latest(self, abstract_state: Any = None, data_iterator: Any = None
+                     ) -> tuple[Any, dict[str, Any], list[str]]:
+    """``restore`` of the newest snapshot that restores; returns (state, meta, skipped).
+
+    ``skipped`` says, one line each, which newer snapshots were damaged and why (also logged).
+    Raises ``DamagedCheckpointError`` when no snapshot restores, FileNotFoundError when there is none.
+    """
+    steps = self.all_steps()
+    if not steps:
+      raise FileNotFoundError(f'no finished checkpoint in {self.directory}')
+    skipped = []
+    for step in reversed(steps):
+      try:
+        state, meta = self.restore(step, abstract_state, data_iterator=data_iterator)
+        self._set_aside(s for s in steps if s > step)
+        return state, meta, skipped
+      except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+      except Exception as e:  # pylint: disable=broad-except  # any damage: try the next older one
+        skipped.append(f'snapshot {step} does not restore ({_reason(e)})')
+        logging.warning('%s: skipping snapshot %d, which does not restore: %s', self.directory,
+                        step, _reason(e))
+    raise DamagedCheckpointError(f'no snapshot in {self.directory} restores: ' + '; '.join(skipped))
+
+  def _set_aside(self, damaged) -> None:
+    """Renames damaged snapshots to ``<step>.damaged`` (kept for inspection, never listed again), so
+    that the resumed run saves those steps anew instead of skipping them as existing."""
+    moved = []
+    for step in damaged:
+      source = self._step_dir(step)
+      target, n = source + '.damaged', 1
+      while os.path.exists(target):
+        target, n = f'{source}.damaged-{n}', n + 1
+      os.rename(source, target)
+      moved.append(os.path.basename(target))
+    if moved:
+      logging.warning('%s: set the damaged snapshot(s) aside as %s', self.directory, ', '.join(moved))
+      self._mngr.reload()
+
+  def restore_params(self, step: Optional[int], abstract_params: Any) -> tuple[Any, int]:
+    """The ``params`` subtree of snapshot ``step`` (None: the newest that restores); (params, step).
+
+    Only the parameters are read (orbax partial restore), into ``abstract_params``' shardings, so
+    restoring needs no optimizer. A damaged explicit ``step`` raises ``DamagedCheckpointError`` naming
+    the snapshots that restore.
+    """
+    self.wait()
+    steps = self.all_steps()
+    if not steps:
+      raise FileNotFoundError(f'no finished checkpoint in {self.directory}')
+    if step is not None:
+      self._check_step(int(step))
+      try:
+        return self._restore_params(int(step), abstract_params), int(step)
+      except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        intact = [s for s in steps if s != int(step) and self._restores(s, abstract_params)]
+        raise DamagedCheckpointError(
+            f'snapshot {step} in {self.directory} is damaged and does not restore ({_reason(e)}); '
+            f'snapshots that restore: {", ".join(map(str, intact)) or "none"}') from None
+    problems = []
+    for candidate in reversed(steps):
+      try:
+        return self._restore_params(candidate, abstract_params), candidate
+      except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        problems.append(f'{candidate}: {_reason(e)}')
+        logging.warning('%s: skipping snapshot %d, which does not restore: %s', self.directory,
+                        candidate, _reason(e))
+    raise DamagedCheckpointError(f'no snapshot in {self.directory} restores ({"; ".join(problems)})')
+
+  def _restore_params(self, step: int, abstract_params: Any) -> Any:
+    item = {'params': abstract_params}
+    args = ocp.args.PyTreeRestore(item=item, partial_restore=True,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(item))
+    return self._mngr.restore(step, args=ocp.args.Composite(**{_STATE: args}))[_STATE]['params']
+
+  def _restores(self, step: int, abstract_params: Any) -> bool:
+    try:
+      self._restore_params(step, abstract_params)
+      return True
+    except Exception:  # pylint: disable=broad-except
+      return False
+
   def item_metadata(self, step: int) -> Any:
     """Shapes/dtypes/shardings of the saved state, without reading the arrays."""
     self._check_step(step)
@@ -181,11 +324,13 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until the last async save is on disk (and old snapshots are deleted)."""
-    self._mngr.wait_until_finished()
+    if not self.read_only:
+      self._mngr.wait_until_finished()
 
   def close(self) -> None:
-    """Waits for pending saves and releases the manager's threads."""
-    self._mngr.wait_until_finished()
+    """Waits for pending saves (and the start-up clean-up of unfinished ones) and releases the
+    manager's threads, so no background work outlives the process's exit."""
+    self.wait()
     self._mngr.close()
 
   def __enter__(self) -> 'Checkpointer':

@@ -1,6 +1,6 @@
 """Training metrics on disk: `WORKDIR/metrics.jsonl` (the record) and TensorBoard event files (to watch).
 
-What it is for: `train.py` calls `writer.write('train', step, epoch, loss=..., top1=..., lr=...)` at
+What it is for: the trainer (`trainer.py`) calls `writer.write('train', step, epoch, loss=..., top1=..., lr=...)` at
 each log step and `writer.write('val', ...)` after each validation. Every call appends one JSON object
 per line, flushed at once, in the form
 
@@ -24,9 +24,12 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import tempfile
 import time
 from typing import Any, Iterable, Optional
+
+from absl import logging
+
+from alexnet_jax import fileio
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
@@ -67,28 +70,42 @@ def _repair_tail(path: str) -> None:
     f.truncate(cut)
 
 
-def _parse_each(lines: Iterable[str]) -> list[Optional[dict[str, Any]]]:
+def _parse_each(lines: Iterable[str], *, path: str = METRICS_FILE) -> list[Optional[dict[str, Any]]]:
+  """One record per line, None for a line that is not a JSON object with a step.
+
+  A torn last line (a killed writer) is expected and dropped quietly by ``_repair_tail``; any other
+  bad line -- a bare ``42``, binary garbage, a hand edit -- is skipped with a warning naming the file and
+  the line, so the rest of the record is still read.
+  """
   out = []
-  for line in lines:
+  for number, line in enumerate(lines, 1):
     try:
-      out.append(json.loads(line))
-    except json.JSONDecodeError:
-      out.append(None)  # a torn line; everything before it is intact
+      record = json.loads(line)
+    except ValueError:
+      record = None
+    if not isinstance(record, dict) or not isinstance(record.get('step', 0), numbers.Integral):
+      shown = line.strip()[:40]
+      logging.warning('%s line %d is not a metrics record (%r); skipping it (delete the line to '
+                      'silence this)', path, number, shown)
+      record = None
+    out.append(record)
   return out
 
 
-def _parse_lines(lines: Iterable[str]) -> list[dict[str, Any]]:
-  return [r for r in _parse_each(line for line in lines if line.strip()) if r is not None]
+def _read_lines(path: str) -> list[str]:
+  """The non-blank lines of ``path``, undecodable bytes replaced (they are then reported, not raised)."""
+  with open(path, encoding='utf-8', errors='replace') as f:
+    return [line for line in f if line.strip()]
 
 
 def read_metrics(workdir: str | os.PathLike, split: Optional[str] = None) -> list[dict[str, Any]]:
   """The records of `WORKDIR/metrics.jsonl` in file order (only `split`'s if given); [] if absent."""
   path = os.path.join(os.fspath(workdir), METRICS_FILE)
   try:
-    with open(path, encoding='utf-8') as f:
-      records = _parse_lines(f)
+    lines = _read_lines(path)
   except FileNotFoundError:
     return []
+  records = [r for r in _parse_each(lines, path=path) if r is not None]
   if split is not None:
     records = [r for r in records if r.get('split') == split]
   return records
@@ -161,22 +178,15 @@ class MetricsWriter:
     self._purge_step = step + 1
     if not os.path.exists(self.path):
       return 0
-    with open(self.path, encoding='utf-8') as f:
-      lines = [line for line in f if line.strip()]
+    lines = _read_lines(self.path)
     # Lines are kept verbatim (not re-serialized), so what survives is byte-identical.
-    kept = [line for line, r in zip(lines, _parse_each(lines))
+    kept = [line for line, r in zip(lines, _parse_each(lines, path=self.path))
             if r is not None and int(r.get('step', 0)) <= step]
     removed = len(lines) - len(kept)
-    fd, tmp = tempfile.mkstemp(prefix='.metrics-', suffix='.jsonl.tmp', dir=self.workdir)
-    try:
-      with os.fdopen(fd, 'w', encoding='utf-8') as f:
-        for line in kept:
-          f.write(line if line.endswith('\n') else line + '\n')
-      os.replace(tmp, self.path)
-    except BaseException:
-      if os.path.exists(tmp):
-        os.unlink(tmp)
-      raise
+    # Atomic, and the file keeps its permissions (fileio.atomic_write).
+    with fileio.atomic_write(self.path, 'w') as f:
+      for line in kept:
+        f.write(line if line.endswith('\n') else line + '\n')
     return removed
 
   def close(self) -> None:

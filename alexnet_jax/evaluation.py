@@ -1,0 +1,104 @@
+"""Evaluation of a run: loss, top-1, top-5, per-class accuracy and the confusion matrix of one split.
+
+The library behind ``python -m alexnet_jax.evaluate`` (``evaluate.py``) and the trainer's validation.
+The images go through ``data.preprocess_for_eval`` -- the function classification uses too -- so
+evaluate and classify agree on every image. With ``ten_crop`` each image is scored as the paper's
+section 4.1 does: the softmax averaged over the four corner and the centre crops and their mirrors.
+
+A checkpoint restores into any layout (its arrays are ``[tower, ...]`` whatever wrote them), so a run
+trained with the towers on two devices evaluates on one, and the reverse; only the parameters are read,
+read-only (``run/workdir.py``), so evaluating a live run does not disturb it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from alexnet_jax import data, fileio, metrics, models, plots
+from alexnet_jax.parallel import layouts, step as step_lib
+from alexnet_jax.progress import Progress
+from alexnet_jax.run import workdir as workdir_lib
+
+
+def evaluate_split(eval_step, params, dataset, data_config, split: str, *, batch_size: int,
+                   mesh, layout: layouts.Layout, ten_crop: bool = False,
+                   show_progress: bool = True) -> dict[str, Any]:
+  """Runs ``eval_step`` over every example of ``split`` once; returns ``metrics.summarize_eval``'s dict.
+
+  ``batch_size`` is the global batch; each process feeds its own rows of every batch.
+  """
+  iterator = data.eval_iterator(dataset, data_config, split, global_batch_size=batch_size,
+                                ten_crop=ten_crop, shard_index=jax.process_index(),
+                                shard_count=jax.process_count())
+  sharding = layout.batch_sharding(mesh)
+  acc = metrics.EvalAccumulator(dataset.num_classes, dataset.classes)
+  num_batches = -(-len(dataset.split(split)) // batch_size)
+  failed = 0
+  with Progress(num_batches, f'eval {split}', unit='batch', tty=None if show_progress else False,
+                log_every_secs=30.0 if show_progress else None) as bar:
+    for batch in iterator:
+      images = jax.make_array_from_process_local_data(sharding, batch['image'])
+      logits = gather_to_host(eval_step(params, images))
+      labels = gather_to_host_rows(batch['label'])
+      mask = gather_to_host_rows(batch['mask'])
+      failed += int(gather_to_host_rows(batch['replaced']).sum())
+      acc.update_from_logits(logits, labels, mask)
+      bar.update(1)
+  summary = acc.summary()
+  summary['failed_to_decode'] = failed
+  summary['split'] = split
+  summary['ten_crop'] = bool(ten_crop)
+  return summary
+
+
+def gather_to_host(x: jax.Array) -> np.ndarray:
+  """A global array as one numpy array on every process."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def gather_to_host_rows(local: np.ndarray) -> np.ndarray:
+  """Per-process rows of a batch, concatenated in process order (the layout of the global batch)."""
+  if jax.process_count() == 1:
+    return np.asarray(local)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(local, tiled=True))
+
+
+def write_eval(workdir: str, split: str, step: int, summary: dict[str, Any]) -> str:
+  """Writes ``eval/<split>-<step>.json`` and its confusion-matrix PNG atomically; returns the JSON path."""
+  directory = os.path.join(workdir, 'eval')
+  os.makedirs(directory, exist_ok=True)
+  stem = os.path.join(directory, f'{split}-{step}')
+  fileio.write_json(stem + '.json', {'step': step, **summary}, indent=1)
+  plots.plot_confusion_matrix(np.asarray(summary['confusion']), summary['class_names'],
+                              stem + '-confusion.png')
+  return stem + '.json'
+
+
+def run_evaluation(workdir: str, *, split: str = 'val', step: str = 'latest', ten_crop: bool = False,
+                   layout_name: str | None = None) -> tuple[str, dict[str, Any]]:
+  """Evaluates a checkpoint of the run in ``workdir``; returns (json path, summary)."""
+  config = workdir_lib.read_config(workdir)
+  dataset = workdir_lib.load_run_dataset(config, workdir)
+  if not dataset.has_split(split):
+    raise ValueError(f'--split={split}: the dataset of {workdir} has no {split!r} split '
+                     f'(it has {sorted(dataset.splits)})')
+  network = models.build(config.model, dataset.num_classes)
+  layout = layouts.resolve(layout_name or config.layout, network, batch_size=config.batch_size,
+                           mesh_data=-1 if layout_name else config.mesh.data,
+                           mesh_model=-1 if layout_name else config.mesh.model)
+  mesh = layout.make_mesh()
+  params, number, _ = workdir_lib.restore_params(workdir, config, step, network, layout, mesh)
+  eval_step = step_lib.make_eval_step(network, layout, mesh)
+  summary = evaluate_split(eval_step, params, dataset, config.data, split,
+                           batch_size=config.batch_size, mesh=mesh, layout=layout,
+                           ten_crop=ten_crop)
+  path = write_eval(workdir, split, number, summary) if jax.process_index() == 0 else ''
+  return path, summary

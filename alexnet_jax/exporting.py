@@ -1,0 +1,75 @@
+"""Exporting a run's snapshot as a self-contained bundle, atomically: the library behind
+``python -m alexnet_jax.export`` (``export.py`` says what a bundle is for; ``bundle.py`` is the format).
+
+The bundle is assembled in a temporary folder beside the output and renamed into place once complete
+(archives are written to a temporary file and renamed), so a failure leaves nothing behind and an
+existing bundle is only replaced with ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import tempfile
+from typing import Any
+import zipfile
+
+from alexnet_jax import bundle, fileio, inference
+
+def _archive_format(output: str) -> str:
+  lower = output.lower()
+  if lower.endswith(('.tar.gz', '.tgz')):
+    return 'tar.gz'
+  if lower.endswith('.zip'):
+    return 'zip'
+  return 'dir'
+
+
+def export_model(workdir: str | os.PathLike, output: str | os.PathLike, *, step: str | int = 'latest',
+                 overwrite: bool = False) -> tuple[str, dict[str, Any]]:
+  """Exports snapshot ``step`` of the run in ``workdir`` to ``output`` (.tar.gz, .tgz, .zip or a folder).
+
+  Returns (the bundle's path, its info.json). Raises FileExistsError if ``output`` exists and not
+  ``overwrite``; FileNotFoundError for a workdir without checkpoints or a missing step.
+  """
+  workdir, output = os.fspath(workdir), os.path.abspath(os.fspath(output))
+  kind = _archive_format(output)
+  if os.path.lexists(output) and not overwrite:
+    raise FileExistsError(f'--output={output} exists; pass --overwrite to replace it')
+  if kind == 'dir' and os.path.isfile(output):
+    raise FileExistsError(f'--output={output} is a file; a folder bundle needs a folder path (or '
+                          f'name it .tar.gz / .zip)')
+  if os.path.isdir(workdir) and os.path.exists(os.path.join(workdir, bundle.MANIFEST_FILE)):
+    raise ValueError(f'--workdir={workdir} is already a bundle; copy it instead of exporting it')
+  # Restore on one device: the arrays come back [tower, ...] whatever layout trained them.
+  model = inference.load(workdir, step=step, layout='single')
+  if model.kind != 'workdir':
+    raise ValueError(f'--workdir={workdir} is not a training run')
+  staging = fileio.make_staging_dir(output)
+  try:
+    files = os.path.join(staging, 'bundle')
+    info = bundle.write_bundle_dir(
+        files, workdir=model.path, host_params=model.host_params(), network=model.network,
+        config=model.config, classes=model.classes, step=model.step,
+        step_metrics=model.step_metrics, ten_crop=model.ten_crop)
+    bundle.verify_bundle_dir(files)  # what we ship is what the loader accepts
+    if kind == 'dir':
+      fileio.replace_dir(files, output)
+    else:
+      archive = os.path.join(staging, 'archive')
+      if kind == 'zip':
+        with zipfile.ZipFile(archive, 'w', compression=zipfile.ZIP_DEFLATED) as z:
+          for name in sorted(os.listdir(files)):
+            z.write(os.path.join(files, name), arcname=name)
+      else:
+        with tarfile.open(archive, 'w:gz') as t:
+          for name in sorted(os.listdir(files)):
+            t.add(os.path.join(files, name), arcname=name)
+      os.chmod(archive, 0o666 & ~fileio.umask())
+      os.replace(archive, output)  # atomic on one filesystem: staging is beside output
+  except OSError as e:   # a full disk, a read-only place: name --output, not the staging folder
+    raise fileio.write_error(e, output) from e
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return output, info

@@ -1,0 +1,252 @@
+"""Training and evaluation of one experiment: ``train_and_evaluate(config, workdir)``.
+
+Running it again on the same workdir **resumes**: parameters, optimizer state, step, the data iterator's
+position, the learning-rate controller and the metrics log all continue exactly where the last snapshot
+left them, so an interrupted run ends bit-identical to an uninterrupted one (on CPU). A resume whose
+config differs in a field that changes the results stops with a message naming the fields (more epochs
+is allowed). ``python -m alexnet_jax.train`` (``train.py``) is the command around it.
+
+The sections below follow big_vision's trainer: checks and set-up (every flag, the dataset, the network's
+shapes and the layout are checked before anything compiles), the update step (``parallel/step.py``: pure,
+jitted once, state donated, dropout from ``fold_in(rng, step)``), the restore (the newest snapshot that
+restores), and the loop, where one ``Cadence`` decides when to log, validate and snapshot. The workdir
+keeps a live ``status.json`` and ``train.log``, and one trainer at a time holds it (``run/lock.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from alexnet_jax import config_checks, data, evaluation, finetune, models, optim, plots, profiling
+from alexnet_jax.cadence import Cadence, TrainWindow
+from alexnet_jax.parallel import layouts, step as step_lib
+from alexnet_jax.progress import Progress
+from alexnet_jax.run import checkpoints, lock, metrics_writer, status as status_lib, stopping
+from alexnet_jax.run import workdir as workdir_lib
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or infinite: the run stops at once, keeping its last good snapshot."""
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) the experiment ``config`` in ``workdir``; returns the last metrics.
+
+  Returns a dict with ``'step'``, ``'train'`` (the last logged train record), ``'val'`` (the last
+  validation summary, if any), ``'test'`` (the test split's summary, if it has one) and ``'stopped'``
+  (None, or why the run stopped early; ``'stopped_by_signal'`` says whether a signal stopped it).
+  """
+  config_checks.validate(config)   # every numeric field and choice, before anything else happens
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  # One writer per workdir: process 0 holds the lock (the others write nothing of their own).
+  with (lock.WorkdirLock(workdir, what='train') if is_main else contextlib.nullcontext()), \
+      _log_file(workdir, enabled=is_main), \
+      status_lib.StatusWriter(workdir, 'train', enabled=is_main) as status:
+    status.start(num_epochs=config.num_epochs)
+    results = _train(config, workdir, status, is_main)
+    if results.get('stopped_by_signal'):
+      status.finish('stopped', message=results['stopped'],
+                    exit_status=status_lib.STOPPED_EXIT_STATUS)
+    else:
+      status.finish('done', message=results.get('stopped'))
+    return results
+
+
+@contextlib.contextmanager
+def _log_file(workdir: str, *, enabled: bool):
+  """The run's own log lines also go to ``WORKDIR/train.log`` (DIGITS' raw log) while it runs."""
+  handle = status_lib.attach_log_file(workdir) if enabled else None
+  try:
+    yield
+  finally:
+    status_lib.detach_log_file(handle)
+
+
+def _train(config, workdir, status, is_main):
+  # ---- Checks and set-up: nothing compiles, no snapshot is opened for writing ---------------------
+  resuming = bool(checkpoints.finished_steps(workdir))
+  workdir_lib.write_config(config, workdir, resuming=resuming)
+  data_config = workdir_lib.data_config_for(config, workdir)
+  dataset = data.load_dataset(data_config, seed=config.seed, metadata_dir=workdir)
+  if is_main:
+    dataset.save_metadata(workdir)
+  workdir_lib.sync('metadata written')
+  image_shape = workdir_lib.image_shape_of(config)
+  config_checks.check_network(config, dataset.num_classes)
+  network = models.build(config.model, dataset.num_classes)
+  layout = layouts.resolve(config.layout, network, mesh_data=config.mesh.data,
+                           mesh_model=config.mesh.model, batch_size=config.batch_size)
+  mesh = layout.make_mesh()
+  steps_per_epoch = data.steps_per_epoch(dataset, config.batch_size)
+  if config.batch_accumulation > steps_per_epoch:
+    raise ValueError(f'--config.batch_accumulation={config.batch_accumulation} exceeds the '
+                     f'{steps_per_epoch} batches of an epoch')
+  cadence = Cadence.from_config(config, steps_per_epoch)
+  profiler = profiling.StepProfiler.from_config_value(
+      config.get('profile_steps', ''), os.path.join(workdir, 'profile'), enabled=is_main)
+  tx = optim.build_optimizer(config, steps_per_epoch)
+  logging.info('dataset: %r', dataset)
+  logging.info('network %s: %s classes; layout %s on mesh data=%d x model=%d; %d steps/epoch',
+               network.name, dataset.num_classes, layout.name, layout.data, layout.model,
+               steps_per_epoch)
+  train_iter = data.train_iterator(dataset, data_config, global_batch_size=config.batch_size,
+                                   seed=config.seed, num_epochs=config.num_epochs,
+                                   shard_index=jax.process_index(),
+                                   shard_count=jax.process_count())
+  with checkpoints.Checkpointer(workdir, keep=config.keep_snapshots, best_metric='top1') as ckpt:
+    return _loop(config, workdir, status, is_main, ckpt, dataset, data_config, network, layout, mesh,
+                 cadence, tx, train_iter, image_shape, profiler)
+
+
+def _loop(config, workdir, status, is_main, ckpt, dataset, data_config, network, layout, mesh,
+          cadence, tx, train_iter, image_shape, profiler):
+  # ---- Restore (the newest snapshot that restores) or initialize ----------------------------------
+  plateau = (optim.PlateauController.from_config(config) if config.lr.policy == 'plateau'
+             else None)
+  meta: dict[str, Any] = {}
+  if ckpt.all_steps():
+    abstract = step_lib.abstract_train_state(network, layout, mesh, tx, image_shape=image_shape)
+    state, meta, skipped = ckpt.restore_latest(abstract, data_iterator=train_iter)
+    logging.info('resumed from snapshot %d in %s%s', int(state.step), ckpt.directory,
+                 f' (skipped: {"; ".join(skipped)})' if skipped else '')
+  else:
+    state = step_lib.create_train_state(network, layout, mesh, tx, seed=config.seed,
+                                        image_shape=image_shape)
+    if config.get('init_from'):
+      state = state.replace(params=finetune.initialize_from(
+          config.init_from, network, layout, mesh, state.params))
+  if plateau is not None and 'plateau' in meta:
+    plateau.load_state_dict(meta['plateau'])
+  step = int(state.step)
+  writer = metrics_writer.MetricsWriter(workdir, enabled=is_main)
+  writer.truncate_after(step)
+  window = TrainWindow(meta.get('window'))
+  best = {'top1': meta.get('best_top1'), 'step': meta.get('best_step')}
+  stale_validations = int(meta.get('stale_validations', 0))
+  last_val = meta.get('last_val')
+  last_train = None
+  stopped, by_signal = None, False
+
+  train_step = step_lib.make_train_step(network, layout, mesh, tx)
+  eval_step = step_lib.make_eval_step(network, layout, mesh)
+  sharding = layout.batch_sharding(mesh)
+
+  def snapshot(at_step: int) -> None:
+    info = {'window': window.state_dict(), 'best_top1': best['top1'], 'best_step': best['step'],
+            'stale_validations': stale_validations, 'last_val': last_val,
+            'epoch': cadence.epoch(at_step)}
+    if plateau is not None:
+      info['plateau'] = plateau.state_dict()
+    top1 = None if last_val is None else last_val.get('top1')
+    ckpt.save(at_step, state, data_iterator=train_iter, meta=info,
+              metrics=None if top1 is None else {'top1': top1})
+    status.update(force=True, snapshots=sorted(set(ckpt.all_steps()) | {at_step}))
+
+  def report(force: bool = False) -> None:
+    elapsed, done = time.monotonic() - started, step - first_step
+    rate = done / elapsed if done and elapsed > 0 else None
+    status.update(force=force, step=step, total_steps=cadence.total_steps,
+                  epoch=cadence.epoch(step), progress=step / max(cadence.total_steps, 1),
+                  images_per_sec=None if rate is None else rate * config.batch_size,
+                  eta_seconds=None if rate is None else (cadence.total_steps - step) / rate,
+                  train=last_train and {k: last_train.get(k) for k in ('loss', 'top1', 'lr')},
+                  val=last_val, best_val_top1=best['top1'], best_step=best['step'],
+                  best_epoch=None if best['step'] is None else cadence.epoch(best['step']))
+
+  started, first_step = time.monotonic(), step
+  report(force=True)
+  # One progress line per run: the other processes keep quiet.
+  quiet = {'log_every_secs': 30.0} if is_main else {'tty': False, 'log_every_secs': None}
+  with stopping.StopRequest() as stop, profiler, \
+      Progress(cadence.total_steps, 'train', initial=step, **quiet) as bar:
+    say = bar.write if is_main else (lambda message: None)
+    while step < cadence.total_steps:
+      profiler.step(step)
+      batch = next(train_iter)
+      replaced = int(np.sum(batch['replaced']))
+      device_batch = {'image': jax.make_array_from_process_local_data(sharding, batch['image']),
+                      'label': jax.make_array_from_process_local_data(sharding, batch['label'])}
+      state, step_metrics = train_step(state, device_batch)
+      step += 1
+      values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+      if not math.isfinite(values['loss']):
+        raise NonFiniteLossError(
+            f'the loss became {values["loss"]} at step {step} (epoch {cadence.epoch(step):.2f}); '
+            f'the last good snapshot is step {ckpt.latest_step()}. Lower the learning rate '
+            f'(--config.learning_rate={config.learning_rate / 10:g}) or check the data.')
+      window.add(values, replaced)
+      epoch = cadence.epoch(step)
+
+      if cadence.log(step):
+        lr = float(jax.device_get(optim.get_learning_rate(state.opt_state)))
+        last_train = writer.write('train', step, epoch, **window.means(), lr=lr,
+                                  images_per_sec=window.images_per_sec(config.batch_size),
+                                  replaced=window.replaced)
+        window = TrainWindow()
+      bar.update(1, epoch=f'{epoch:.2f}', loss=f'{values["loss"]:.4f}',
+                 top1=f'{values["top1"]:.3f}')
+
+      if cadence.validate(step) and dataset.has_split('val'):
+        summary = evaluation.evaluate_split(
+            eval_step, state.params, dataset, data_config, 'val', batch_size=config.batch_size,
+            mesh=mesh, layout=layout, ten_crop=config.data.ten_crop_eval, show_progress=False)
+        last_val = {k: summary[k] for k in ('loss', 'top1', 'top5')}
+        writer.write('val', step, epoch, **last_val)
+        say(f'epoch {epoch:.2f} step {step}: val loss {last_val["loss"]:.4f} '
+            f'top-1 {100 * last_val["top1"]:.2f}% top-5 {100 * last_val["top5"]:.2f}%')
+        if is_main:
+          plots.plot_curves(metrics_writer.read_metrics(workdir),
+                            os.path.join(workdir, 'plots', 'curves.png'),
+                            title=f'{network.name} / {layout.name}')
+        if best['top1'] is None or last_val['top1'] > best['top1']:
+          best, stale_validations = {'top1': last_val['top1'], 'step': step}, 0
+        else:
+          stale_validations += 1
+        if plateau is not None and plateau.update(last_val['top1']):
+          new_lr = config.learning_rate * plateau.scale
+          state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, new_lr))
+          say(f'validation top-1 stopped improving: learning rate now {new_lr:g}')
+        if 0 < config.early_stopping_patience <= stale_validations:
+          stopped = (f'early stopping: no validation improvement in {stale_validations} '
+                     f'validations')
+        report(force=True)
+      else:
+        report()
+
+      # Every process reaches the same decision at the same step (run/stopping.py), so the
+      # snapshot below -- a collective -- is entered by all of them together.
+      signalled = stop.should_stop(step)
+      if cadence.snapshot(step) or stopped or signalled:
+        snapshot(step)
+      if signalled and step < cadence.total_steps:
+        stopped = f'{signalled} at step {step}; run the same command to resume'
+        by_signal = True
+      if stopped:
+        say(stopped)
+        break
+
+  results = {'step': step, 'train': last_train, 'val': last_val, 'stopped': stopped,
+             'stopped_by_signal': by_signal}
+  if step == cadence.total_steps and dataset.has_split('test'):
+    summary = evaluation.evaluate_split(
+        eval_step, state.params, dataset, data_config, 'test', batch_size=config.batch_size,
+        mesh=mesh, layout=layout, ten_crop=config.data.ten_crop_eval)
+    if is_main:
+      evaluation.write_eval(workdir, 'test', step, summary)
+    writer.write('test', step, cadence.epoch(step),
+                 **{k: summary[k] for k in ('loss', 'top1', 'top5')})
+    results['test'] = summary
+  writer.close()
+  report(force=True)
+  return results

@@ -1,0 +1,249 @@
+"""The DIGITS exercise in a real browser: Debian's chromium (headless, Playwright) drives the real server.
+
+home -> New Dataset from a generated 3-class folder -> progress reaches 100% -> the histogram is drawn ->
+Explore filtered by one class -> New Model (a tiny AlexNet: width 1/16, 64 px crops, 12 epochs) -> the
+curves grow live -> the dashboard restarts while the job trains and re-attaches it -> Abort -> Resume ->
+the job finishes. Every request the pages make is intercepted: one to any host but 127.0.0.1 fails the
+test. The server is the command users run (``python -m alexnet_jax.dashboard``) in a subprocess.
+
+Under CI (``CI`` set, as ``.ci/run`` does) a missing chromium or Playwright fails the test instead of
+skipping it. Set ``DASHBOARD_SCREENSHOTS=docs/dashboard`` to keep the screenshots of the main pages.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from urllib.parse import urlsplit
+
+import pytest
+
+from alexnet_jax.data import synthetic
+
+CHROMIUM = os.environ.get('DASHBOARD_CHROMIUM', '/usr/bin/chromium')
+EPOCHS = 12
+
+
+def _need(condition: bool, why: str) -> None:
+  if not condition:
+    if os.environ.get('CI'):
+      pytest.fail(f'{why} (CI must run the browser test: .ci/run installs chromium)')
+    pytest.skip(why)
+
+
+class Server:
+  """``python -m alexnet_jax.dashboard`` in a subprocess, on a fixed port so that it can restart."""
+
+  def __init__(self, jobs_dir, data_root, log_dir):
+    with socket.socket() as s:
+      s.bind(('127.0.0.1', 0))
+      self.port = s.getsockname()[1]
+    self.args = [sys.executable, '-m', 'alexnet_jax.dashboard', f'--jobs_dir={jobs_dir}',
+                 f'--port={self.port}', f'--data_root={data_root}']
+    self.log_dir = log_dir
+    self.base = f'http://127.0.0.1:{self.port}'
+    self.proc = None
+    self.starts = 0
+
+  def start(self):
+    self.starts += 1
+    log = open(os.path.join(self.log_dir, f'server{self.starts}.log'), 'w')
+    self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+      assert self.proc.poll() is None, open(log.name).read()
+      try:
+        with urllib.request.urlopen(self.base + '/index.json', timeout=2) as r:
+          if r.status == 200:
+            return
+      except OSError:
+        time.sleep(0.1)
+    raise AssertionError('the dashboard did not start')
+
+  def stop(self):
+    if self.proc is not None and self.proc.poll() is None:
+      self.proc.terminate()
+      try:
+        self.proc.wait(timeout=20)
+      except subprocess.TimeoutExpired:
+        self.proc.kill()
+        self.proc.wait()
+    self.proc = None
+
+  def index(self):
+    with urllib.request.urlopen(self.base + '/index.json', timeout=10) as r:
+      return json.load(r)
+
+
+def _until(page, expression: str, timeout: float = 60_000) -> None:
+  """Polls a JavaScript expression with ``page.evaluate`` (``wait_for_function`` evals a string, which the
+  pages' Content-Security-Policy forbids -- and the test keeps that policy on)."""
+  end = time.monotonic() + timeout / 1000
+  while True:
+    if page.evaluate(f'() => Boolean({expression})'):
+      return
+    if time.monotonic() > end:
+      raise AssertionError(f'still false after {timeout / 1000:.0f} s: {expression}')
+    page.wait_for_timeout(200)
+
+
+def _expected(problems: list, words: str) -> None:
+  """Drops the console errors a step provoked on purpose; any other stays and fails the test."""
+  problems[:] = [p for p in problems if words not in p]
+
+
+def _points(page, chart='loss-chart') -> int:
+  return int(page.eval_on_selector(f'#{chart}', 'el => Number(el.dataset.points || 0)'))
+
+
+def test_browser_workflow(tmp_path):
+  try:
+    from playwright.sync_api import sync_playwright
+  except ImportError:
+    _need(False, 'playwright is not installed (pip install -e .[test])')
+  _need(os.path.exists(CHROMIUM), f'{CHROMIUM} is missing (apt-get install chromium)')
+  shots = os.environ.get('DASHBOARD_SCREENSHOTS') or str(tmp_path / 'shots')
+  os.makedirs(shots, exist_ok=True)
+  data = tmp_path / 'data'
+  synthetic.make_image_folder(str(data / 'flowers'), num_classes=3, per_class=16, size=(48, 40))
+  server = Server(tmp_path / 'jobs', data, str(tmp_path))
+  server.start()
+  outside, problems = [], []
+  model_id = None
+  try:
+    with sync_playwright() as p:
+      browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                  args=['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'])
+      context = browser.new_context(viewport={'width': 1200, 'height': 860})
+
+      def only_loopback(route):
+        if urlsplit(route.request.url).hostname != '127.0.0.1':
+          outside.append(route.request.url)
+          route.abort()
+        else:
+          route.continue_()
+
+      context.route('**/*', only_loopback)
+      page = context.new_page()
+      page.set_default_timeout(60_000)
+      page.on('pageerror', lambda e: problems.append(f'page error: {e}'))
+      page.on('console', lambda m: problems.append(f'console: {m.text}') if m.type == 'error' else None)
+
+      # Home -> New Dataset.
+      page.goto(server.base + '/')
+      assert page.locator('#datasets-table').is_visible()
+      page.click('.toolbar >> text=New Dataset')
+      page.wait_for_url('**/datasets/images/classification/new')
+      page.fill('input[name=folder_train]', str(data / 'flowers'))
+      page.fill('input[name=resize_width]', '72')
+      page.fill('input[name=resize_height]', '72')
+      page.fill('input[name=dataset_name]', 'flowers')
+      page.click('#see-example')
+      _until(page, "document.getElementById('resize-example-img').naturalWidth > 0")
+      page.screenshot(path=os.path.join(shots, 'new_dataset.png'))
+      # A bad value first: the error appears beside the field and nothing starts.
+      page.fill('input[name=folder_pct_val]', '80')
+      page.fill('input[name=folder_pct_test]', '30')
+      page.click('button[type=submit]')
+      page.wait_for_selector('[data-error-for="folder_pct_val"]:has-text("less than 100")')
+      assert server.index()['datasets'] == []
+      _expected(problems, 'status of 400')                         # that refused submission
+      page.fill('input[name=folder_pct_val]', '25')
+      page.fill('input[name=folder_pct_test]', '0')
+      page.click('button[type=submit]')
+      page.wait_for_url('**/datasets/2*')
+      dataset_id = page.url.rstrip('/').split('/')[-1]
+
+      # Progress reaches 100%, then the histogram is drawn.
+      _until(page, "document.querySelector('#progress .label').textContent === '100.0%'",
+                             timeout=120_000)
+      page.wait_for_selector('#histogram .main-svg')
+      assert page.locator('#histogram .bars path').count() >= 6        # 3 classes x 2 splits
+      page.screenshot(path=os.path.join(shots, 'dataset.png'), full_page=True)
+
+      # Explore, filtered by one class.
+      page.click('#explore-link')
+      page.select_option('#class-filter', label='class_1')
+      page.click('#explore-form button[type=submit]')
+      page.wait_for_url('**label=1**')
+      captions = page.locator('#gallery figcaption').all_inner_texts()
+      assert captions == ['class_1'] * 12, captions                     # 75% of 16 for training
+      _until(page, "Array.from(document.querySelectorAll('#gallery img'))"
+                             ".every(i => i.complete && i.naturalWidth === 72)")
+      page.screenshot(path=os.path.join(shots, 'explore.png'))
+
+      # New Model: a tiny AlexNet in the paper's two-tower layout.
+      page.goto(f'{server.base}/models/images/classification/new?dataset={dataset_id}')
+      page.fill('input[name=train_epochs]', str(EPOCHS))
+      page.fill('input[name=batch_size]', '8')
+      page.fill('input[name=learning_rate]', '0.01')
+      page.select_option('select[name=standard_networks]', 'alexnet')
+      page.fill('input[name=width]', '0.0625')
+      page.fill('input[name=crop_size]', '64')
+      page.select_option('select[name=layout]', 'model')
+      page.fill('input[name=model_name]', 'tiny alexnet')
+      page.wait_for_selector('#layout-summary:has-text("needs 2 devices")')
+      page.screenshot(path=os.path.join(shots, 'new_model.png'), full_page=True)
+      page.click('button[type=submit]')
+      page.wait_for_url('**/models/2*', timeout=90_000)
+      model_id = page.url.rstrip('/').split('/')[-1]
+
+      # The curves grow live.
+      _until(page, "document.body.dataset.jobState === 'running'", timeout=60_000)
+      _until(page, "Number(document.getElementById('loss-chart').dataset.points) >= 1",
+                             timeout=120_000)
+      first = _points(page)
+      _until(page, f"Number(document.getElementById('loss-chart').dataset.points) > {first}",
+                             timeout=60_000)
+
+      # The dashboard restarts while the job trains: the job is re-attached, not interrupted.
+      pid = json.loads((tmp_path / 'jobs' / model_id / 'job.json').read_text())['pid']
+      server.stop()
+      server.start()
+      row = next(m for m in server.index()['models'] if m['id'] == model_id)
+      assert row['status'] == 'running', row
+      assert json.loads((tmp_path / 'jobs' / model_id / 'job.json').read_text())['pid'] == pid
+      page.reload()
+      _expected(problems, 'ERR_INCOMPLETE_CHUNKED_ENCODING')       # the live stream cut by the restart
+      _until(page, "document.body.dataset.jobState === 'running'")
+      before = _points(page)
+      _until(page, f"Number(document.getElementById('loss-chart').dataset.points) > {before}",
+                             timeout=60_000)
+
+      # Abort: the trainer snapshots and stops.
+      page.click('[data-action=abort]')
+      _until(page, "document.body.dataset.jobState === 'stopped'", timeout=90_000)
+      assert page.locator('[data-action=resume]').is_visible()
+      at_abort = _points(page)
+      assert at_abort < EPOCHS
+
+      # Resume: the same command continues from the snapshot and finishes.
+      page.click('[data-action=resume]')
+      _until(page, "document.body.dataset.jobState === 'running'", timeout=60_000)
+      _until(page, "document.body.dataset.jobState === 'done'", timeout=180_000)
+      _until(page, f"Number(document.getElementById('loss-chart').dataset.points) >= {EPOCHS}")
+      _until(page, f"Number(document.getElementById('accuracy-chart').dataset.points) >= {EPOCHS}")
+      assert _points(page) == EPOCHS                     # one record per epoch, none twice after the resume
+      page.screenshot(path=os.path.join(shots, 'model.png'), full_page=True)
+      history = [h['state'] for h in json.loads((tmp_path / 'jobs' / model_id / 'job.json').read_text())['history']]
+      assert history == ['queued', 'running', 'stopped', 'queued', 'running', 'done'], history
+
+      page.goto(server.base + '/')
+      page.wait_for_selector(f'tr[data-id="{model_id}"] .s-done')
+      assert page.locator(f'tr[data-id="{model_id}"] svg.spark polyline').count() == 1
+      page.screenshot(path=os.path.join(shots, 'home.png'))
+      browser.close()
+  finally:
+    if model_id:
+      try:
+        req = urllib.request.Request(f'{server.base}/jobs/{model_id}/abort', method='POST', headers={
+            'Authorization': 'Bearer ' + (tmp_path / 'jobs' / '.dashboard' / 'token').read_text().strip()})
+        urllib.request.urlopen(req, timeout=5)
+      except OSError:
+        pass
+    server.stop()
+  assert outside == [], f'requests left 127.0.0.1: {outside}'
+  assert problems == [], problems
