@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import sys
+import threading
 import traceback
 from typing import Callable
 
@@ -34,15 +35,50 @@ flags.DEFINE_bool('retain_host_memory', True,
 # backend probe says at every start that a CPU machine has no TPU.
 QUIET_LIBRARIES = ('/orbax/', '/grain/', '/etils/', '/jax/_src/xla_bridge.py')
 
+ASYNCIO_BASE_EVENTS = os.path.join('asyncio', 'base_events.py')
 STOPPED_EXIT_STATUS = status.STOPPED_EXIT_STATUS   # 75: stopped by a signal after a snapshot
 
 
 class _QuietLibraries(std_logging.Filter):
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or not any(
-        part in record.pathname for part in QUIET_LIBRARIES)
+  """Their INFO lines are dropped; their warnings and errors kept, with one line instead of a
+  traceback unless ``--verbose`` (a failed snapshot read is reported by us, in words)."""
 
-USER_ERRORS = (OSError, ValueError, FloatingPointError, KeyError)
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.pathname.endswith(ASYNCIO_BASE_EVENTS) and not flags.FLAGS.verbose:
+      return not _is_abandoned_work(record.getMessage())   # "exception was never retrieved"
+    if not any(part in record.pathname for part in QUIET_LIBRARIES):
+      return True
+    if record.levelno < std_logging.WARNING:
+      return False
+    if record.exc_info and not flags.FLAGS.verbose:
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+# Background work of the checkpoint libraries that a failed read or an exit abandons (tensorstore
+# coroutines never awaited, callbacks onto an event loop already closed) reports itself as "Exception
+# ignored in ..." with pages of traceback, after our own one-line message said what happened.
+_ABANDONED = ('tensorstore', 'orbax', '_read_array', 'Event loop is closed')
+
+
+def _is_abandoned_work(text: str) -> bool:
+  return any(marker in text for marker in _ABANDONED)
+
+
+def _quiet_abandoned_work() -> None:
+  """Drops those reports unless ``--verbose`` (real errors of ours are never reported this way)."""
+  default_unraisable, default_thread = sys.unraisablehook, threading.excepthook
+
+  def unraisable(info):
+    if flags.FLAGS.verbose or not _is_abandoned_work(f'{info.object!r} {info.exc_value!r}'):
+      default_unraisable(info)
+
+  def thread_error(args):
+    if flags.FLAGS.verbose or not _is_abandoned_work(f'{args.exc_value!r} {args.thread!r}'):
+      default_thread(args)
+  sys.unraisablehook, threading.excepthook = unraisable, thread_error
+
+USER_ERRORS = status.USER_ERRORS   # OSError, ValueError, FloatingPointError, KeyError
 
 
 def _in_multiprocess_run() -> bool:
@@ -84,10 +120,11 @@ def run(main: Callable[[list[str]], None]) -> None:
   """``absl.app.run(main)``, with user errors printed as one line and exit status 2."""
   def wrapped(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    _quiet_abandoned_work()
     if flags.FLAGS.retain_host_memory:
       host_memory.retain_freed_memory()   # before main starts XLA's threads
     try:
-      status = main(argv)
+      exit_status = main(argv)
     except USER_ERRORS as e:
       if flags.FLAGS.verbose:
         traceback.print_exc()
@@ -98,6 +135,6 @@ def run(main: Callable[[list[str]], None]) -> None:
         raise
       traceback.print_exc()
       _exit(1)
-    if status:
-      _exit(int(status))
+    if exit_status:
+      _exit(int(exit_status))
   app.run(wrapped)

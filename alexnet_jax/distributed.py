@@ -34,9 +34,12 @@ import dataclasses
 import importlib.util
 import math
 import os
+import sys
 from typing import Any, Mapping
 
 from absl import flags, logging
+
+from alexnet_jax.run import status as status_lib
 
 # jax (and devices.py, which imports it) load only when ``initialize`` runs: the commands define these
 # flags before parsing them, and ``--help`` should not wait for jax to import.
@@ -231,11 +234,18 @@ def initialize(total_devices: int, options: DistributedOptions | None = None, *,
     return devices_lib.ensure_devices(total_devices)
   local = options.devices_per_process or math.ceil(total_devices / plan.num_processes)
   devices_lib.force_cpu_devices(local)
-  logging.info('jax.distributed: process %s of %d (%s)', plan.process_id, plan.num_processes,
-               plan.source)
-  jax.distributed.initialize(heartbeat_timeout_seconds=options.heartbeat_timeout_seconds,
-                             shutdown_timeout_seconds=options.heartbeat_timeout_seconds,
-                             **plan.init_kwargs)
+  logging.info('jax.distributed: process %s of %d (%s); waiting for the others to connect',
+               plan.process_id, plan.num_processes, plan.source)
+  try:
+    jax.distributed.initialize(heartbeat_timeout_seconds=options.heartbeat_timeout_seconds,
+                               shutdown_timeout_seconds=options.heartbeat_timeout_seconds,
+                               **plan.init_kwargs)
+  except (ValueError, TypeError, KeyError) as e:   # a launcher environment JAX cannot read
+    raise ValueError(
+        f'this process looks like process {plan.process_id} of {plan.num_processes} under '
+        f'{plan.source}, but jax.distributed cannot start from that environment ({e}); start it '
+        f'with the launcher itself, pass --coordinator_address/--num_processes/--process_id, or '
+        f'--distributed=off for a single process') from None
   count = jax.device_count()
   if count < total_devices:
     raise ValueError(f'the layout needs {total_devices} devices but the {jax.process_count()} '
@@ -270,3 +280,20 @@ def initialize_from_flags(total_devices: int, flag_values: flags.FlagValues = fl
       coordinator_address=flag_values.coordinator_address, num_processes=flag_values.num_processes,
       process_id=flag_values.process_id, devices_per_process=flag_values.devices_per_process)
   return initialize(total_devices, options, mode=flag_values.distributed)
+
+
+def relaunch_argv(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> list[str]:
+  """The command line that restarts this run, for its ``status.json``: ``argv`` itself, or, in a
+  process started by ``python -m alexnet_jax.launch``, the launcher's command around it (so that the
+  resume command ``runs`` prints starts all the processes again, not one)."""
+  argv = list(sys.argv if argv is None else argv)
+  env = os.environ if environ is None else environ
+  count = _int_env(env, ENV_PREFIX + 'NUM_PROCESSES')
+  if not count or count <= 1:
+    return argv
+  launcher = [os.path.join(os.path.dirname(os.path.abspath(__file__)), 'launch.py'),
+              f'--num_processes={count}']
+  per_process = _int_env(env, ENV_PREFIX + 'DEVICES_PER_PROCESS')
+  if per_process:
+    launcher.append(f'--devices_per_process={per_process}')
+  return launcher + ['--'] + status_lib.command_argv(argv)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
-import tempfile
 from typing import Any
 import zipfile
 

@@ -66,8 +66,8 @@ def parse_profile_steps(value: str | None, flag: str = CONFIG_FLAG) -> tuple[int
   if value is None or not str(value).strip():
     return None
   text = str(value).strip()
-  usage = (f"expected 'START,STOP' (the steps START..STOP-1 are traced, e.g. '10,13' traces steps 10, "
-           f"11 and 12) or '' for no trace")
+  usage = ("expected 'START,STOP' (the steps START..STOP-1 are traced, e.g. '10,13' traces steps 10, "
+           "11 and 12) or '' for no trace")
   parts = [p.strip() for p in text.split(',')]
   if len(parts) != 2:
     raise ValueError(f'{flag}={value!r}: {usage}')

@@ -26,7 +26,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from alexnet_jax import config_checks, data, evaluation, finetune, models, optim, plots, profiling
+from alexnet_jax import (config_checks, data, distributed, evaluation, finetune, models, optim, plots,
+                         profiling)
 from alexnet_jax.cadence import Cadence, TrainWindow
 from alexnet_jax.parallel import layouts, step as step_lib
 from alexnet_jax.progress import Progress
@@ -50,17 +51,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   # One writer per workdir: process 0 holds the lock (the others write nothing of their own).
-  with (lock.WorkdirLock(workdir, what='train') if is_main else contextlib.nullcontext()), \
-      _log_file(workdir, enabled=is_main), \
-      status_lib.StatusWriter(workdir, 'train', enabled=is_main) as status:
-    status.start(num_epochs=config.num_epochs)
-    results = _train(config, workdir, status, is_main)
-    if results.get('stopped_by_signal'):
-      status.finish('stopped', message=results['stopped'],
-                    exit_status=status_lib.STOPPED_EXIT_STATUS)
-    else:
-      status.finish('done', message=results.get('stopped'))
-    return results
+  with lock.WorkdirLock(workdir, what='train') if is_main else contextlib.nullcontext():
+    # A refused resume (another config, an unreadable config.json) leaves the run's status alone.
+    resuming = bool(checkpoints.finished_steps(workdir))
+    workdir_lib.write_config(config, workdir, resuming=resuming)
+    with _log_file(workdir, enabled=is_main), \
+        status_lib.StatusWriter(workdir, 'train', argv=distributed.relaunch_argv(),
+                                enabled=is_main) as status:
+      status.start(num_epochs=config.num_epochs)
+      results = _train(config, workdir, status, is_main)
+      if results.get('stopped_by_signal'):
+        status.finish('stopped', message=results['stopped'],
+                      exit_status=status_lib.STOPPED_EXIT_STATUS)
+      else:
+        status.finish('done', message=results.get('stopped'))
+      return results
 
 
 @contextlib.contextmanager
@@ -75,8 +80,6 @@ def _log_file(workdir: str, *, enabled: bool):
 
 def _train(config, workdir, status, is_main):
   # ---- Checks and set-up: nothing compiles, no snapshot is opened for writing ---------------------
-  resuming = bool(checkpoints.finished_steps(workdir))
-  workdir_lib.write_config(config, workdir, resuming=resuming)
   data_config = workdir_lib.data_config_for(config, workdir)
   dataset = data.load_dataset(data_config, seed=config.seed, metadata_dir=workdir)
   if is_main:
@@ -151,7 +154,8 @@ def _loop(config, workdir, status, is_main, ckpt, dataset, data_config, network,
     top1 = None if last_val is None else last_val.get('top1')
     ckpt.save(at_step, state, data_iterator=train_iter, meta=info,
               metrics=None if top1 is None else {'top1': top1})
-    status.update(force=True, snapshots=sorted(set(ckpt.all_steps()) | {at_step}))
+    # Finished snapshots only: this one is written in the background and listed from the next.
+    status.update(force=True, snapshots=ckpt.finished_on_disk(), saving=at_step)
 
   def report(force: bool = False) -> None:
     elapsed, done = time.monotonic() - started, step - first_step
@@ -248,5 +252,7 @@ def _loop(config, workdir, status, is_main, ckpt, dataset, data_config, network,
                  **{k: summary[k] for k in ('loss', 'top1', 'top5')})
     results['test'] = summary
   writer.close()
+  ckpt.wait()
+  status.update(snapshots=ckpt.finished_on_disk(), saving=None)
   report(force=True)
   return results

@@ -1,6 +1,5 @@
 """The local launcher (launch.py): who failed first and how, the exit status, forwarded signals."""
 
-import os
 import signal
 import subprocess
 import sys

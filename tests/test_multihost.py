@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import evaluation, launch, models, trainer
+from alexnet_jax import launch, models, trainer
 from alexnet_jax.run import workdir as workdir_lib
 from alexnet_jax.data import synthetic
 from alexnet_jax.parallel import compare, layouts

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from alexnet_jax import runs
+from alexnet_jax.run import listing
 from alexnet_jax.data import errors
 from alexnet_jax.data import preparation
 from alexnet_jax.data import records
@@ -111,7 +111,7 @@ EXPECTED = {'done_run': ('train', 'done'), 'failed_run': ('train', 'failed'),
 
 
 def test_rows_of_every_kind(jobs):
-  rows = runs.find_runs([jobs])
+  rows = listing.find_runs([jobs])
   by_name = {r['name']: r for r in rows}
   assert {n: (r['kind'], r['status']) for n, r in by_name.items()} == EXPECTED
   assert [r['status'] for r in rows[:2]] == ['running', 'running']          # running rows first
@@ -151,7 +151,7 @@ def test_table_and_json_from_the_command_line(jobs):
   assert r.returncode == 0, r.stderr
   rows = json.loads(r.stdout)
   assert {row['name']: (row['kind'], row['status']) for row in rows} == EXPECTED
-  assert all(set(row) == set(runs.ROW_KEYS) for row in rows)
+  assert all(set(row) == set(listing.ROW_KEYS) for row in rows)
   by_name = {row['name']: row for row in rows}
   assert by_name['running_run']['progress'] == 0.3 and by_name['data/flowers']['size_bytes'] > 0
 
@@ -238,7 +238,7 @@ def test_second_prepare_of_an_output_is_refused(image_folder, tmp_path):
     assert first.poll() is None, first.communicate()[1]
     rec = status_lib.read_status(live)
     assert rec['state'] == 'running' and rec['kind'] == 'prepare' and rec['total'] == 8
-    row, = runs.find_runs([tmp_path / 'data'])
+    row, = listing.find_runs([tmp_path / 'data'])
     assert (row['name'], row['kind'], row['status']) == ('ds', 'prepare', 'running')
 
     t0 = time.monotonic()
@@ -262,7 +262,7 @@ def test_second_prepare_of_an_output_is_refused(image_folder, tmp_path):
   done = status_lib.read_status(out)
   assert done['state'] == 'done' and done['done'] == done['total'] == 8 and done['counts']['train'] == 6
   assert os.path.exists(out / 'stats.json')
-  row, = runs.find_runs([tmp_path / 'data'])
+  row, = listing.find_runs([tmp_path / 'data'])
   assert (row['name'], row['kind'], row['status'], row['progress']) == ('ds', 'dataset', 'done', 1.0)
   assert sorted(os.listdir(tmp_path / 'data')) == ['.ds.lock', 'ds']
 
@@ -286,9 +286,9 @@ def test_failed_and_stopped_prepares_leave_only_their_status(image_folder, tmp_p
   rec = status_lib.read_status(preparation.live_status_path(str(out)))
   assert rec['state'] == 'stopped' and rec['done'] >= 2
   assert sorted(os.listdir(tmp_path)) == ['.ds.lock', '.ds.status.json']   # no half dataset
-  row, = runs.find_runs([tmp_path])
+  row, = listing.find_runs([tmp_path])
   assert (row['name'], row['kind'], row['status']) == ('ds', 'prepare', 'stopped')
-  assert runs.find_runs([out])[0]['status'] == 'stopped'              # asked for by its output's name
+  assert listing.find_runs([out])[0]['status'] == 'stopped'              # asked for by its output's name
 
   monkeypatch.setattr(records.Writer, 'write', real_write)
   bad = preparation.PrepareOptions(source=image_folder, output=str(out), min_per_class=100)

@@ -91,7 +91,6 @@ def test_refuses_a_foreign_folder_and_a_bad_image(run_dir, tmp_path):
 
 
 def test_cli_from_a_bundle(run_dir, image, tmp_path):
-  from alexnet_jax import export
   bundle, _ = exporting.export_model(str(run_dir), tmp_path / 'm.zip')
   out = tmp_path / 'vis'
   proc = run_cli('visualize', f'--bundle={bundle}', f'--image={image}', f'--output={out}')

@@ -59,19 +59,39 @@ class DamagedCheckpointError(ValueError):
   """A snapshot that exists on disk but cannot be restored (missing, truncated or corrupt files)."""
 
 
-class _ReadOnlyNotices(std_logging.Filter):
-  """Drops orbax's two warnings about a manager opened read-only (which is what readers want)."""
+class SnapshotWriteError(OSError):
+  """A snapshot could not be written (the files of the complete ones are untouched)."""
+
+
+# What a failed background write says, in tensorstore's or the OS's words -> ours.
+_WRITE_CAUSES = (('No space left on device', 'no space left on device'),
+                 ('Disk quota exceeded', 'disk quota exceeded'),
+                 ('Read-only file system', 'read-only file system'),
+                 ('Permission denied', 'permission denied'))
+
+
+class _OrbaxNotices(std_logging.Filter):
+  """Drops orbax's warnings about a manager opened read-only (which is what readers want) and its
+  error line about an unreadable metadata file (we skip that snapshot and say so, in words)."""
+  NOTICES = ('read_only=True', 'directory is read only', 'Failed to json parse Metadata file')
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     message = record.getMessage()
-    return not ('read_only=True' in message or 'directory is read only' in message)
+    return not any(notice in message for notice in self.NOTICES)
 
 
-std_logging.getLogger('absl').addFilter(_ReadOnlyNotices())
+std_logging.getLogger('absl').addFilter(_OrbaxNotices())
 
 
 def _reason(error: BaseException) -> str:
-  """The first line of an exception, for a one-line 'skipped because' message."""
+  """The first line of an exception, for a one-line 'skipped because' message.
+
+  orbax wraps the tensorstore error that names the array and the file ("OUT_OF_RANGE: Error reading
+  \"params.towers.fc6.kernel/0.0\" ...") in a generic "Encountered error while reading array index";
+  the innermost cause is the informative one.
+  """
+  while (error.__cause__ or error.__context__) is not None and 'Encountered error' in str(error):
+    error = error.__cause__ or error.__context__
   text = str(error).strip().splitlines()
   first = text[0] if text else ''
   first = first.split(' See full TensorStore details')[0]   # the rest is a page of JSON
@@ -119,6 +139,7 @@ class Checkpointer:
       return value if math.isfinite(value) else worst
 
     self.read_only = read_only
+    self._saving: Optional[int] = None   # the step of the last save started
     if read_only:
       options = ocp.CheckpointManagerOptions(
           read_only=True, create=False, cleanup_tmp_directories=False, best_fn=metric,
@@ -195,7 +216,11 @@ class Checkpointer:
     if data_iterator is not None:
       items[_DATA] = grain.checkpoint.CheckpointSave(data_iterator)
     metrics = None if metrics is None else {k: _jsonable(v) for k, v in metrics.items()}
-    saved = self._mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    try:   # orbax first waits for the previous save: its failure surfaces here
+      saved = self._mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error(e) from e
+    self._saving = step
     return bool(saved)
 
   def restore(self, step: Optional[int] = None, abstract_state: Any = None,
@@ -253,7 +278,10 @@ class Checkpointer:
         skipped.append(f'snapshot {step} does not restore ({_reason(e)})')
         logging.warning('%s: skipping snapshot %d, which does not restore: %s', self.directory,
                         step, _reason(e))
-    raise DamagedCheckpointError(f'no snapshot in {self.directory} restores: ' + '; '.join(skipped))
+    raise DamagedCheckpointError(
+        f'no snapshot in {self.directory} restores: ' + '; '.join(skipped) + '. When every snapshot '
+        'fails alike, the run was probably written by another number of processes: resume it with '
+        'the command that started it (the "command" of its status.json)')
 
   def _set_aside(self, damaged) -> None:
     """Renames damaged snapshots to ``<step>.damaged`` (kept for inspection, never listed again), so
@@ -323,15 +351,44 @@ class Checkpointer:
     return self._mngr.item_metadata(step)[_STATE]
 
   def wait(self) -> None:
-    """Blocks until the last async save is on disk (and old snapshots are deleted)."""
-    if not self.read_only:
+    """Blocks until the last async save is on disk (and old snapshots are deleted).
+
+    Raises ``SnapshotWriteError`` when the background save failed (a full disk, say).
+    """
+    if self.read_only:
+      return
+    try:
       self._mngr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  # orbax re-raises its thread's error
+      raise self._write_error(e) from e
 
   def close(self) -> None:
     """Waits for pending saves (and the start-up clean-up of unfinished ones) and releases the
     manager's threads, so no background work outlives the process's exit."""
-    self.wait()
-    self._mngr.close()
+    try:
+      self.wait()
+    finally:
+      try:
+        self._mngr.close()
+      except Exception:  # pylint: disable=broad-except  # the save's error is the one to report
+        logging.warning('%s: closing the checkpoint manager after a failed save', self.directory)
+
+  def _write_error(self, error: BaseException) -> 'SnapshotWriteError':
+    if isinstance(error, SnapshotWriteError):
+      return error
+    text = str(error)
+    cause = next((words for marker, words in _WRITE_CAUSES if marker in text), None)
+    step = self._saving
+    kept = [s for s in self.finished_on_disk() if s != step]
+    return SnapshotWriteError(
+        f'cannot write snapshot {step} in {self.directory}: {cause or _reason(error)}. The complete '
+        f'snapshots are kept ({", ".join(map(str, kept)) or "none yet"}); fix that and run the same '
+        f'command to resume')
+
+  def finished_on_disk(self) -> list[int]:
+    """The snapshots whose folders are complete on disk now (a save in flight is not among them)."""
+    return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit()) if os.path.isdir(
+        self.directory) else []
 
   def __enter__(self) -> 'Checkpointer':
     return self

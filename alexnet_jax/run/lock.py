@@ -32,6 +32,7 @@ import os
 import time
 from typing import Any, Optional
 
+from alexnet_jax import fileio
 from alexnet_jax.run import status as status_lib
 
 LOCK_FILE = '.lock'
@@ -131,9 +132,11 @@ class WorkdirLock:
       raise
     try:
       self._write_holder(fd)
-    except BaseException:
+    except BaseException as e:
       fcntl.flock(fd, fcntl.LOCK_UN)
       os.close(fd)
+      if isinstance(e, OSError):   # a full disk at start: say where, in words
+        raise fileio.write_error(e, self.path) from e
       raise
     self._fd, self._owner = fd, os.getpid()
     return self

@@ -63,6 +63,8 @@ VERSION = 1
 # Exit status of a run stopped by SIGTERM/SIGINT after saving a snapshot: resumable, not finished
 # (sysexits.h EX_TEMPFAIL, "try again later"), so a scheduler can tell it from a finished run (0).
 STOPPED_EXIT_STATUS = 75
+# What the commands report as a user's error (one line, exit status 2) rather than a bug (cli.run).
+USER_ERRORS = (OSError, ValueError, FloatingPointError, KeyError)
 KINDS = ('train', 'prepare', 'sweep', 'evaluate')
 RUNNING = 'running'
 FINAL_STATES = ('done', 'failed', 'stopped')
@@ -494,8 +496,9 @@ class StatusWriter:
       else:
         self.finish('failed', error=code if isinstance(code, str) else f'exit status {code}',
                     exit_status=code if isinstance(code, int) else 1)
-    else:
-      self.finish('failed', error=one_line_error(exc), exit_status=1)
+    else:   # a user error exits 2 (cli.run), a bug 1: the record says what the shell saw
+      self.finish('failed', error=one_line_error(exc),
+                  exit_status=2 if isinstance(exc, USER_ERRORS) else 1)
 
   def discard(self) -> None:
     """Removes this writer's file and writes nothing more (its record was published elsewhere)."""
@@ -532,10 +535,20 @@ def write_status(path: str | os.PathLike, record: dict[str, Any]) -> str:
 # ---- The raw log -------------------------------------------------------------------------------------
 
 class _WorkdirLog(logging.FileHandler):
-  """A file handler appending to WORKDIR/<filename>; ``detach()`` removes it from the root logger."""
+  """A file handler appending to WORKDIR/<filename>; ``detach()`` removes it from the root logger.
+
+  A write that fails (a full disk) turns the copy off with one line on stderr instead of logging's
+  ``--- Logging error ---`` traceback for every later record: the console still has every line.
+  """
 
   def detach(self) -> None:
     detach_log_file(self)
+
+  def handleError(self, record: logging.LogRecord) -> None:
+    del record
+    error = sys.exc_info()[1]
+    self.setLevel(logging.CRITICAL + 1)   # nothing more goes to the file
+    print(f'warning: stopped copying the log to {self.baseFilename} ({error})', file=sys.stderr)
 
 
 def _console_formatter() -> logging.Formatter:
