@@ -29,27 +29,10 @@ from typing import Any, Optional, Sequence
 from absl import flags
 
 from alexnet_jax import cli
-from alexnet_jax import progress
-from alexnet_jax.run.listing import ROW_KEYS, find_runs
+from alexnet_jax.run.listing import ROW_KEYS, find_runs, format_seconds, format_size
 
 
 # ---- Showing them -----------------------------------------------------------------------------------
-
-def format_seconds(seconds: Optional[float]) -> str:
-  """``progress.format_seconds`` (01:02, 1:02:03), '-' when unknown."""
-  return '-' if seconds is None else progress.format_seconds(seconds)
-
-
-def format_size(nbytes: Optional[int]) -> str:
-  if nbytes is None:
-    return '-'
-  value = float(nbytes)
-  for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
-    if value < 1024 or unit == 'TiB':
-      return f'{int(value)} B' if unit == 'B' else f'{value:.1f} {unit}'
-    value /= 1024
-  return '-'
-
 
 def _format_best(row: dict[str, Any]) -> str:
   top1 = row.get('best_val_top1')

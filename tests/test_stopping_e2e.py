@@ -1,9 +1,8 @@
 """A preempted two-process training run stops at one step, resumes, and ends like an uninterrupted run.
 
-# NEEDS THE WIRING: this test runs the real trainer, so it passes only once the training loop asks
-# ``alexnet_jax.run.stopping.StopRequest.should_stop(step)`` after every step (trainer.py does, from the
-# restructuring that replaced train.py's own StopRequest). With train.py's old StopRequest each process
-# stopped at the step its own signal arrived, and the two processes hung in mismatched collectives.
+The trainer asks ``alexnet_jax.run.stopping.StopRequest.should_stop(step)`` after every step; with the
+old per-process flag each process stopped at the step its own signal arrived, and the two hung in
+mismatched collectives.
 
 SIGTERM goes to process 0, and 1.5 s later to process 1, as a cluster's preemption sends it; both must
 snapshot the same step and exit (status 75, "stopped, resumable") within 30 s of the last signal; the

@@ -26,6 +26,7 @@ import re
 import time
 from typing import Any, Optional, Sequence
 
+from alexnet_jax import progress
 from alexnet_jax.run import status as status_lib
 
 STATUS_FILE = status_lib.STATUS_FILE
@@ -383,3 +384,21 @@ def find_runs(dirs: Sequence[str | os.PathLike] = ('.',), *, max_depth: int = 6,
         row[key] = round(row[key], 1)
   rows.sort(key=_sort_key)
   return rows
+
+
+# ---- Cells, as the listing and the dashboard show them ----------------------------------------------
+
+def format_seconds(seconds: Optional[float]) -> str:
+  """``progress.format_seconds`` (01:02, 1:02:03), '-' when unknown."""
+  return '-' if seconds is None else progress.format_seconds(seconds)
+
+
+def format_size(nbytes: Optional[int]) -> str:
+  if nbytes is None:
+    return '-'
+  value = float(nbytes)
+  for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
+    if value < 1024 or unit == 'TiB':
+      return f'{int(value)} B' if unit == 'B' else f'{value:.1f} {unit}'
+    value /= 1024
+  return '-'

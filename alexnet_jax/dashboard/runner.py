@@ -1,0 +1,96 @@
+r"""The tiny process that runs one dashboard job and writes down how it ended.
+
+    python -m alexnet_jax.dashboard.runner JOBDIR -- python -m alexnet_jax.train --config=... --workdir=JOBDIR
+
+The dashboard starts this with ``start_new_session=True``, so the runner and the tool it runs form a
+process group of their own: they outlive the dashboard (a restart re-attaches them, ``jobs.py``) and
+Abort is one ``killpg(SIGTERM)`` that reaches the tool. The runner itself ignores SIGTERM, SIGINT and
+SIGHUP (with a handler, not ``SIG_IGN``, so the tool it execs gets the default dispositions back): it
+waits for the tool -- which snapshots and exits 75 on SIGTERM -- and then writes
+
+    JOBDIR/exit.json   {"exit_status": 75, "signal": null, "finished_unix": ..., "runner_pid": ...,
+                        "runner_start_ticks": ...}
+
+atomically. That record is how a dashboard that was not the tool's parent (it restarted) learns the
+exit status; ``runner_pid`` / ``runner_start_ticks`` tie it to one attempt, so a stale record of an
+earlier attempt is never mistaken for this one's. The tool's stdout and stderr are appended to
+``JOBDIR/output.log`` (the log the Dataset job page shows; the trainer also keeps ``train.log``).
+
+Only the standard library is imported: the runner must start in milliseconds and never import JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+EXIT_FILE = 'exit.json'
+OUTPUT_LOG = 'output.log'
+
+
+def _start_ticks(pid: int):
+  """Field 22 of /proc/PID/stat (the process start time), as ``run/status.py`` records it."""
+  try:
+    with open(f'/proc/{pid}/stat', 'rb') as f:
+      data = f.read().decode('ascii', 'replace')
+    return int(data[data.rfind(')') + 2:].split()[19])
+  except (OSError, ValueError, IndexError):
+    return None
+
+
+def _write_json(path: str, record: dict) -> None:
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(record, f, indent=1)
+    f.write('\n')
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _ignore(signum, frame):  # pylint: disable=unused-argument
+  """The group's SIGTERM is for the tool; the runner stays to record its exit."""
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) < 4 or argv[2] != '--':
+    print('usage: python -m alexnet_jax.dashboard.runner JOBDIR -- COMMAND...', file=sys.stderr)
+    return 2
+  jobdir, command = argv[1], argv[3:]
+  for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(signum, _ignore)
+  if command[0] == 'python':
+    command = [sys.executable, *command[1:]]   # the interpreter the dashboard runs (its venv)
+  started = time.time()
+  with open(os.path.join(jobdir, OUTPUT_LOG), 'ab') as log:
+    log.write(f'--- {time.strftime("%Y-%m-%d %H:%M:%S")} runner {os.getpid()}: '
+              f'{" ".join(command)}\n'.encode('utf-8', 'replace'))
+    log.flush()
+    try:
+      child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                               close_fds=True)
+    except OSError as e:
+      log.write(f'runner: cannot start the command: {e}\n'.encode('utf-8', 'replace'))
+      status, child_pid = 127, None
+    else:
+      child_pid = child.pid
+      status = child.wait()        # PEP 475: retried across the ignored signals
+  record = {
+      'exit_status': status if status >= 0 else None,
+      'signal': -status if status < 0 else None,
+      'started_unix': round(started, 3),
+      'finished_unix': round(time.time(), 3),
+      'runner_pid': os.getpid(),
+      'runner_start_ticks': _start_ticks(os.getpid()),
+      'child_pid': child_pid,
+  }
+  _write_json(os.path.join(jobdir, EXIT_FILE), record)
+  return status if status >= 0 else 128 - status
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))
