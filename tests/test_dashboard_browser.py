@@ -1,7 +1,7 @@
 """The DIGITS exercise in a real browser: Debian's chromium (headless, Playwright) drives the real server.
 
 home -> New Dataset from a generated 3-class folder -> progress reaches 100% -> the histogram is drawn ->
-Explore filtered by one class -> New Model (a tiny AlexNet: width 1/16, 64 px crops, 12 epochs) -> the
+Explore filtered by one class -> New Model (a tiny AlexNet: width 1/16, 64 px crops, 36 epochs) -> the
 curves grow live -> the dashboard restarts while the job trains and re-attaches it -> Abort -> Resume ->
 the job finishes. Every request the pages make is intercepted: one to any host but 127.0.0.1 fails the
 test. The server is the command users run (``python -m alexnet_jax.dashboard``) in a subprocess.
@@ -24,7 +24,9 @@ import pytest
 from alexnet_jax.data import synthetic
 
 CHROMIUM = os.environ.get('DASHBOARD_CHROMIUM', '/usr/bin/chromium')
-EPOCHS = 12
+# Long enough that the job is still training when the test restarts the dashboard and aborts the job,
+# also when another test loads the machine (12 epochs could finish first under pytest -n 2).
+EPOCHS = 36
 
 
 def _need(condition: bool, why: str) -> None:

@@ -232,6 +232,16 @@ def _read_json(path: str) -> Any:
     return None
 
 
+
+def _job_fields(job_id: str, row: dict[str, Any]) -> dict[str, Any]:
+  """What every job page shows of a job's row (name, state, progress, times)."""
+  return {
+      'id': job_id, 'name': row['name'], 'group': row.get('group') or '', 'notes': row.get('notes') or '',
+      'status': row['state'], 'status_text': row['status_text'], 'external': bool(row.get('external')),
+      'progress': row.get('progress'), 'eta_seconds': row.get('eta_seconds'),
+      'elapsed_seconds': row.get('elapsed_seconds'), 'submitted': row.get('submitted'),
+  }
+
 def _hardware(pid: Optional[int], cache: dict) -> dict[str, Any]:
   """Process CPU % (since the previous look) and resident memory of a job's tool process."""
   if not isinstance(pid, int) or pid <= 0:
@@ -431,10 +441,7 @@ class Dashboard:
     if job is not None and job.doc.get('dataset'):
       dataset = self.dataset_info(job.doc['dataset'])
     view = {
-        'id': job_id, 'name': row['name'], 'group': row.get('group') or '', 'notes': row.get('notes') or '',
-        'status': row['state'], 'status_text': row['status_text'], 'external': bool(row.get('external')),
-        'progress': row.get('progress'), 'eta_seconds': row.get('eta_seconds'),
-        'elapsed_seconds': row.get('elapsed_seconds'), 'submitted': row.get('submitted'),
+        **_job_fields(job_id, row),
         'step': status.get('step'), 'total_steps': status.get('total_steps'), 'epoch': status.get('epoch'),
         'num_epochs': (config or {}).get('num_epochs') if isinstance(config, dict) else None,
         'images_per_sec': status.get('images_per_sec'), 'best_val_top1': status.get('best_val_top1'),
@@ -473,10 +480,7 @@ class Dashboard:
     form = (job.doc.get('form') if job else None) or {}
     counts = (stats or {}).get('counts') or {}
     view = {
-        'id': job_id, 'name': row['name'], 'group': row.get('group') or '', 'notes': row.get('notes') or '',
-        'status': row['state'], 'status_text': row['status_text'], 'external': bool(row.get('external')),
-        'progress': row.get('progress'), 'eta_seconds': row.get('eta_seconds'),
-        'elapsed_seconds': row.get('elapsed_seconds'), 'submitted': row.get('submitted'),
+        **_job_fields(job_id, row),
         'phase': live.get('phase'), 'done': live.get('done'), 'total': live.get('total'),
         'split': live.get('split'), 'images_per_sec': live.get('images_per_sec'),
         'source': (stats or {}).get('source') or live.get('source') or form.get('folder_train'),
