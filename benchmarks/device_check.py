@@ -1,6 +1,6 @@
 r"""``benchmarks/device_check.sh``: everything worth measuring on one GPU, prepared to run in one call.
 
-On the lent H200 (``/work/.library/device/README.md``), from a session whose task has a machine::
+On a lent H200 (through the session's ``device`` tool, which copies the working tree there)::
 
     bash benchmarks/device_check.sh --fetch-wheels        # here, once: the wheels the device lacks
     run(command='bash benchmarks/device_check.sh', carry=['benchmarks/out/device_wheels'], timeout_s=540)
@@ -20,7 +20,7 @@ and the markdown summary under ``$OUT`` after every part, so that a run cut shor
                  time, step time (median of rounds of back-to-back steps after warm-up; also one blocked
                  call, the trainer's per-step sync), images/s, MFU against the device's table peak
                  (``benchmarks.common.PEAK_TFLOPS``: H100/H200 dense bf16 989 TFLOP/s, fp32 as TF32 495
-                 and as plain FP32 67, the datasheet numbers of /work/.library/device/H200.md), the
+                 and as plain FP32 67, NVIDIA's H200 datasheet numbers), the
                  program's memory (XLA) and the process's peak device memory; then one profiler trace of
                  3 train steps (``alexnet_jax.profiling.StepProfiler``), returned as a tarball;
 3. ``xla_flags`` whether this jaxlib starts with the CPU-only XLA flags ``alexnet_jax/devices.py`` adds
