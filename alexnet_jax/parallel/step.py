@@ -61,10 +61,8 @@ def abstract_train_state(network: TowerNetwork, layout: Layout, mesh: Mesh,
   This is the restore target of a checkpoint (any layout can read any checkpoint: the arrays are
   ``[tower, ...]`` whatever wrote them) and the input of ahead-of-time compilation.
   """
-  shapes = jax.eval_shape(lambda k: network.init(k, image_shape), jax.random.key(0))
-  shardings = layout.param_shardings(mesh, shapes)
-  params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        shapes, shardings)
+  params = abstract_params(network, layout, mesh, image_shape=image_shape)
+  shardings = jax.tree.map(lambda a: a.sharding, params)
   with jax.set_mesh(mesh):
     opt_shapes = jax.eval_shape(tx.init, params)
   opt_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -73,6 +71,16 @@ def abstract_train_state(network: TowerNetwork, layout: Layout, mesh: Mesh,
       step=jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P())),
       params=params, opt_state=opt_state,
       rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, P(None))))
+
+
+def abstract_params(network: TowerNetwork, layout: Layout, mesh: Mesh, *,
+                    image_shape: tuple[int, int, int]) -> Any:
+  """The parameters as ``jax.ShapeDtypeStruct``s in ``layout``'s shardings (nothing allocated): the
+  restore target of a reader, which needs no optimizer."""
+  shapes = jax.eval_shape(lambda k: network.init(k, image_shape), jax.random.key(0))
+  shardings = layout.param_shardings(mesh, shapes)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      shapes, shardings)
 
 
 def optimizer_shardings(opt_shapes, param_shardings, mesh: Mesh):

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import logging as std_logging
 
@@ -263,25 +263,35 @@ class Checkpointer:
     ``skipped`` says, one line each, which newer snapshots were damaged and why (also logged).
     Raises ``DamagedCheckpointError`` when no snapshot restores, FileNotFoundError when there is none.
     """
+    step, (state, meta), skipped = self._newest_that_restores(
+        lambda step: self.restore(step, abstract_state, data_iterator=data_iterator),
+        hint='. When every snapshot fails alike, the run was probably written by another number of '
+             'processes: resume it with the command that started it (the "command" of its status.json)')
+    self._set_aside(s for s in self.all_steps() if s > step)
+    return state, meta, skipped
+
+  def _newest_that_restores(self, restore_one: Callable[[int], Any], hint: str = ''
+                            ) -> tuple[int, Any, list[str]]:
+    """(step, ``restore_one(step)``, skipped) for the newest snapshot that restores, newest first.
+
+    A snapshot that raises is skipped, saying which and why (logged, and one line each in
+    ``skipped``); none restoring is a ``DamagedCheckpointError`` listing them all (and ``hint``).
+    """
     steps = self.all_steps()
     if not steps:
       raise FileNotFoundError(f'no finished checkpoint in {self.directory}')
     skipped = []
     for step in reversed(steps):
       try:
-        state, meta = self.restore(step, abstract_state, data_iterator=data_iterator)
-        self._set_aside(s for s in steps if s > step)
-        return state, meta, skipped
+        return step, restore_one(step), skipped
       except (KeyboardInterrupt, SystemExit, MemoryError):
         raise
       except Exception as e:  # pylint: disable=broad-except  # any damage: try the next older one
         skipped.append(f'snapshot {step} does not restore ({_reason(e)})')
         logging.warning('%s: skipping snapshot %d, which does not restore: %s', self.directory,
                         step, _reason(e))
-    raise DamagedCheckpointError(
-        f'no snapshot in {self.directory} restores: ' + '; '.join(skipped) + '. When every snapshot '
-        'fails alike, the run was probably written by another number of processes: resume it with '
-        'the command that started it (the "command" of its status.json)')
+    raise DamagedCheckpointError(f'no snapshot in {self.directory} restores: ' + '; '.join(skipped)
+                                 + hint)
 
   def _set_aside(self, damaged) -> None:
     """Renames damaged snapshots to ``<step>.damaged`` (kept for inspection, never listed again), so
@@ -320,17 +330,9 @@ class Checkpointer:
         raise DamagedCheckpointError(
             f'snapshot {step} in {self.directory} is damaged and does not restore ({_reason(e)}); '
             f'snapshots that restore: {", ".join(map(str, intact)) or "none"}') from None
-    problems = []
-    for candidate in reversed(steps):
-      try:
-        return self._restore_params(candidate, abstract_params), candidate
-      except (KeyboardInterrupt, SystemExit, MemoryError):
-        raise
-      except Exception as e:  # pylint: disable=broad-except
-        problems.append(f'{candidate}: {_reason(e)}')
-        logging.warning('%s: skipping snapshot %d, which does not restore: %s', self.directory,
-                        candidate, _reason(e))
-    raise DamagedCheckpointError(f'no snapshot in {self.directory} restores ({"; ".join(problems)})')
+    step, params, _ = self._newest_that_restores(
+        lambda step: self._restore_params(step, abstract_params))
+    return params, step
 
   def _restore_params(self, step: int, abstract_params: Any) -> Any:
     item = {'params': abstract_params}

@@ -23,7 +23,7 @@ import jax
 import ml_collections
 
 from alexnet_jax import data, demo_data, fileio, models
-from alexnet_jax.parallel import layouts
+from alexnet_jax.parallel import layouts, step as step_lib
 from alexnet_jax.run import checkpoints
 
 CONFIG_FILE = 'config.json'
@@ -163,15 +163,6 @@ def resolve_step(ckpt: checkpoints.Checkpointer, step: str | int) -> Optional[in
   return value
 
 
-def abstract_params(network: models.TowerNetwork, layout: layouts.Layout, mesh,
-                    image_shape: tuple[int, int, int]) -> Any:
-  """The parameter tree as ``jax.ShapeDtypeStruct``s in ``layout``'s shardings (nothing allocated)."""
-  shapes = jax.eval_shape(lambda k: network.init(k, image_shape), jax.random.key(0))
-  shardings = layout.param_shardings(mesh, shapes)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      shapes, shardings)
-
-
 def image_shape_of(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   return (config.data.crop_size, config.data.crop_size, config.data.channels)
 
@@ -186,7 +177,7 @@ def restore_params(workdir: str, config: ml_collections.ConfigDict, step: str | 
   """
   with checkpoints.Checkpointer(workdir, read_only=True) as ckpt:
     number = resolve_step(ckpt, step)
-    target = abstract_params(network, layout, mesh, image_shape_of(config))
+    target = step_lib.abstract_params(network, layout, mesh, image_shape=image_shape_of(config))
     params, number = ckpt.restore_params(number, target)
     saved_metrics = ckpt.metrics(number)
   return params, number, saved_metrics
