@@ -157,6 +157,20 @@ def _wait_for(path, proc, deadline):
     time.sleep(0.05)
 
 
+def stagger_sigterms(proc, pids, *, timeout):
+  """SIGTERM to ``pids[0]`` and 1.5 s later to ``pids[1]``, as a cluster's preemption sends it; returns
+  ``proc``'s output and the seconds from the last signal until it exited."""
+  os.kill(pids[0], signal.SIGTERM)
+  time.sleep(1.5)
+  try:
+    os.kill(pids[1], signal.SIGTERM)
+  except ProcessLookupError:
+    pass  # already gone: stopped on process 0's signal, and exited
+  last_signal = time.time()
+  output, _ = proc.communicate(timeout=timeout)
+  return output, time.time() - last_signal
+
+
 @pytest.mark.parametrize('sync_every', ['auto', '400'])
 def test_staggered_sigterms_stop_both_processes_at_the_same_step(tmp_path, sync_every):
   """With 'auto' the first exchange after process 0's signal stops both before process 1's signal;
@@ -173,15 +187,7 @@ def test_staggered_sigterms_stop_both_processes_at_the_same_step(tmp_path, sync_
     for i in range(2):
       _wait_for(tmp_path / f'pid{i}', proc, deadline)
     pids = [int((tmp_path / f'pid{i}').read_text()) for i in range(2)]
-    os.kill(pids[0], signal.SIGTERM)
-    time.sleep(1.5)
-    try:
-      os.kill(pids[1], signal.SIGTERM)
-    except ProcessLookupError:
-      pass  # already gone: stopped on process 0's signal, and exited
-    last_signal = time.time()
-    output, _ = proc.communicate(timeout=60)
-    waited = time.time() - last_signal
+    output, waited = stagger_sigterms(proc, pids, timeout=60)
   finally:
     if proc.poll() is None:
       proc.kill()

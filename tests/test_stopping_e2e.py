@@ -11,7 +11,6 @@ mesh (as in test_multihost.py, within 1e-5: two processes reduce in another orde
 """
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from alexnet_jax import launch, trainer
 from alexnet_jax.data import synthetic
 from alexnet_jax.parallel import compare
 from tests.test_multihost import OVERRIDES, params_on_one_device
+from tests.test_stopping import stagger_sigterms
 from tests.test_train import EXPERIMENT, REPO, overrides_as_flags, tiny_config
 
 # test_multihost's run (2 epochs of 4 steps; the signals come after the first logged step), in the data
@@ -70,15 +70,7 @@ def test_staggered_sigterms_then_resume_end_like_an_uninterrupted_run(folder, tm
       assert time.time() < deadline
       time.sleep(0.05)
     pids = trainer_pids(proc.pid)
-    os.kill(pids[0], signal.SIGTERM)
-    time.sleep(1.5)
-    try:
-      os.kill(pids[1], signal.SIGTERM)
-    except ProcessLookupError:
-      pass  # it already stopped on process 0's signal, and exited
-    last_signal = time.time()
-    output, _ = proc.communicate(timeout=120)
-    waited = time.time() - last_signal
+    output, waited = stagger_sigterms(proc, pids, timeout=120)
   finally:
     if proc.poll() is None:
       proc.kill()
