@@ -1,6 +1,7 @@
 """The library behind ``python -m alexnet_jax.classify`` (``classify.py``, whose docstring shows the
-outputs): image lists in DIGITS' format, classification of many images with accuracy and top-N per
-category, and the JSON/CSV/table writers. Also what the dashboard's Classify One/Many will call.
+outputs): classification of many images with accuracy and top-N per category, and the JSON/CSV/table
+writers. The lists themselves are read by ``image_lists.py``; the dashboard's Classify Many runs the
+command as a job (``--status_dir`` keeps its progress).
 """
 
 from __future__ import annotations
@@ -10,70 +11,17 @@ import dataclasses
 import io
 import json
 import os
-import re
 import sys
+import time
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from alexnet_jax import fileio, inference, metrics, plots, visualization
-from alexnet_jax import data as data_lib
+from alexnet_jax.image_lists import Entry
 
 FORMATS = ('table', 'json', 'csv')
-_LABELLED_LINE = re.compile(r'(.+?)\s+(\d+)\s*$')   # DIGITS' list pattern: the path may hold spaces
 MAX_SHEET_CLASSES = 100                              # rows of the top-N contact sheet
-
-
-# ---- Inputs --------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-  """One image to classify: ``name`` as the user wrote it, ``path`` to read, its list line and label."""
-  name: str
-  path: str
-  line: Optional[int] = None
-  label: Optional[int] = None
-
-
-def parse_image_list(list_path: str, *, num_classes: int, image_root: str = '',
-                     limit: int = 0) -> list[Entry]:
-  """Reads a DIGITS list (``path [label]`` per line); raises ``data.DataError`` naming file:line.
-
-  Whether the list is labelled is decided by its first entry; every other entry must agree. A label
-  must be below ``num_classes``. ``limit`` > 0 keeps the first ``limit`` entries.
-  """
-  try:
-    with open(list_path, encoding='utf-8', errors='surrogateescape') as f:
-      lines = f.read().splitlines()
-  except OSError as e:
-    raise FileNotFoundError(f'--image_list={list_path}: cannot read it ({e.strerror or e})') from None
-  base = image_root or os.path.dirname(os.path.abspath(list_path))
-  entries: list[Entry] = []
-  labelled: Optional[bool] = None
-  for lineno, raw in enumerate(lines, 1):
-    text = raw.strip()
-    if not text or text.startswith('#'):
-      continue
-    m = _LABELLED_LINE.match(text)
-    has_label = m is not None
-    if labelled is None:
-      labelled = has_label
-    elif has_label != labelled:
-      first = 'a label' if labelled else 'no label'
-      raise data_lib.DataError(
-          f'{list_path}:{lineno}: expected "<image path>{" <integer label>" if labelled else ""}" '
-          f'like the first entry ({first}), got {text!r}')
-    name, label = (m.group(1).strip(), int(m.group(2))) if m else (text, None)
-    if label is not None and label >= num_classes:
-      raise data_lib.DataError(f'{list_path}:{lineno}: label {label} is out of range: the model has '
-                               f'{num_classes} classes (0..{num_classes - 1})')
-    path = name if os.path.isabs(name) else os.path.join(base, name)
-    entries.append(Entry(name, path, lineno, label))
-    if limit and len(entries) >= limit:
-      break
-  if not entries:
-    raise data_lib.DataError(f'--image_list={list_path} lists no images')
-  return entries
 
 
 # ---- Classification ------------------------------------------------------------------------------------
@@ -99,17 +47,27 @@ class Results:
 
 def classify_entries(model: inference.Model, entries: Sequence[Entry], *, top_k: int = 5,
                      ten_crop: Optional[bool] = None, top_n_per_category: int = 0,
-                     progress: bool = True) -> Results:
-  """Classifies ``entries`` in batches; accuracy when they carry labels; the top-N per class if asked."""
+                     progress: bool = True, status: Optional[Any] = None) -> Results:
+  """Classifies ``entries`` in batches; accuracy when they carry labels; the top-N per class if asked.
+
+  ``status``: a ``run.status.StatusWriter`` that gets ``done``/``total``/``progress``/``eta_seconds``
+  (throttled by the writer), for a dashboard job's progress bar.
+  """
   if top_k < 1:
     raise ValueError(f'--top_k={top_k} must be at least 1')
   probs = np.full((len(entries), model.num_classes), np.nan, np.float32)
   errors: dict[int, str] = {}
-  for p in model.classify([e.path for e in entries], ten_crop=ten_crop, progress=progress):
+  total, start = len(entries), time.monotonic()
+  for done, p in enumerate(model.classify([e.path for e in entries], ten_crop=ten_crop,
+                                          progress=progress), 1):
     if p.error:
       errors[p.index] = p.error
     else:
       probs[p.index] = p.probabilities
+    if status is not None:
+      rate = done / max(1e-9, time.monotonic() - start)
+      status.update(force=done == total, done=done, total=total, failed=len(errors),
+                    progress=done / total, eta_seconds=(total - done) / rate, images_per_sec=rate)
   used_ten_crop = model.ten_crop if ten_crop is None else bool(ten_crop)
   results = Results(list(entries), model.classes, probs, errors, top_k, {
       'source': model.path, 'kind': model.kind, 'network': model.network.name, 'step': model.step,
@@ -244,9 +202,10 @@ def top_n_sheet(results: Results, path: str) -> str:
 
 
 def write_results(results: Results, fmt: str, output: str = '', report_dir: str = '',
-                  stdout=None) -> list[str]:
+                  stdout=None, csv_output: str = '') -> list[str]:
   """Writes the predictions (``output`` or ``stdout``) and the report files; returns the paths written.
 
+  ``csv_output``: also the CSV there (the dashboard keeps JSON for its pages and CSV to download).
   The report files are written first and the predictions last, each atomically: if drawing a PNG
   fails, no predictions file claims a finished run.
   """
@@ -265,6 +224,8 @@ def write_results(results: Results, fmt: str, output: str = '', report_dir: str 
       if fmt != 'json':
         doc = {c: [[n, p] for n, p in rows] for c, rows in results.top_n_per_category.items()}
         written.append(write_text_atomic(json.dumps(doc, indent=1), paths['top_n_json']))
+  if csv_output:
+    written.append(write_text_atomic(to_csv(results), csv_output))
   if fmt == 'json':
     text = json.dumps(to_json(results), indent=1) + '\n'
   elif fmt == 'csv':

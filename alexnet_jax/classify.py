@@ -2,7 +2,7 @@
 
     python -m alexnet_jax.classify (--workdir=DIR [--step=latest|best|N] | --bundle=PATH)
         [--layout=single|model|data|hybrid] [--top_k=5] [--[no]ten_crop] [--format=table|json|csv]
-        [--output=PATH] [--report_dir=DIR] [--top_n_per_category=N] [--batch_size=B]
+        [--output=PATH] [--report_dir=DIR] [--top_n_per_category=N] [--batch_size=B] [--status_dir=DIR]
         (IMAGE ... | --image_list=FILE [--image_root=DIR] [--limit=N])
 
 For example, on the demo run:
@@ -112,25 +112,43 @@ def main(argv):
   if FLAGS.image_root and not FLAGS.image_list:
     raise ValueError('--image_root applies to --image_list only')
   check_image_arguments(images)  # before loading anything
-  from alexnet_jax import bundle, classification, devices, inference, models
+  if not FLAGS.status_dir:
+    _classify(images)
+    return
+  from alexnet_jax.run import status as status_lib
+  with status_lib.StatusWriter(FLAGS.status_dir, 'classify', min_interval_s=1.0) as status:
+    status.update(force=True, phase='loading the model')
+    _classify(images, status)
+
+
+def _classify(images: Sequence[str], status=None) -> None:
+  from alexnet_jax import bundle, classification, devices, image_lists, inference, models
   from alexnet_jax.parallel import layouts
   files = bundle.read_model_files(FLAGS.workdir or FLAGS.bundle)
   devices.ensure_devices(layouts.devices_needed(
       FLAGS.layout, models.build(files.config.model, len(files.classes)).num_towers))
   if FLAGS.image_list:  # a malformed list stops us before any device work
-    entries = classification.parse_image_list(FLAGS.image_list, num_classes=len(files.classes),
+    entries = image_lists.parse_image_list(FLAGS.image_list, num_classes=len(files.classes),
                                image_root=FLAGS.image_root, limit=FLAGS.limit)
   else:
-    entries = [classification.Entry(name, name) for name in images]
+    entries = [image_lists.Entry(name, name) for name in images]
   model = inference.load_from_files(files, step=FLAGS.step, layout=FLAGS.layout,
                                     batch_size=FLAGS.batch_size or None)
+  if status is not None:
+    status.update(force=True, phase='classifying', total=len(entries), done=0, step=model.step,
+                  layout=model.layout.name)
   results = classification.classify_entries(model, entries, top_k=FLAGS.top_k, ten_crop=FLAGS.ten_crop,
-                             top_n_per_category=FLAGS.top_n_per_category)
+                                            top_n_per_category=FLAGS.top_n_per_category, status=status)
   if results.errors and not FLAGS.image_list:
     # One image or a few named on the command line: each must work, and nothing is written.
     raise ValueError('; '.join(f'cannot classify {entries[i].name}: {msg}'
                                for i, msg in sorted(results.errors.items())))
-  written = classification.write_results(results, FLAGS.format, FLAGS.output, FLAGS.report_dir)
+  written = classification.write_results(results, FLAGS.format, FLAGS.output, FLAGS.report_dir,
+                                         csv_output=FLAGS.csv)
+  if status is not None:
+    acc = results.accuracy or {}
+    status.update(force=True, phase='written', failed=len(results.errors), top1=acc.get('top1'),
+                  top5=acc.get('top5'), outputs=written)
   if results.errors:
     print(f'{len(results.errors)} of {len(entries)} images could not be read (listed in the output)',
           file=sys.stderr)
@@ -161,6 +179,9 @@ def define_flags() -> None:
   flags.DEFINE_integer('limit', 0, 'Classify only the first N entries of --image_list (0: all).')
   flags.DEFINE_integer('top_n_per_category', 0, 'For each class, the N images scoring highest for it.')
   flags.DEFINE_integer('batch_size', 0, "Images per device call (default: the run's, at most 64).")
+  flags.DEFINE_string('csv', '', 'Also write the predictions as CSV to this file (with --format=json).')
+  flags.DEFINE_string('status_dir', '', 'Keep DIR/status.json with the progress (done, total, ETA) '
+                      "and the outcome, as the other tools keep their workdir's (the dashboard's jobs).")
 
 
 def run():

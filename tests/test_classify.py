@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from alexnet_jax import classification, evaluation, inference, trainer
+from alexnet_jax import classification, evaluation, image_lists, inference, trainer
 from alexnet_jax.data import synthetic
 from alexnet_jax.run import workdir as workdir_lib
 from experiments import demo
@@ -151,7 +151,7 @@ def test_same_probabilities_in_every_layout(run_dir, tmp_path_factory, images, m
 def val_entries(run_dir):
   config = workdir_lib.read_config(str(run_dir))
   val = workdir_lib.load_run_dataset(config, str(run_dir)).split('val')
-  return [classification.Entry(os.path.basename(k), k, i + 1, int(label))
+  return [image_lists.Entry(os.path.basename(k), k, i + 1, int(label))
           for i, (k, label) in enumerate(zip(val.keys, val.labels))]
 
 
@@ -187,7 +187,7 @@ def labelled_list(tmp_path_factory, images):
 
 @pytest.fixture(scope='module')
 def list_results(model, labelled_list):
-  entries = classification.parse_image_list(str(labelled_list), num_classes=3)
+  entries = image_lists.parse_image_list(str(labelled_list), num_classes=3)
   return classification.classify_entries(model, entries, top_k=2, top_n_per_category=3, progress=False)
 
 
@@ -254,13 +254,13 @@ def test_malformed_lists_name_file_and_line(tmp_path):
   bad = tmp_path / 'bad.txt'
   bad.write_text('a.jpg 0\nb.jpg\n')
   with pytest.raises(ValueError, match=r'bad.txt:2: expected'):
-    classification.parse_image_list(str(bad), num_classes=3)
+    image_lists.parse_image_list(str(bad), num_classes=3)
   bad.write_text('a.jpg 0\n\nb.jpg 3\n')
   with pytest.raises(ValueError, match=r'bad.txt:3: label 3 is out of range'):
-    classification.parse_image_list(str(bad), num_classes=3)
+    image_lists.parse_image_list(str(bad), num_classes=3)
   ok = tmp_path / 'ok.txt'
   ok.write_text('my photo.jpg\n/abs/x.png\n')
-  entries = classification.parse_image_list(str(ok), num_classes=3, image_root='/data')
+  entries = image_lists.parse_image_list(str(ok), num_classes=3, image_root='/data')
   assert [(e.name, e.path, e.label) for e in entries] == [
       ('my photo.jpg', '/data/my photo.jpg', None), ('/abs/x.png', '/abs/x.png', None)]
 

@@ -556,3 +556,215 @@ def test_fine_tune_from_a_previous_model(client, model, dataset):
   while manager.get(job.id).state == 'running' and time.monotonic() < end:
     time.sleep(0.2)
   assert client.delete(f'/jobs/{job.id}', headers=client.bearer).json()['result'] == 'deleted'
+
+
+# ---- Part 2: snapshots, Classify One/Many, download, census (inference_pages.py) ----------------------
+
+def _an_image(env):
+  folder = env['root'] / 'three' / sorted(os.listdir(env['root'] / 'three'))[0]
+  return str(folder / sorted(os.listdir(folder))[0])
+
+
+def _workdir(client, model):
+  return client.app.state.dash.manager.get(model).dir
+
+
+def test_snapshots_json(client, model):
+  table = client.get(f'/models/{model}/snapshots.json').json()
+  assert [s['epoch'] for s in table['snapshots']] == [1.0, 2.0]
+  assert all(s['val_top1'] is not None for s in table['snapshots'])
+  best = max(table['snapshots'], key=lambda s: (s['val_top1'], s['step']))
+  assert table['best'] == best['step'] and table['latest'] == table['snapshots'][-1]['step']
+  page = client.get(f'/models/{model}').text
+  assert 'Epoch #2.0' in page and '(best)' in page and 'Classify One' in page and 'Classify Many' in page
+
+
+def test_classify_one_by_path_and_upload_matches_the_library(client, model, env):
+  from alexnet_jax import inference  # the test process may import JAX; the web process does not
+  image = _an_image(env)
+  table = client.get(f'/models/{model}/snapshots.json').json()
+  first = table['snapshots'][0]
+  r = client.post('/models/images/classification/classify_one.json', headers=client.bearer,
+                  data={'job_id': model, 'image_path': image, 'snapshot_epoch': '1', 'top_k': '2'})
+  assert r.status_code == 200, r.text
+  answer = r.json()
+  assert answer['step'] == first['step'] and len(answer['predictions']) == 2
+  confidences = [c for _, c in answer['predictions']]
+  assert confidences == sorted(confidences, reverse=True) and 0 < confidences[0] <= 100
+  expected = inference.load(_workdir(client, model), step=first['step']).probabilities(image)
+  classes = [line.strip() for line in open(os.path.join(_workdir(client, model), 'labels.txt'))]
+  for label, p in answer['probabilities_by_label'].items():
+    assert abs(p - float(expected[classes.index(label)])) < 1e-5
+  assert client.get(answer['input_url']).headers['content-type'] == 'image/png'
+  with open(image, 'rb') as f:
+    data = f.read()
+  again = client.post('/models/images/classification/classify_one.json', headers=client.bearer,
+                      data={'job_id': model, 'snapshot_epoch': '1', 'top_k': '2', 'layout': 'model'},
+                      files={'image_file': ('photo.jpg', data, 'image/jpeg')}).json()
+  assert again['layout'] == 'model'
+  for (l1, c1), (l2, c2) in zip(answer['predictions'], again['predictions']):
+    assert l1 == l2 and abs(c1 - c2) < 1e-3
+  cached = client.post('/models/images/classification/classify_one.json', headers=client.bearer,
+                       data={'job_id': model, 'image_path': image, 'snapshot_epoch': '1'}).json()
+  assert cached['cached'] is True and len(cached['predictions']) == 3   # top-5 of 3 classes
+
+
+def test_classify_one_visualizations(client, model, env):
+  r = client.post('/models/images/classification/classify_one.json', headers=client.bearer,
+                  data={'job_id': model, 'image_path': _an_image(env), 'show_visualizations': 'true'})
+  assert r.status_code == 200, r.text
+  vis = r.json()['visualizations']
+  assert client.get(vis['conv1_filters']).headers['content-type'] == 'image/png'
+  names = [layer['name'] for layer in vis['layers']]
+  assert names[:2] == ['conv1', 'conv2'] and 'fc8' in names
+  conv1 = vis['layers'][0]
+  assert conv1['parameters'] > 0 and conv1['activations']['std'] > 0
+  for key in ('weights_histogram', 'activations_grid', 'activations_histogram'):
+    assert client.get(conv1[key]).status_code == 200, key
+  assert client.get('/inference/files/../token').status_code == 404
+
+
+@pytest.mark.parametrize('change, files, field, status, words', [
+    ({}, {'image_file': ('notes.jpg', b'this is text, not a JPEG', 'image/jpeg')}, 'image_file', 400, 'notes'),
+    ({}, {'image_file': ('big.jpg', b'\xff\xd8' + b'0' * (20 * 2**20), 'image/jpeg')}, 'image_file', 413,
+     'larger than'),
+    ({'image_path': '/etc/passwd'}, None, 'image_path', 400, 'outside'),
+    ({'image_path': 'three'}, None, 'image_path', 400, 'not a file'),
+    ({'image_path': 'IMG', 'snapshot_epoch': '7'}, None, 'snapshot_epoch', 400, 'epochs [1.0, 2.0]'),
+    ({'image_path': 'IMG', 'layout': 'weird'}, None, 'layout', 400, 'choose one of'),
+    ({'image_path': 'IMG', 'top_k': '0'}, None, 'top_k', 400, 'between 1 and'),
+    ({}, None, 'image_file', 400, 'give an image'),
+])
+def test_classify_one_bad_input(client, model, env, change, files, field, status, words):
+  data = {'job_id': model, **change}
+  if data.get('image_path') == 'IMG':
+    data['image_path'] = _an_image(env)
+  r = client.post('/models/images/classification/classify_one.json', headers=client.bearer, data=data,
+                  files=files)
+  assert r.status_code == status, r.text
+  assert words in r.json()['errors'][field], r.json()
+
+
+def test_classify_one_needs_a_model_with_a_snapshot(client, dataset):
+  r = client.post('/models/images/classification/classify_one.json', headers=client.bearer,
+                  data={'job_id': dataset, 'image_path': 'x'})
+  assert r.status_code == 404
+
+
+def _wait_job(client, job_id, timeout=240):
+  end = time.monotonic() + timeout
+  while time.monotonic() < end:
+    view = client.get(f'/jobs/{job_id}.json').json()
+    if view['status'] not in ('queued', 'running'):
+      return view
+    time.sleep(0.3)
+  raise AssertionError(f'{job_id} still {view["status"]}')
+
+
+def test_classify_many_reports_bad_lines_and_classifies_the_rest(client, model, env):
+  folder = env['root'] / 'three'
+  classes = sorted(os.listdir(folder))
+  good = [(f'{c}/{n}', i) for i, c in enumerate(classes) for n in sorted(os.listdir(folder / c))[:2]]
+  lines = [f'{p} {label}' for p, label in good[:3]]
+  outside = env['outside'] / classes[0]
+  lines += ['a-line-without-a-label.jpg', f'{good[3][0]} 9', f'{outside / sorted(os.listdir(outside))[0]} 0']
+  lines += [f'{p} {label}' for p, label in good[3:]]
+  r = client.post('/models/images/classification/classify_many.json', headers=client.bearer,
+                  data={'job_id': model, 'image_folder': str(folder), 'top_n': '2'},
+                  files={'image_list': ('list.txt', '\n'.join(lines).encode(), 'text/plain')})
+  assert r.status_code == 200, r.text
+  job_id = r.json()['job_id']
+  assert r.json()['images'] == len(good) and r.json()['list_problems'] == 3
+  view = _wait_job(client, job_id)
+  assert view['status'] == 'done', view
+  assert [p['line'] for p in view['list_problems']] == [4, 5, 6]
+  assert 'like the first entry' in view['list_problems'][0]['reason']
+  assert 'out of range' in view['list_problems'][1]['reason']
+  assert 'outside the allowed folders' in view['list_problems'][2]['reason']
+  assert len(view['classifications']) == len(good)
+  acc = view['accuracy']
+  assert acc['count'] == len(good) and len(acc['confusion']) == 3
+  assert sum(map(sum, acc['confusion'])) == len(good)
+  assert set(view['top_n_per_category']) == set(view['classes']) and all(
+      len(rows) == 2 for rows in view['top_n_per_category'].values())
+  csv_text = client.get(view['files']['classifications.csv']).text
+  assert csv_text.splitlines()[0].startswith('path,line,rank,label')
+  assert client.get(f'/classifications/{job_id}/thumb/1.png').headers['content-type'] == 'image/png'
+  assert client.get(f'/classifications/{job_id}/thumb/4.png').status_code == 404   # a refused line
+  assert client.get(f'/classifications/{job_id}/files/job.json').status_code == 404
+  page = client.get(f'/classifications/{job_id}').text
+  assert 'Refused list lines' in page and 'confusion-chart' in page
+  model_page = client.get(f'/models/{model}').text
+  assert f'/classifications/{job_id}' in model_page
+  assert all(m['id'] != job_id for m in client.get('/index.json').json()['models'])
+
+
+def test_classify_many_on_the_dataset_val_list(client, model, dataset):
+  r = client.post('/models/images/classification/classify_many.json', headers=client.bearer,
+                  data={'job_id': model, 'dataset_list': 'val', 'num_test_images': '4'})
+  assert r.status_code == 200, r.text
+  view = _wait_job(client, r.json()['job_id'])
+  assert view['status'] == 'done' and view['accuracy']['count'] == 4
+
+
+@pytest.mark.parametrize('change, field, words', [
+    ({'dataset_list': 'nope'}, 'dataset_list', 'choose one of'),
+    ({'image_list_path': '/etc/passwd'}, 'image_list_path', 'outside'),
+    ({'image_folder': '/etc', 'dataset_list': 'val'}, 'image_folder', 'outside'),
+    ({}, 'image_list', 'give a list'),
+    ({'dataset_list': 'val', 'num_test_images': '-1'}, 'num_test_images', 'between'),
+])
+def test_classify_many_bad_input(client, model, change, field, words):
+  r = client.post('/models/images/classification/classify_many.json', headers=client.bearer,
+                  data={'job_id': model, **change})
+  assert r.status_code == 400, r.text
+  assert words in r.json()['errors'][field]
+
+
+def test_classify_many_list_of_nothing_usable(client, model, env):
+  r = client.post('/models/images/classification/classify_many.json', headers=client.bearer,
+                  data={'job_id': model}, files={'image_list': ('l.txt', b'/etc/passwd\n', 'text/plain')})
+  assert r.status_code == 400 and 'line 1' in r.json()['errors']['image_list']
+
+
+def test_download_bundle_and_use_it_offline(client, model, env, tmp_path):
+  from alexnet_jax import inference
+  info = client.get(f'/models/{model}/download.tar.gz', params={'epoch': '2', 'info': 1}).json()
+  assert info['filename'] == 'tiny-epoch2.tar.gz' and info['size'] > 1000
+  r = client.get(f'/models/{model}/download.tar.gz', params={'epoch': '2'})
+  assert r.status_code == 200 and 'tiny-epoch2.tar.gz' in r.headers['content-disposition']
+  assert len(r.content) == info['size']
+  bundle = tmp_path / 'model.tar.gz'
+  bundle.write_bytes(r.content)
+  image = _an_image(env)
+  step = client.get(f'/models/{model}/snapshots.json').json()['snapshots'][1]['step']
+  offline = inference.load(str(bundle)).probabilities(image)
+  online = inference.load(_workdir(client, model), step=step).probabilities(image)
+  assert abs(offline - online).max() < 1e-6
+  z = client.get(f'/models/{model}/download.zip', params={'step': 'latest'})
+  assert z.status_code == 200 and z.content[:2] == b'PK'
+  assert client.get(f'/models/{model}/download.rar').status_code == 404
+  assert client.get(f'/models/{model}/download.zip', params={'epoch': '9'}).status_code == 400
+
+
+def test_census_json(client, model):
+  end = time.monotonic() + 240
+  while True:
+    r = client.get(f'/models/{model}/census.json')
+    if r.status_code != 202 or time.monotonic() > end:
+      break
+    time.sleep(0.5)
+  assert r.status_code == 200, r.text
+  layouts = {row['name']: row for row in r.json()['layouts']}
+  assert {'single', 'model', 'data', 'hybrid'} <= set(layouts)
+  assert layouts['single']['available'] and layouts['single']['rows'] == []
+  model_rows = layouts['model']['rows']
+  assert {row['layer'] for row in model_rows} >= {'conv3', 'fc6', 'fc7'}   # the paper's exchanges
+  assert all(row['bytes_per_image'] > 0 for row in model_rows if row['layer'] in ('conv3', 'fc6', 'fc7'))
+  assert layouts['model']['param_bytes_per_device'] < layouts['single']['param_bytes_per_device']
+
+
+def test_jobs_json_of_any_job(client, model, dataset):
+  assert client.get(f'/jobs/{model}.json').json()['kind'] == 'model'
+  assert client.get(f'/jobs/{dataset}.json').json()['state'] == 'done'
+  assert client.get('/jobs/20990101-000000-zzzz.json').status_code == 404

@@ -101,6 +101,59 @@ def _points(page, chart='loss-chart') -> int:
   return int(page.eval_on_selector(f'#{chart}', 'el => Number(el.dataset.points || 0)'))
 
 
+def _classify_in_the_browser(page, server, data, shots, tmp_path) -> None:
+  """Part 2 on the trained model's page: Classify One (upload), Download, Classify Many, visualizations."""
+  page.reload()
+  page.wait_for_selector('#snapshot')
+  image = str(data / 'flowers' / 'class_2' / sorted(os.listdir(data / 'flowers' / 'class_2'))[0])
+  page.set_input_files('#classify-one input[name=image_file]', image)
+  page.click('#classify-one button[type=submit]')
+  _until(page, "document.querySelectorAll('#predictions tbody tr').length === 3", timeout=120_000)
+  shown = {row.get_attribute('data-label'): float(row.get_attribute('data-probability'))
+           for row in page.locator('#predictions tbody tr').all()}
+  texts = page.locator('#predictions td.confidence').all_inner_texts()
+  assert all(t.endswith('%') and len(t.split('.')[1]) == 3 for t in texts), texts   # "91.51%"
+  _until(page, "document.getElementById('result-input').naturalWidth === 64")    # the 64 px crop
+  page.screenshot(path=os.path.join(shots, 'classify_one.png'), full_page=True)
+
+  # Download Model, then the same probabilities from the command line on the bundle.
+  with page.expect_download() as download:
+    page.click('#download-tgz')
+  bundle = str(tmp_path / download.value.suggested_filename)
+  download.value.save_as(bundle)
+  assert bundle.endswith('.tar.gz') and 'epoch' in bundle
+  page.wait_for_selector('#download-size:has-text("MiB")')
+  proc = subprocess.run([sys.executable, '-m', 'alexnet_jax.classify', f'--bundle={bundle}', '--format=json',
+                         '--top_k=3', image], capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  offline = dict((label, p) for label, p in json.loads(proc.stdout)['predictions'][image])
+  assert set(offline) == set(shown)
+  for label, p in offline.items():
+    assert abs(p - shown[label]) < 1e-5, (label, p, shown[label])
+
+  # Visualizations and statistics of every layer, conv1's towers side by side.
+  page.check('#classify-one input[name=show_visualizations]')
+  page.click('#classify-one button[type=submit]')
+  page.wait_for_selector('#layer-stats tbody tr[data-layer=fc8]', timeout=120_000)
+  _until(page, "document.getElementById('vis-conv1').naturalWidth > 0")
+  page.screenshot(path=os.path.join(shots, 'visualizations.png'), full_page=True)
+
+  # Classify Many on the dataset's val.txt: accuracy, the confusion matrix, a cell's images.
+  page.select_option('#classify-many select[name=dataset_list]', 'val')
+  page.click('#classify-many button[type=submit]')
+  page.wait_for_url('**/classifications/2*')
+  page.wait_for_selector('#accuracy-summary:has-text("top-1")', timeout=180_000)
+  assert '12 images' in page.inner_text('#accuracy-summary')        # 25% of 3 x 16
+  page.wait_for_selector('#confusion-chart .main-svg')
+  assert page.locator('#per-class tbody tr').count() == 3
+  assert page.locator('#per-image tbody tr').count() == 12
+  box = page.locator('#confusion-chart .nsewdrag').bounding_box()
+  page.mouse.click(box['x'] + box['width'] / 6, box['y'] + box['height'] / 6)   # true class_0, predicted class_0
+  page.wait_for_selector('#cell-images:not([hidden])')
+  assert 'True class_0, predicted class_0' in page.inner_text('#cell-title')
+  page.screenshot(path=os.path.join(shots, 'classify_many.png'), full_page=True)
+
+
 def test_browser_workflow(tmp_path):
   try:
     from playwright.sync_api import sync_playwright
@@ -232,6 +285,8 @@ def test_browser_workflow(tmp_path):
       page.screenshot(path=os.path.join(shots, 'model.png'), full_page=True)
       history = [h['state'] for h in json.loads((tmp_path / 'jobs' / model_id / 'job.json').read_text())['history']]
       assert history == ['queued', 'running', 'stopped', 'queued', 'running', 'done'], history
+
+      _classify_in_the_browser(page, server, data, shots, tmp_path)
 
       page.goto(server.base + '/')
       page.wait_for_selector(f'tr[data-id="{model_id}"] .s-done')

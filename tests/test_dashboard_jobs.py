@@ -26,7 +26,7 @@ STOPPABLE = ['python', '-c', 'import signal, sys, time\n'
              'time.sleep(60)']
 
 
-def _until(predicate, timeout=20.0):
+def _until(predicate, timeout=60.0):
   end = time.monotonic() + timeout
   while time.monotonic() < end:
     if predicate():

@@ -12,6 +12,10 @@ Modules, one job each:
     security.py   path confinement, Host / Origin checks, the token
     checker.py    the web side of worker.py
     worker.py     the process that imports JAX to check settings, count devices, draw LR curves
+    worker_process.py  one helper process over a pipe (JSON lines): start, ask with a timeout, restart
+    inference_pages.py the trained model's routes: snapshots, Classify One/Many, download, census
+    predictor.py  the web side of inference_worker.py (two lanes: interactive, background)
+    inference_worker.py the process that keeps models loaded: classify, visualize, export, census
     stream.py     the bytes appended to metrics.jsonl, for the live curves (server-sent events)
 
 Importing this package imports nothing else: ``python -m alexnet_jax.dashboard.runner`` must start fast.

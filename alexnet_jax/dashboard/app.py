@@ -60,6 +60,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from alexnet_jax.run import listing as listing_lib   # discovery and rows: status files only, no JAX
 from alexnet_jax.dashboard import checker as checker_lib
 from alexnet_jax.dashboard import forms
+from alexnet_jax.dashboard import inference_pages
 from alexnet_jax.dashboard import jobs as jobs_lib
 from alexnet_jax.dashboard import runner as runner_lib
 from alexnet_jax.dashboard import security
@@ -305,6 +306,7 @@ class Dashboard:
     self._demo_lock = threading.Lock()
     self._readers: dict[str, Any] = {}
     self._readers_lock = threading.Lock()
+    self.inference = inference_pages.InferencePages(self)
 
   # -- Static files ---------------------------------------------------------------------------------
 
@@ -456,6 +458,8 @@ class Dashboard:
         'command': status_lib.command_string(job.doc['argv']) if job else row.get('command'),
         'devices': row.get('devices') or [], 'size_bytes': row.get('size_bytes'),
         'wait_reason': row.get('wait_reason'),
+        'snapshot_table': inference_pages.snapshot_table(workdir),
+        'classifications': self.classification_rows(job_id),
     }
     c = config if isinstance(config, dict) else {}
     model, lr = c.get('model') or {}, c.get('lr') or {}
@@ -465,6 +469,17 @@ class Dashboard:
       view['solver_text'] = (f'{c["optimizer"]} · lr {c.get("learning_rate")} ({lr.get("policy", "?")}) · '
                              f'batch {c.get("batch_size")} · {c.get("num_epochs")} epochs')
     return _plain(view)
+
+  def classification_rows(self, model_id: str) -> list[dict[str, Any]]:
+    """The model's Classify Many jobs for its page: id, name, state and top-1 once known."""
+    rows = []
+    for job in self.manager.classifications_of(model_id):
+      status = status_lib.read_status(os.path.join(job.dir, status_lib.STATUS_FILE))
+      row = self.manager.job_row(job)
+      rows.append({'id': job.id, 'name': job.doc.get('name'), 'state': job.state,
+                   'status_text': row['status_text'],
+                   'top1': status.get('top1') if isinstance(status, dict) else None})
+    return rows
 
   def dataset_view(self, job_id: str) -> dict[str, Any]:
     row = self.row(job_id)
@@ -510,6 +525,8 @@ class Dashboard:
                                     'elapsed_seconds', 'submitted', 'size_bytes', 'external', 'error')}
       item['status'] = r['state']
       item['submitted_unix'] = r.get('submitted_unix')
+      if r['kind'] == 'classify':     # shown on its model's page
+        continue
       if r['kind'] == 'dataset':
         datasets.append(item)
       else:
@@ -647,8 +664,8 @@ def _first_image(folder: str, roots) -> Optional[str]:
   return None
 
 
-async def _read_form(request: Request) -> tuple[dict[str, str], dict[str, bytes]]:
-  """The fields and uploaded files of a multipart or url-encoded body, within the caps."""
+async def _read_form(request: Request) -> tuple[dict[str, str], dict[str, bytes], dict[str, str]]:
+  """The fields, uploaded files and their file names of a multipart or url-encoded body, within the caps."""
   content_type = request.headers.get('content-type', '')
   if content_type.startswith('application/json'):
     body = await request.body()
@@ -660,17 +677,18 @@ async def _read_form(request: Request) -> tuple[dict[str, str], dict[str, bytes]
       raise fastapi.HTTPException(400, 'the body must be a JSON object')
     return {str(k): (v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else
                      ('true' if v is True else 'false' if v is False else str(v)))
-            for k, v in data.items()}, {}
+            for k, v in data.items()}, {}, {}
   form = await request.form(max_files=8, max_fields=400, max_part_size=forms.MAX_UPLOAD_BYTES)
-  fields, uploads = {}, {}
+  fields, uploads, names = {}, {}, {}
   for key, value in form.multi_items():
     if isinstance(value, UploadFile):
       data = await value.read(forms.MAX_UPLOAD_BYTES + 1)
       if data:
         uploads[key] = data
+        names[key] = os.path.basename(value.filename or '')
     else:
       fields[key] = value
-  return fields, uploads
+  return fields, uploads, names
 
 
 def create_app(settings: Settings) -> fastapi.FastAPI:
@@ -682,9 +700,11 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
       dash.manager.start()
     if settings.start_worker:
       dash.checker.start()
+      dash.inference.predictor.start()
     yield
     dash.manager.stop()
     dash.checker.close()
+    dash.inference.predictor.close()
 
   app = fastapi.FastAPI(title='alexnet_jax dashboard', version=dash.version, docs_url=None,
                         redoc_url=None, lifespan=lifespan)
@@ -777,7 +797,7 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
 
   @app.post('/datasets/images/classification.json', status_code=200)
   async def create_dataset(request: Request):
-    fields, uploads = await _read_form(request)
+    fields, uploads, _ = await _read_form(request)
     try:
       parsed = await asyncio.to_thread(forms.parse_dataset_form, fields, dash.roots, uploads=uploads)
     except forms.FormErrors as e:
@@ -920,7 +940,7 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
 
   @app.post('/models/images/classification.json')
   async def create_model(request: Request):
-    fields, _ = await _read_form(request)
+    fields, _, _ = await _read_form(request)
     experiments = {e['name']: e['path'] for e in worker_lib.list_experiments()}
     datasets = await asyncio.to_thread(dash.datasets_for_form)
     try:
@@ -1068,7 +1088,7 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
   @app.put('/jobs/{job_id}')
   async def edit(request: Request, job_id: str):
     dash.row(job_id)
-    fields, _ = await _read_form(request)
+    fields, _, _ = await _read_form(request)
     unknown = sorted(set(fields) - {'name', 'notes', 'group'})
     if unknown:
       return _error(400, {k: 'only name, notes and group can be edited' for k in unknown})
@@ -1094,6 +1114,7 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
     media = CONTENT_TYPES.get(os.path.splitext(name)[1], 'application/octet-stream')
     return FileResponse(files[name], media_type=media, headers={'Cache-Control': 'no-cache'})
 
+  dash.inference.add_routes(app, _read_form)
   app.add_middleware(Guard, token=dash.token, hosts=dash.hosts, require_token=dash.require_token,
                      max_body=settings.max_body_bytes)
   return app

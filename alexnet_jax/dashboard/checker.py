@@ -6,7 +6,8 @@ JAX, ~3 s on 2 cores, while the web server is already answering), and asks it fo
 installed experiments). The tables are also kept in ``<jobs_dir>/.dashboard/tables.json``, so the next
 start shows the New Model page at once, before its worker is ready. ``check`` and ``lr_curve`` send one
 request each; they are serialized (one worker, one pipe) and time out rather than hang a request.
-A worker that died is started again at the next request.
+A worker that died is started again at the next request (``worker_process.WorkerProcess``, shared
+with ``predictor.py``).
 """
 
 from __future__ import annotations
@@ -14,19 +15,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
-import subprocess
 import sys
 import threading
 from typing import Any, Optional
 
+from alexnet_jax.dashboard import worker_process
+from alexnet_jax.dashboard.worker_process import WorkerError
+
 _log = logging.getLogger(__name__)
 
 TABLES_FILE = 'tables.json'
-
-
-class WorkerError(RuntimeError):
-  """The worker could not answer (it died, timed out or said so)."""
+WORKER_MODULE = 'alexnet_jax.dashboard.worker'
 
 
 class Checker:
@@ -34,12 +33,12 @@ class Checker:
     self.state_dir = state_dir
     self.python = python
     self.timeout_s = timeout_s
-    self._proc: Optional[subprocess.Popen] = None
-    self._lines: 'queue.Queue[Optional[str]]' = queue.Queue()
-    self._lock = threading.Lock()
+    # Descriptions only: never take an accelerator (a user's JAX_PLATFORMS still wins).
+    env = {} if 'JAX_PLATFORMS' in os.environ else {'JAX_PLATFORMS': 'cpu'}
+    self._worker = worker_process.WorkerProcess(WORKER_MODULE, python=python, timeout_s=timeout_s,
+                                                env=env)
     self._tables: Optional[dict] = None
     self._tables_ready = threading.Event()
-    self._closed = False
     cached = self._read_cached()
     if cached is not None:
       self._tables = cached
@@ -54,60 +53,9 @@ class Checker:
     except (OSError, ValueError):
       return None
 
-  def _spawn(self) -> None:
-    env = dict(os.environ)
-    env.setdefault('JAX_PLATFORMS', 'cpu')
-    self._proc = subprocess.Popen(
-        [self.python, '-m', 'alexnet_jax.dashboard.worker'], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1, env=env,
-        close_fds=True)
-    self._lines = queue.Queue()
-    proc, lines = self._proc, self._lines
-
-    def pump():
-      for line in proc.stdout:
-        lines.put(line)
-      lines.put(None)
-
-    threading.Thread(target=pump, name='dashboard-worker-pipe', daemon=True).start()
-    first = self._next_line(self.timeout_s)
-    if not first.get('ready'):
-      raise WorkerError('the worker did not start')
-
-  def _next_line(self, timeout: float) -> dict:
-    try:
-      line = self._lines.get(timeout=timeout)
-    except queue.Empty:
-      self._kill()
-      raise WorkerError(f'the worker did not answer within {timeout:.0f} s') from None
-    if line is None:
-      self._kill()
-      raise WorkerError('the worker exited')
-    return json.loads(line)
-
-  def _kill(self) -> None:
-    proc, self._proc = self._proc, None
-    if proc is not None and proc.poll() is None:
-      proc.kill()
-      try:
-        proc.wait(timeout=5)
-      except subprocess.TimeoutExpired:
-        pass
-
   def ask(self, request: dict, timeout: Optional[float] = None) -> dict:
     """One request, one answer; raises WorkerError when the worker cannot answer."""
-    if self._closed:
-      raise WorkerError('the dashboard is shutting down')
-    with self._lock:
-      if self._proc is None or self._proc.poll() is not None:
-        self._spawn()
-      try:
-        self._proc.stdin.write(json.dumps(request) + '\n')
-        self._proc.stdin.flush()
-      except (OSError, ValueError):
-        self._kill()
-        raise WorkerError('the worker exited') from None
-      reply = self._next_line(timeout or self.timeout_s)
+    reply = self._worker.ask(request, timeout)
     if 'error' in reply:
       raise WorkerError(reply['error'])
     return reply
@@ -136,17 +84,7 @@ class Checker:
     threading.Thread(target=warm, name='dashboard-worker-start', daemon=True).start()
 
   def close(self) -> None:
-    self._closed = True
-    proc = self._proc
-    if proc is not None:
-      try:
-        proc.stdin.close()
-      except OSError:
-        pass
-      try:
-        proc.wait(timeout=3)
-      except subprocess.TimeoutExpired:
-        self._kill()
+    self._worker.close()
 
   # -- Questions -------------------------------------------------------------------------------------
 

@@ -2,13 +2,15 @@
 
 A job is a folder ``<jobs_dir>/<id>/`` (ids as DIGITS made them: ``20250101-120000-ab12``) holding
 
-    job.json      owned by the dashboard: kind (dataset | model), name, group, notes, argv, the form it
+    job.json      owned by the dashboard: kind (dataset | model | classify), name, group, notes, argv, the form it
                   came from, pid + process start time of its runner, state and its history
     output.log    the tool's stdout and stderr (``runner.py``)
     exit.json     how the last attempt ended, written by the runner
     ...           the tool's own files: a model job's folder *is* the train workdir (config.json,
                   status.json, metrics.jsonl, checkpoints/, train.log); a dataset job's prepare writes
-                  ``dataset/`` inside it (stats.json, labels.txt, train.txt, mean.png, ...)
+                  ``dataset/`` inside it (stats.json, labels.txt, train.txt, mean.png, ...); a classify
+                  job (DIGITS' Classify Many) runs ``classify --status_dir`` on a model's snapshot and
+                  keeps images.txt, classifications.json/.csv, status.json and the report PNGs
 
 Everything else shown is read from the tools' files (``runs.find_runs``, status.json), so deleting the
 dashboard leaves ordinary workdirs, and runs made with the command line in the jobs folder are listed
@@ -22,7 +24,8 @@ the same workdir, which the trainer continues exactly where its last snapshot le
 The queue (``JobManager.tick``, once a second in a thread): dataset jobs run two at a time; a model job
 waits until its dataset is done and then for the devices -- on a CPU host one training job at a time (one
 "cpu" slot), on a host with NVIDIA GPUs as many GPUs as its layout needs (``CUDA_VISIBLE_DEVICES``). A
-waiting job says why (*Waiting: devices busy*, *Waiting: dataset not done*).
+waiting job says why (*Waiting: devices busy*, *Waiting: dataset not done*). Classify jobs run one at a
+time beside the others (inference of a snapshot is light next to training); deleting a model deletes them.
 
 At start-up, a job recorded as running is re-attached when its runner's pid and start time still match,
 finished from ``exit.json`` when the runner wrote one, and interrupted otherwise.
@@ -54,7 +57,8 @@ _log = logging.getLogger(__name__)
 JOB_FILE = 'job.json'
 DATASET_DIR = 'dataset'
 STATE_DIR = '.dashboard'
-KINDS = ('dataset', 'model')
+KINDS = ('dataset', 'model', 'classify')
+MAX_CLASSIFY_JOBS = 1                    # Classify Many jobs at a time (they share the host with training)
 QUEUED, RUNNING, DONE, FAILED, STOPPED, INTERRUPTED = (
     'queued', 'running', 'done', 'failed', 'stopped', 'interrupted')
 FINAL = (DONE, FAILED, STOPPED, INTERRUPTED)
@@ -363,6 +367,7 @@ class JobManager:
       queued = sorted((j for j in self.jobs.values() if j.state == QUEUED),
                       key=lambda j: (j.doc.get('queued_unix') or 0, j.id))
       running_datasets = sum(1 for j in self.jobs.values() if j.kind == 'dataset' and j.state == RUNNING)
+      running_classify = sum(1 for j in self.jobs.values() if j.kind == 'classify' and j.state == RUNNING)
       held = self.held_devices()
       free = [d for d in self.devices if d not in held]
       for job in queued:
@@ -372,6 +377,14 @@ class JobManager:
             continue
           self._launch(job, [])
           running_datasets += 1
+          changed = True
+          continue
+        if job.kind == 'classify':
+          if running_classify >= MAX_CLASSIFY_JOBS:
+            job.wait_reason = 'another classification is running'
+            continue
+          self._launch(job, [])
+          running_classify += 1
           changed = True
           continue
         dataset = self.jobs.get(job.doc.get('dataset') or '')
@@ -543,6 +556,12 @@ class JobManager:
     return sorted(j.id for j in self.jobs.values()
                   if j.kind == 'model' and j.doc.get('dataset') == dataset_id and j.id not in self._pending_delete)
 
+  def classifications_of(self, model_id: str) -> list[Job]:
+    """The classify jobs made from model ``model_id``, newest first."""
+    with self._lock:
+      found = [j for j in self.jobs.values() if j.kind == 'classify' and j.doc.get('model') == model_id]
+    return sorted(found, key=lambda j: -(j.doc.get('created_unix') or 0))
+
   def delete(self, job_id: str) -> str:
     """Deletes a job with its files; a running one is aborted first and removed when it has stopped."""
     with self._lock:
@@ -564,6 +583,9 @@ class JobManager:
         if users:
           raise JobError(f'dataset {job_id} is used by model job(s) {", ".join(users)}: delete them first',
                          409)
+      if job.kind == 'model':
+        for child in self.classifications_of(job_id):
+          self.delete(child.id)
       self._refresh(job)
       if job.state == RUNNING:
         self._pending_delete.add(job_id)
@@ -630,7 +652,7 @@ class JobManager:
                                                         if j.kind == 'dataset'}:
         continue
       rel = os.path.relpath(path, self.jobs_dir)
-      if rel.startswith('..') or rel == '.':
+      if rel.startswith('..') or rel == '.' or row['kind'] == 'classify':
         continue
       kind = 'dataset' if row['kind'] in ('dataset', 'prepare') else 'model'
       out.append({**row, 'id': external_id(rel), 'kind': kind, 'tool_kind': row['kind'], 'name': rel,

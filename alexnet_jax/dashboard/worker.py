@@ -25,10 +25,10 @@ fresh ``FlagValues``), so the check sees the very config the job will run.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import traceback
+
+from alexnet_jax.dashboard.worker_process import one_line, serve
 
 
 def list_experiments() -> list[dict]:
@@ -109,19 +109,19 @@ def check(experiment: str, overrides: list[str], num_classes: int = 2) -> dict:
   try:
     config = _config(experiment, overrides)
   except Exception as e:  # pylint: disable=broad-except
-    return {'problems': [_one_line(e)], 'devices_needed': None}
+    return {'problems': [one_line(e)], 'devices_needed': None}
   problems = config_checks.problems(config)
   devices = None
   if not problems:
     try:
       config_checks.check_network(config, max(2, int(num_classes)))
     except Exception as e:  # pylint: disable=broad-except
-      problems.append(_one_line(e))
+      problems.append(one_line(e))
   try:
     devices = workdir_lib.devices_needed(config)
   except Exception as e:  # pylint: disable=broad-except
     if not problems:
-      problems.append(_one_line(e))
+      problems.append(one_line(e))
   return {'problems': problems, 'devices_needed': devices}
 
 
@@ -132,18 +132,13 @@ def lr_curve(experiment: str, overrides: list[str], steps_per_epoch: int = 100, 
     steps_per_epoch = max(1, int(steps_per_epoch))
     schedule = optim.make_lr_schedule(config, steps_per_epoch)
   except Exception as e:  # pylint: disable=broad-except
-    return {'problems': [_one_line(e)]}
+    return {'problems': [one_line(e)]}
   total = max(1, int(round(steps_per_epoch * float(config.num_epochs))))
   steps = sorted({int(round(i * (total - 1) / max(1, points - 1))) for i in range(points)})
   if schedule is None:      # plateau: a function of the validation curve, not of the step
     return {'epochs': [s / steps_per_epoch for s in steps], 'lr': [float(config.learning_rate)] * len(steps),
             'note': 'plateau: divided by gamma when validation stops improving; drawn flat'}
   return {'epochs': [s / steps_per_epoch for s in steps], 'lr': [float(schedule(s)) for s in steps]}
-
-
-def _one_line(e: BaseException) -> str:
-  text = str(e).strip().splitlines()
-  return text[0] if text else type(e).__name__
 
 
 def answer(request: dict) -> dict:
@@ -163,23 +158,12 @@ def answer(request: dict) -> dict:
 
 def main() -> int:
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')   # descriptions only: never take an accelerator
-  out = sys.stdout
-  sys.stdout = sys.stderr                          # stray prints must not corrupt the protocol
-  import jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  out.write(json.dumps({'ready': True}) + '\n')
-  out.flush()
-  for line in sys.stdin:
-    line = line.strip()
-    if not line:
-      continue
-    try:
-      reply = answer(json.loads(line))
-    except Exception as e:  # pylint: disable=broad-except
-      traceback.print_exc()
-      reply = {'error': _one_line(e)}
-    out.write(json.dumps(reply) + '\n')
-    out.flush()
-  return 0
+
+  def ready() -> dict:
+    import jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    return {}
+
+  return serve(answer, ready)
 
 
 if __name__ == '__main__':

@@ -65,7 +65,7 @@ VERSION = 1
 STOPPED_EXIT_STATUS = 75
 # What the commands report as a user's error (one line, exit status 2) rather than a bug (cli.run).
 USER_ERRORS = (OSError, ValueError, FloatingPointError, KeyError)
-KINDS = ('train', 'prepare', 'sweep', 'evaluate')
+KINDS = ('train', 'prepare', 'sweep', 'evaluate', 'classify')
 RUNNING = 'running'
 FINAL_STATES = ('done', 'failed', 'stopped')
 STATES = (RUNNING,) + FINAL_STATES
