@@ -32,6 +32,7 @@ import ml_collections
 
 from alexnet_jax import configs, models, optim, profiling
 from alexnet_jax.data import dataset as dataset_lib
+from alexnet_jax.data import pipeline as pipeline_lib
 from alexnet_jax.data import resize as resize_lib
 from alexnet_jax.data import transforms as transforms_lib
 from alexnet_jax.models.alexnet import WEIGHT_INITS
@@ -223,6 +224,7 @@ def problems(config: ml_collections.ConfigDict | Any) -> list[str]:
   c.choice('data.channels', CHANNELS, note=' (1: grayscale, 3: color)')
   c.choice('data.mean', transforms_lib.MEAN_MODES)
   c.choice('data.pca_eigen', dataset_lib.PCA_EIGEN)
+  c.choice('data.augment_on', pipeline_lib.AUGMENT_ON)
   for field in ('random_crop', 'flip', 'pca_lighting', 'ten_crop_eval', 'draft'):
     c.boolean(f'data.{field}')
   c.number('data.pca_std', 0, note=' (the std of the PCA lighting alphas; 0 turns it off)')

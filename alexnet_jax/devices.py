@@ -56,6 +56,40 @@ def xla_knows_flag(name: str) -> bool:
   return False
 
 
+# Per-compilation options that JAX puts on XLA's ExecutableBuildOptions, not in DebugOptions, so they
+# are not named in jaxlib as XLA flags are: whether JAX knows one is whether its config has the setting.
+BUILD_OPTIONS = {'optimization_level': 'jax_optimization_level',
+                 'exec_time_optimization_effort': 'jax_exec_time_optimization_effort',
+                 'memory_fitting_level': 'jax_memory_fitting_level',
+                 'memory_fitting_effort': 'jax_memory_fitting_effort'}
+_ENUM_VALUE = re.compile(r'[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+')
+
+
+def xla_knows_option(name: str, value=None) -> bool:
+  """Whether this jaxlib accepts option ``name`` set to ``value`` (``--name=value`` also works).
+
+  An XLA flag: ``xla_knows_flag(name)``, and every enum spelling in the value (``CPU_SCHEDULER_TYPE_...``,
+  comma-separated lists too) must be in the library as well -- XLA rejects a renamed enum value just as
+  it does a renamed flag. A build option (``BUILD_OPTIONS``): JAX's config defines its setting.
+  """
+  flag = name.lstrip('-')
+  if value is None and '=' in flag:
+    flag, value = flag.split('=', 1)
+  if flag in BUILD_OPTIONS:
+    return hasattr(jax.config, BUILD_OPTIONS[flag])
+  if not xla_knows_flag(flag):
+    return False
+  tokens = [t.strip().lstrip('+-') for t in str(value).split(',')] if isinstance(value, str) else []
+  return all(xla_knows_flag(t) for t in tokens if _ENUM_VALUE.fullmatch(t))
+
+
+def known_options(options: dict) -> tuple[dict, list[str]]:
+  """(the options of ``options`` this jaxlib accepts, the names of those it does not): per-compilation
+  options for ``compile(compiler_options=...)``, filtered so that an unknown one is dropped, not passed."""
+  kept = {k: v for k, v in options.items() if xla_knows_option(k, v)}
+  return kept, [k for k in options if k not in kept]
+
+
 ACCELERATOR_PLUGINS = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
                        'jax_rocm7_plugin', 'libtpu')
 
@@ -77,7 +111,7 @@ def add_cpu_xla_flags() -> None:
     return
   current = os.environ.get('XLA_FLAGS', '')
   extra = [f for f in CPU_XLA_FLAGS
-           if f.split('=')[0] + '=' not in current and xla_knows_flag(f)]
+           if f.split('=')[0] + '=' not in current and xla_knows_option(f)]
   if extra:
     # Never leave XLA_FLAGS blank-but-set: XLA then takes it for a file name and aborts.
     os.environ['XLA_FLAGS'] = ' '.join([current.strip(), *extra]).strip()

@@ -2,8 +2,10 @@
 
 The library behind ``python -m alexnet_jax.evaluate`` (``evaluate.py``) and the trainer's validation.
 The images go through ``data.preprocess_for_eval`` -- the function classification uses too -- so
-evaluate and classify agree on every image. With ``ten_crop`` each image is scored as the paper's
-section 4.1 does: the softmax averaged over the four corner and the centre crops and their mirrors.
+evaluate and classify agree on every image. (With ``config.data.augment_on='device'`` its second half,
+the crops and the mean, runs in the eval step instead: the same float32 arithmetic, the same numbers.)
+With ``ten_crop`` each image is scored as the paper's section 4.1 does: the softmax averaged over the
+four corner and the centre crops and their mirrors.
 
 A checkpoint restores into any layout (its arrays are ``[tower, ...]`` whatever wrote them), so a run
 trained with the towers on two devices evaluates on one, and the reverse; only the parameters are read,
@@ -19,6 +21,7 @@ import jax
 import numpy as np
 
 from alexnet_jax import data, fileio, metrics, models, plots
+from alexnet_jax.data import device_augment
 from alexnet_jax.parallel import layouts, step as step_lib
 from alexnet_jax.progress import Progress
 from alexnet_jax.run import workdir as workdir_lib
@@ -42,7 +45,7 @@ def evaluate_split(eval_step, params, dataset, data_config, split: str, *, batch
                 log_every_secs=30.0 if show_progress else None) as bar:
     for batch in iterator:
       images = jax.make_array_from_process_local_data(sharding, batch['image'])
-      logits = gather_to_host(eval_step(params, images))
+      logits = gather_to_host(eval_step(params, images, ten_crop=ten_crop))
       labels = gather_to_host_rows(batch['label'])
       mask = gather_to_host_rows(batch['mask'])
       failed += int(gather_to_host_rows(batch['replaced']).sum())
@@ -96,7 +99,8 @@ def run_evaluation(workdir: str, *, split: str = 'val', step: str = 'latest', te
                            mesh_model=-1 if layout_name else config.mesh.model)
   mesh = layout.make_mesh()
   params, number, _ = workdir_lib.restore_params(workdir, config, step, network, layout, mesh)
-  eval_step = step_lib.make_eval_step(network, layout, mesh)
+  eval_step = step_lib.make_eval_step(network, layout, mesh,
+                                      crops=device_augment.EvalCrops.from_contract(dataset.contract))
   summary = evaluate_split(eval_step, params, dataset, config.data, split,
                            batch_size=config.batch_size, mesh=mesh, layout=layout,
                            ten_crop=ten_crop)

@@ -29,6 +29,7 @@ from absl import logging
 from alexnet_jax import (config_checks, data, distributed, evaluation, finetune, models, optim, plots,
                          profiling)
 from alexnet_jax.cadence import Cadence, TrainWindow
+from alexnet_jax.data import device_augment
 from alexnet_jax.parallel import layouts, step as step_lib
 from alexnet_jax.progress import Progress
 from alexnet_jax.run import checkpoints, lock, metrics_writer, status as status_lib, stopping
@@ -141,8 +142,13 @@ def _loop(config, workdir, status, is_main, ckpt, dataset, data_config, network,
   last_train = None
   stopped, by_signal = None, False
 
-  train_step = step_lib.make_train_step(network, layout, mesh, tx)
-  eval_step = step_lib.make_eval_step(network, layout, mesh)
+  # With augment_on='device' the batches are stored uint8 images: the steps crop, mirror, light and
+  # subtract the mean on the device (data/device_augment.py); float32 batches pass through unchanged.
+  train_step = step_lib.make_train_step(
+      network, layout, mesh, tx,
+      augment=device_augment.TrainAugment.from_dataset(dataset, data_config, seed=config.seed))
+  eval_step = step_lib.make_eval_step(network, layout, mesh,
+                                      crops=device_augment.EvalCrops.from_contract(dataset.contract))
   sharding = layout.batch_sharding(mesh)
 
   def snapshot(at_step: int) -> None:
@@ -179,8 +185,8 @@ def _loop(config, workdir, status, is_main, ckpt, dataset, data_config, network,
       profiler.step(step)
       batch = next(train_iter)
       replaced = int(np.sum(batch['replaced']))
-      device_batch = {'image': jax.make_array_from_process_local_data(sharding, batch['image']),
-                      'label': jax.make_array_from_process_local_data(sharding, batch['label'])}
+      device_batch = {k: jax.make_array_from_process_local_data(sharding, batch[k])
+                      for k in step_lib.BATCH_FIELDS if k in batch}
       state, step_metrics = train_step(state, device_batch)
       step += 1
       values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}

@@ -7,6 +7,9 @@
   Options given per compilation (not through ``XLA_FLAGS``) let one process hold programs compiled with
   different options and time them interleaved. ``xla_cpu_experimental_ynn_fusion_type`` is a repeated
   enum: a value sets the *whole* list (``''`` = none), not a signed edit as on the command line.
+  ``XLA_LEVERS`` are edits of a set, named ``set+lever[+lever...]`` (``tuned+sched_memory``): one run
+  can time a baseline, each lever and any combination side by side. An option this jaxlib does not
+  know is dropped, never passed (``alexnet_jax.devices.known_options``; ``xla_options_dropped`` says).
 * ``peak`` picks the peak FLOP rate that model-FLOPs utilization (MFU) divides by: ``--peak_tflops``,
   else a table of known devices, else the FMA probe of this CPU.
 * ``cpu_fma_probe`` runs a tiny AVX-512 FMA loop (compiled with the system C compiler, cached) on all
@@ -46,12 +49,59 @@ XLA_OPTIONS: dict[str, dict[str, Any]] = {
 }
 XLA_OPTIONS['tuned'] = XLA_OPTIONS['ynn_dots']
 
+# CPU levers tried on top of 'tuned' (issue 16), each an edit of an option set. The spellings are this
+# jaxlib's (0.10.2: the enum names are in libjax_common.so, where `xla_knows_flag` looks). None won on
+# alexnet_owt's train step (benchmarks/RESULTS.md, 2026-12-02), so 'tuned' does not include any of them.
+XLA_LEVERS: dict[str, dict[str, Any]] = {
+    # XLA:CPU's HLO scheduler aimed at peak memory. The default policy picks the concurrency-optimized
+    # schedule when its memory is affordable: for our train step, always (the same program as 'tuned').
+    # Measured: a different schedule, 11% more temporaries, speed even with 'tuned'.
+    'sched_memory': {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'},
+    # XLA:CPU's optimization preset for run time (the other values: DEFAULT, FAST_COMPILE). Measured:
+    # for our train step, the same program as without it.
+    'fast_runtime': {'xla_cpu_opt_preset': 'CPU_OPT_PRESET_FAST_RUNTIME'},
+    # JAX's own knobs (jax_optimization_level / jax_exec_time_optimization_effort), which JAX puts on
+    # the ExecutableBuildOptions: the highest effort level (EffortLevel.O3 = 39) and effort 1.0.
+    # Measured: the same program as without them.
+    'effort_o3': {'optimization_level': 39, 'exec_time_optimization_effort': 1.0},
+    # YNNPACK for dots only: reductions on XLA's own kernels, like convolutions. Measured: training
+    # 5-6% slower.
+    'ynn_no_reduce': {_YNN: 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'},
+}
+for _lever in XLA_LEVERS:
+  XLA_OPTIONS[f'tuned+{_lever}'] = {**XLA_OPTIONS['tuned'], **XLA_LEVERS[_lever]}
+
+
+def xla_options_requested(name: str) -> dict[str, Any]:
+  """The options set ``name`` asks for (``set`` or ``set+lever+...``), before any filtering."""
+  if name in XLA_OPTIONS:
+    return dict(XLA_OPTIONS[name])
+  base, *levers = name.split('+')
+  if base not in XLA_OPTIONS or any(lever not in XLA_LEVERS for lever in levers):
+    raise ValueError(f'--xla={name!r} is not an option set; choose one of {sorted(XLA_OPTIONS)}, '
+                     f'optionally followed by +lever for levers in {sorted(XLA_LEVERS)}')
+  options = dict(XLA_OPTIONS[base])
+  for lever in levers:
+    options.update(XLA_LEVERS[lever])
+  return options
+
+
+def xla_options_dropped(name: str, platform_name: str = 'cpu') -> list[str]:
+  """The options of set ``name`` that this jaxlib does not know (left out by ``xla_options``)."""
+  if platform_name != 'cpu':
+    return []
+  from alexnet_jax import devices
+  return devices.known_options(xla_options_requested(name))[1]
+
 
 def xla_options(name: str, platform_name: str) -> dict[str, Any]:
-  """The compile options of set ``name`` (CPU options apply on CPU only; elsewhere none)."""
-  if name not in XLA_OPTIONS:
-    raise ValueError(f'--xla={name!r} is not an option set; choose one of {sorted(XLA_OPTIONS)}')
-  return dict(XLA_OPTIONS[name]) if platform_name == 'cpu' else {}
+  """The compile options of set ``name`` (CPU options apply on CPU only; elsewhere none), without any
+  this jaxlib does not know: an unknown option fails the compilation, so it is dropped instead."""
+  options = xla_options_requested(name)
+  if platform_name != 'cpu':
+    return {}
+  from alexnet_jax import devices
+  return devices.known_options(options)[0]
 
 
 # ---- Timing ------------------------------------------------------------------------------------------
@@ -130,6 +180,10 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
     # shared, so 265 per core is the best measured, not a guaranteed all-core rate. bf16: avx512_bf16
     # dot products (no AMX), twice the fp32 rate.
     'cpu:AuthenticAMD:26:2': {'float32': 0.265, 'bfloat16': 0.53},
+    # AMD EPYC Zen 4 (family 25 model 17) KVM guest: AVX-512 on 256-bit pipes, 2 FMA = 32 FP32
+    # FLOP/cycle; the FMA probe reads 114-116 GFLOP/s on one thread (~3.6 GHz; 2026-12-02, load 3.5, when
+    # two threads read only 107-110 because the host was shared). bf16: avx512_bf16, twice fp32.
+    'cpu:AuthenticAMD:25:17': {'float32': 0.115, 'bfloat16': 0.23},
 }
 
 

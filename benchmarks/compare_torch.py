@@ -3,6 +3,11 @@ r"""``python -m benchmarks.compare_torch``: our ``alexnet_owt`` against the same
     python -m benchmarks.compare_torch --batch=32 --dtype=float32 --steps=7 [--xla=default,tuned] \
         [--width=1.0] [--image_size=224] [--json=PATH]
 
+``--xla`` names option sets of ``common.XLA_OPTIONS``, each optionally edited by levers of
+``common.XLA_LEVERS`` (``--xla=tuned,tuned+sched_memory,tuned+ynn_no_reduce+fast_runtime``): every set
+is compiled in this process and timed round-robin with the others. An option this jaxlib does not know is
+left out (the report's ``xla_options_dropped``), never passed.
+
 PyTorch is optional (``pip install torch==2.13.0`` installs a CPU build here); without it only our side
 runs. The PyTorch network is built from the same channel table (``alexnet_owt.OWT_CHANNELS``) and starts
 from *our* initial weights, converted (HWIO -> OIHW kernels, fc6's rows reordered from our NHWC flatten
@@ -230,6 +235,9 @@ def benchmark(*, batch: int = 32, dtype: str = 'float32', width: float = 1.0, im
   model_pool = layers_lib.max_pool
   for pool, xla_name in [(p, x) for p in max_pools for x in xla]:
     options = common.xla_options(xla_name, device.platform)
+    dropped = common.xla_options_dropped(xla_name, device.platform)
+    if dropped:
+      log(f'--xla={xla_name}: this jaxlib does not know {", ".join(dropped)}; compiled without')
     name = f'jax_{xla_name}' + ('' if pool == 'model' else f'+{pool}')
     # A what-if for the model's max-pool: swapped in while tracing only (the model code is unchanged).
     layers_lib.max_pool = {'slices': slice_max_pool, 'reduce_window': reduce_window_max_pool}.get(
@@ -297,11 +305,18 @@ def benchmark(*, batch: int = 32, dtype: str = 'float32', width: float = 1.0, im
                     'mfu': f / timing.median / peak if f and peak else None}
     if 'torch/' + mode in timings and side != 'torch':
       results[key]['ratio_to_torch'] = common.paired_ratio(timing, timings['torch/' + mode])
+    first = f'jax_{xla[0]}/{mode}'   # the baseline of an A/B of option sets: the first --xla
+    if side != 'torch' and first in timings and len(timings) > 1:
+      results[key]['ratio_to_first_xla'] = common.paired_ratio(timing, timings[first])
+      results[key]['rounds_faster_than_first_xla'] = sum(
+          t < b for t, b in zip(timing.seconds, timings[first].seconds)) / len(timing.seconds)
   return {
       'benchmark': 'compare_torch',
       'config': {'batch': batch, 'dtype': dtype, 'width': width, 'image_size': image_size,
                  'num_classes': num_classes, 'steps': steps, 'warmup': warmup, 'xla': list(xla),
-                 'modes': list(modes)},
+                 'modes': list(modes),
+                 'xla_options': {x: common.xla_options(x, device.platform) for x in xla},
+                 'xla_options_dropped': {x: common.xla_options_dropped(x, device.platform) for x in xla}},
       'torch': torch_info, 'logits_check': logits_check,
       'host_memory_retained': host_memory.is_retaining(),
       'peak_flops': peak, 'peak_source': peak_source,
@@ -442,7 +457,8 @@ def format_report(report: dict) -> str:
   for key, r in report['results'].items():
     side, mode = key.split('/')
     rows.append([side, mode, r['images_per_s'], f'{r["images_per_s_min"]:.1f}-{r["images_per_s_max"]:.1f}',
-                 r.get('ratio_to_torch'), None if r['mfu'] is None else 100 * r['mfu']])
+                 r.get('ratio_to_torch'), r.get('ratio_to_first_xla'),
+                 None if r['mfu'] is None else 100 * r['mfu']])
   lines = [f'alexnet_owt width {cfg["width"]}, batch {cfg["batch"]}, {cfg["image_size"]}px, {cfg["dtype"]}; '
            f'{cfg["steps"]} timed calls each, round-robin',
            common.describe(report['machine'])]
@@ -457,7 +473,11 @@ def format_report(report: dict) -> str:
     lines.append('PyTorch is not installed: our side only (pip install torch==2.13.0)')
   lines.append('our process keeps freed memory (alexnet_jax/host_memory.py)' if report['host_memory_retained']
                else 'our process runs with glibc malloc defaults (--noretain_host_memory)')
-  lines.append(common.format_table(['program', 'mode', 'img/s', 'min-max', 'ours/torch', 'MFU %'], rows))
+  for xla_name, dropped in (cfg.get('xla_options_dropped') or {}).items():
+    if dropped:
+      lines.append(f'--xla={xla_name}: left out (this jaxlib does not know them): {", ".join(dropped)}')
+  lines.append(common.format_table(['program', 'mode', 'img/s', 'min-max', 'ours/torch',
+                                    f'vs jax_{cfg["xla"][0]}', 'MFU %'], rows))
   lines.append(f'load average before/after timing: {report["load_average_during"][0]} / '
                f'{report["load_average_during"][1]}')
   return '\n'.join(lines)
@@ -472,7 +492,9 @@ def define_flags() -> None:
   flags.DEFINE_integer('num_classes', 1000, 'Classes.')
   flags.DEFINE_integer('steps', 7, 'Timed calls per program.')
   flags.DEFINE_integer('warmup', 2, 'Untimed calls per program first.')
-  flags.DEFINE_list('xla', ['default', 'tuned'], f'Our XLA option sets ({", ".join(common.XLA_OPTIONS)}).')
+  flags.DEFINE_list('xla', ['default', 'tuned'], f'Our XLA option sets ({", ".join(common.XLA_OPTIONS)}), '
+                    f'each optionally edited by +lever ({", ".join(common.XLA_LEVERS)}), e.g. '
+                    'tuned+sched_memory+ynn_no_reduce; options this jaxlib lacks are left out.')
   flags.DEFINE_list('modes', ['train', 'infer'], 'train and/or infer.')
   flags.DEFINE_integer('threads', 0, "PyTorch's intra-op threads (0: the usable cores).")
   flags.DEFINE_string('json', None, 'Write the report as JSON here.')

@@ -750,9 +750,10 @@ def run_input_part(plan: Plan, part_json: str, budget_s: float, *, scratch: str,
       'batch': p['batch'], 'window_s': p['window_s'], 'generate_s': round(generate_s, 2),
       'prepare_s': round(prepare_s, 2), 'results': {}}
   # The host's bare decode rate on all cores (a thread pool of Pillow decodes) and the copy rate of one
-  # float32 batch into device memory: the two ceilings of the pipeline.
+  # batch into device memory: the two ceilings of the pipeline. The batch is what the pipeline hands over
+  # (augment_on='device', the default): uint8 images at the stored 256x256, cropped on the device.
   report['decode_all_cores_images_per_s'] = input_pipeline.bench_decode(paths, cores)
-  host = np.zeros((p['batch'], 224, 224, 3), np.float32)
+  host = np.zeros((p['batch'], 256, 256, 3), np.uint8)
   jax.block_until_ready(jax.device_put(host))
   t = time.perf_counter()
   for _ in range(3):
@@ -1099,7 +1100,7 @@ def _md_input(result: dict, part: dict) -> list[str]:
     lines += [f'**malloc {malloc}** ({r.get("cores")} cores, {r.get("num_images")} JPEGs of '
               f'{r.get("mean_jpeg_kib")} KiB, batch {r.get("batch")}, {r.get("window_s")} s windows, '
               f'into {r.get("device")} memory). Ceilings: bare Pillow decode on all cores '
-              f'{_f(r.get("decode_all_cores_images_per_s"), 0)} img/s; one float32 batch to the device '
+              f'{_f(r.get("decode_all_cores_images_per_s"), 0)} img/s; one uint8 256x256 batch to the device '
               f'{_f(h2d.get("gb_per_s"), 1)} GB/s = {_f(h2d.get("images_per_s"), 0)} img/s.', '']
     rows = [[k.split('/')[0], k.split('/')[1], _f(v.get('images_per_s'), 0), v.get('prefetch', '-'),
              _f(v.get('first_wave_s'), 2), v.get('skipped', '')] for k, v in r['results'].items()]

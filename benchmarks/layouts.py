@@ -243,7 +243,8 @@ def define_flags() -> None:
   flags.DEFINE_list('layouts', ['single', 'model', 'data', 'hybrid', 'weird_trick', 'auto'],
                     'Layouts to benchmark (single is always run as the reference).')
   flags.DEFINE_integer('devices', 4, 'Devices (forced CPU host devices when no accelerator).')
-  flags.DEFINE_enum('model', 'alexnet', ['alexnet', 'alexnet_owt'], 'Network.')
+  flags.DEFINE_enum('model', 'alexnet', ['alexnet', 'alexnet_owt', 'lenet'],
+                    'Network (lenet: one small tower, for quick checks of the command).')
   flags.DEFINE_float('width', 0.25, 'Channel multiplier (1.0 = the paper).')
   flags.DEFINE_integer('batch', 32, 'Global batch size.')
   flags.DEFINE_integer('image_size', 224, 'Input height and width.')

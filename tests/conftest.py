@@ -23,6 +23,29 @@ NUM_DEVICES = 4
 assert jax.device_count() == NUM_DEVICES, jax.devices()
 
 
+@pytest.fixture(scope='module')
+def compilation_cache(tmp_path_factory):
+  """Opt-in, per module (``pytestmark = pytest.mark.usefixtures('compilation_cache')``): an XLA program
+  compiled once in this process is read back from JAX's persistent compilation cache when it is compiled
+  again, instead of going through XLA a second time.
+
+  Tests create the same train state (same network, layout and shapes) many times over, and on a 2-core
+  CPU the initializer's dozens of random draws cost XLA 5-25 s to compile each time, more than the train
+  step. The cache is keyed by the program, its compile options and XLA flags, so only an identical
+  program hits it: whatever a test compiles differently still compiles, and jit's own caches
+  (``_cache_size()``, what recompilation checks read) are untouched. The directory is per test process
+  (each xdist worker has its own base temp), so no two processes ever write one entry; the previous
+  settings come back after the module.
+  """
+  from jax.experimental.compilation_cache import compilation_cache as cache
+  previous = jax.config.jax_compilation_cache_dir
+  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.getbasetemp() / 'xla_cache'))
+  cache.reset_cache()   # the cache is set up once per process, at its first compilation: set it up anew
+  yield
+  jax.config.update('jax_compilation_cache_dir', previous)
+  cache.reset_cache()
+
+
 @pytest.fixture
 def children():
   """A list to append child processes to; whatever is still running is killed after the test."""

@@ -19,6 +19,7 @@ def _cfg(source, **kw):
   c.source = source
   c.image_size, c.crop_size = 32, 28
   c.num_threads = 2
+  c.augment_on = 'host'   # these tests read the host's float32 crops; test_device_augment.py the device's
   for k, v in kw.items():
     setattr(c, k, v)
   return c

@@ -14,6 +14,8 @@ from alexnet_jax.data import synthetic
 def _cfg(source, **kw):
   c = configs.default_config().data
   c.source = source
+  # These tests pin the host path's float32 contract; tests/test_device_augment.py tests the device one.
+  c.augment_on = 'host'
   c.image_size, c.crop_size = 32, 24
   c.val_percent = 25.0
   c.num_threads = 2

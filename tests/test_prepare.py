@@ -98,6 +98,7 @@ def test_train_on_prepared_dataset(prepared):
   out, stats, _ = prepared
   cfg = configs.default_config().data
   cfg.source, cfg.image_size, cfg.crop_size, cfg.resize_mode = out, 32, 28, 'fill'
+  cfg.augment_on = 'host'   # the float32 crops of the host path (the device path: test_device_augment.py)
   ds = data.load_dataset(cfg, seed=0)
   assert ds.classes == stats['classes'] and ds.split_sizes['val'] == sum(stats['counts']['val'].values())
   np.testing.assert_array_equal(ds.mean_image, np.load(os.path.join(out, 'mean.npy')))

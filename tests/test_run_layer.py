@@ -46,9 +46,12 @@ def _damage(workdir, step, how):
   files = [f for f in glob.glob(os.path.join(step_dir, 'state', '**'), recursive=True)
            if os.path.isfile(f)]
   if how == 'truncate':
-    biggest = max(files, key=os.path.getsize)
-    with open(biggest, 'r+b') as f:
-      f.truncate(os.path.getsize(biggest) // 2)
+    # Every data file: which one holds the parameters (rather than the optimizer state) depends on how
+    # orbax's writer threads split the arrays, so truncating only the biggest one may miss them.
+    for f in files:
+      if os.sep + 'd' + os.sep in f:
+        with open(f, 'r+b') as handle:
+          handle.truncate(os.path.getsize(f) // 2)
   elif how == 'missing':
     for f in files:
       if os.sep + 'd' + os.sep in f:

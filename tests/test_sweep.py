@@ -11,6 +11,10 @@ from alexnet_jax import configs, sweeping, trainer
 from alexnet_jax.run import checkpoints, metrics_writer, stopping
 from alexnet_jax.data import synthetic
 
+# The points train the same tiny LeNet: its initializer (and a point's steps, when it runs again after
+# the interruption) are compiled once.
+pytestmark = pytest.mark.usefixtures('compilation_cache')
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID = ['config.learning_rate=0.01,0.05', 'config.batch_size=6,9']
 NAMES = ['learning_rate=0.01,batch_size=6', 'learning_rate=0.01,batch_size=9',

@@ -7,6 +7,8 @@ Modules, one job each:
     decode.py      bytes -> Pillow image: DIGITS' mode rules, EXIF orientation, draft (reduced) JPEG decoding
     resize.py      DIGITS' resize_image: squash | crop | fill | half_crop, exact arithmetic
     transforms.py  random/center/10 crops, mirror, PCA lighting, mean image/pixel/none (Caffe's order)
+    device_augment.py  the same on the accelerator, in the jitted steps (augment_on='device'; imports jax,
+                   so it is not imported here)
     loading.py     decode + resize of one record, shared by every consumer
     statistics.py  mean image and RGB covariance of the training split
     contract.py    PreprocessContract (saved with a run) and preprocess_for_eval (eval == classify)

@@ -121,7 +121,16 @@ def preprocess_for_eval(image, contract: PreprocessContract | str | os.PathLike,
   """
   if not isinstance(contract, PreprocessContract):
     contract = PreprocessContract.load(os.fspath(contract))
-  resized = loading.load_resized(
+  return transforms.crops_from_resized(resize_for_eval(image, contract), contract.subtract,
+                                       contract.crop_size, ten_crop)
+
+
+def resize_for_eval(image, contract: PreprocessContract) -> np.ndarray:
+  """The first half of `preprocess_for_eval`: decoded and resized, uint8 [image_size, image_size, C].
+
+  The evaluation pipeline hands these to the device when `config.data.augment_on='device'`, and the
+  eval step cuts the crops there (`device_augment.EvalCrops`: the same arithmetic as `crops_from_resized`).
+  """
+  return loading.load_resized(
       image, image_size=contract.image_size, resize_mode=contract.resize_mode, channels=contract.channels,
       noise_rng=np.random.default_rng(EVAL_NOISE_SEED), exact=True, draft=contract.draft)
-  return transforms.crops_from_resized(resized, contract.subtract, contract.crop_size, ten_crop)

@@ -3,9 +3,20 @@
 Training (`train_iterator`) is one `grain.MapDataset` over *every example of the whole run*:
 
     MapDataset.range(num_epochs * steps_per_epoch * B_local)
-      .map(TrainExample)          # position -> (epoch, record) -> decode + resize the crop window (uint8)
-      .batch(B_local, drop_remainder=True, batch_fn=TrainBatch)   # float32, mean, mirror, PCA lighting
+      .map(TrainExample)          # position -> (epoch, record) -> decode + resize (uint8)
+      .batch(B_local, drop_remainder=True[, batch_fn=TrainBatch])
       .to_iter_dataset(ReadOptions(num_threads, prefetch))   [.mp_prefetch(workers) if worker_count > 0]
+
+`config.data.augment_on` says where the crop, mirror, PCA lighting and mean subtraction happen:
+
+* ``'device'`` (the default): the host only decodes and resizes. A batch is the stored image, uint8
+  [B_local, image_size, image_size, C] (fill-mode padding noise included: it is part of the resize), with
+  the int32 fields ``epoch``, ``record`` and ``attempt`` that key the example's augmentation, which the
+  jitted train step draws and applies on the device (`device_augment.py`). 3x fewer bytes go to the device
+  than a float32 crop (196 KB against 602 KB for 256 -> 224), and the host's float work is gone.
+* ``'host'``: the earlier path, kept for reference: only the crop window is resized (from the source box
+  under it), and `TrainBatch` writes float32 crops, mean-subtracted, mirrored and PCA-shifted,
+  [B_local, crop, crop, C].
 
 Position i of the run belongs to epoch `i // (steps * B_local)`; inside the epoch it is row r of local batch
 s, i.e. global position `g = s * B_global + shard_index * B_local + r`, and the record at g is
@@ -15,8 +26,9 @@ batch. The remainder of each epoch (n mod B_global records) is dropped. Because 
 function of its position, the iterator state is just grain's `{'next_index': k}` and a restored iterator
 yields exactly the remaining batches -- through orbax too (`grain.checkpoint.CheckpointSave/Restore`).
 
-Augmentation randomness is drawn from `default_rng([seed, tag, epoch, record, attempt])`: the crop offsets,
-then the mirror coin, then the PCA lighting coefficients. (A plain `map` with this explicit key rather than
+Host augmentation randomness is drawn from `default_rng([seed, tag, epoch, record, attempt])`: the crop
+offsets, then the mirror coin, then the PCA lighting coefficients (the device draws from a jax key folded
+from the same four numbers). (A plain `map` with this explicit key rather than
 grain's `random_map`, whose seed follows the element's position: keyed on the record, an example's
 augmentation does not depend on the batch size or on how many hosts share the batch.) Fill-mode padding
 noise is keyed on (seed, record) only, so a padded image keeps one padding for the whole run, as in a
@@ -29,16 +41,19 @@ a clear error only if 10 records in a row fail (the dataset is unreadable).
 
 Evaluation (`eval_iterator`) covers every example of a split exactly once, in order, padded to whole
 batches (`mask` False on padding and on records that failed to decode), with `contract.preprocess_for_eval`
--- the function classification uses too.
+-- the function classification uses too -- or, on the device path, with its first half
+(`contract.resize_for_eval`, uint8 [B, image_size, image_size, C]) and the crops cut in the eval step.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 
 import numpy as np
 
+from alexnet_jax import host_memory
 from alexnet_jax.data import contract as contract_lib
 from alexnet_jax.data import errors
 from alexnet_jax.data import loading
@@ -47,6 +62,7 @@ from alexnet_jax.data import transforms
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 10
+AUGMENT_ON = ('device', 'host')   # config.data.augment_on
 _PERM_TAG, _AUG_TAG, _REPLACE_TAG = 0x9E53, 0xA06, 0x4E9
 _MAX_WARNINGS = 20
 _warned = set()
@@ -64,6 +80,12 @@ def _warn_bad(description: str, err: errors.DecodeError) -> None:
     _warned.add(description)
     more = ' (further bad records are not logged)' if len(_warned) == _MAX_WARNINGS else ''
   log.warning('bad record %s (%s); replaced by another record%s', description, err, more)
+
+
+def augments_on_device(data_config) -> bool:
+  """Whether `config.data.augment_on` is 'device' (the default config's value). A config that predates
+  the field (an older run's config.json) means the host path, which it was trained with."""
+  return (getattr(data_config, 'augment_on', None) or 'host') == 'device'
 
 
 def steps_per_epoch(dataset, global_batch_size: int) -> int:
@@ -89,7 +111,11 @@ def _local_batch(global_batch_size: int, shard_index: int, shard_count: int) -> 
 
 
 class TrainExample:
-  """Position in the run -> one augmented training example (see the module docstring). Picklable."""
+  """Position in the run -> one training example (see the module docstring). Picklable.
+
+  On the host path the example is a uint8 crop window with its draws (`TrainBatch` finishes it); on the
+  device path it is the whole stored image with the numbers that key its draws on the device.
+  """
 
   def __init__(self, dataset, data_config, *, seed: int, global_batch_size: int, shard_index: int,
                shard_count: int):
@@ -105,10 +131,10 @@ class TrainExample:
     self.shard_index = shard_index
     self.steps = steps_per_epoch(dataset, global_batch_size)
     self.pads = self.mode in ('fill', 'half_crop') and not self.store.prepared   # needs fill noise
-    self.random_crop = bool(data_config.random_crop)
-    self.flip = bool(data_config.flip)
-    self.pca = bool(data_config.pca_lighting) and self.channels == 3 and float(data_config.pca_std) > 0
-    self.pca_std = float(data_config.pca_std)
+    self.on_device = augments_on_device(data_config)
+    flags = transforms.AugmentFlags.from_config(data_config, self.channels)
+    self.random_crop, self.flip, self.pca, self.pca_std = (
+        flags.random_crop, flags.flip, flags.lighting, flags.pca_std)
     self.eigval, self.eigvec = dataset.pca_eigval, dataset.pca_eigvec
     self._perms: dict[int, np.ndarray] = {}
     self._lock = threading.Lock()
@@ -143,7 +169,19 @@ class TrainExample:
     g = s * self.global_batch + self.shard_index * self.local_batch + r
     return epoch, g, int(self.permutation(epoch)[g])
 
+  def _noise_rng(self, record: int):
+    return loading.record_noise_rng(self.seed, record) if self.pads else None
+
+  def _stored_example(self, record: int, epoch: int, attempt: int) -> dict:
+    """The device path: the whole resized image (DIGITS' exact resize) and the keys of its draws."""
+    image = loading.load_resized(
+        self.store.read(self.keys[record]), image_size=self.size, resize_mode=self.mode,
+        channels=self.channels, noise_rng=self._noise_rng(record), exact=True, draft=self.draft)
+    return {'image': image, 'epoch': np.int32(epoch), 'record': np.int32(record),
+            'attempt': np.int32(attempt)}
+
   def _example(self, record: int, epoch: int, attempt: int) -> dict:
+    """The host path: the crop window (only its source box is resized) and its draws."""
     rng = np.random.default_rng([self.seed, _AUG_TAG, epoch, record, attempt])
     if self.random_crop:
       y, x = transforms.random_offsets(rng, self.size, self.size, self.crop)
@@ -153,18 +191,20 @@ class TrainExample:
     window = loading.load_resized(
         self.store.read(self.keys[record]), image_size=self.size, resize_mode=self.mode,
         channels=self.channels, window=(x, y, self.crop, self.crop),
-        noise_rng=loading.record_noise_rng(self.seed, record) if self.pads else None, exact=False,
-        draft=self.draft)
+        noise_rng=self._noise_rng(record), exact=False, draft=self.draft)
     shift = (transforms.pca_lighting_shift(rng, self.pca_std, self.eigval, self.eigvec) if self.pca
              else None)
     return {'window': window, 'y': y, 'x': x, 'mirror': mirror, 'shift': shift}
 
   def __call__(self, i: int) -> dict:
-    """One example, still uint8: `TrainBatch` does the float work once per batch, in place."""
+    """One example, still uint8 (on the host path `TrainBatch` does the float work once per batch)."""
     epoch, g, record = self.locate(i)
     for attempt in range(MAX_ATTEMPTS):
       try:
-        ex = self._example(record, epoch, attempt)
+        if self.on_device:
+          ex = self._stored_example(record, epoch, attempt)
+        else:
+          ex = self._example(record, epoch, attempt)
         ex.update(label=np.int32(self.labels[record]), replaced=attempt > 0)
         return ex
       except errors.DecodeError as e:
@@ -195,21 +235,31 @@ class TrainBatch:
 
 
 class EvalExample:
-  """Position -> one evaluation example via `preprocess_for_eval`; padding past the split's end. Picklable."""
+  """Position -> one evaluation example via `preprocess_for_eval` (on the device path: its uint8 first half,
+  `resize_for_eval`); padding past the split's end. Picklable."""
 
   def __init__(self, dataset, split: str, *, global_batch_size: int, ten_crop: bool, shard_index: int,
-               shard_count: int):
+               shard_count: int, on_device: bool = False):
     s = dataset.split(split)
     self.keys, self.labels, self.store = s.keys, s.labels, s.store
     self.n = len(s)
     self.contract = dataset.contract
     self.ten_crop = ten_crop
+    self.on_device = on_device
     self.global_batch = global_batch_size
     self.local_batch = _local_batch(global_batch_size, shard_index, shard_count)
     self.shard_index = shard_index
     c = self.contract
-    shape = (c.crop_size, c.crop_size, c.channels)
-    self.blank = np.zeros((10,) + shape if ten_crop else shape, np.float32)
+    if on_device:
+      self.blank = np.zeros((c.image_size, c.image_size, c.channels), np.uint8)
+    else:
+      shape = (c.crop_size, c.crop_size, c.channels)
+      self.blank = np.zeros((10,) + shape if ten_crop else shape, np.float32)
+
+  def _image(self, content) -> np.ndarray:
+    if self.on_device:
+      return contract_lib.resize_for_eval(content, self.contract)
+    return contract_lib.preprocess_for_eval(content, self.contract, self.ten_crop)
 
   def __call__(self, i: int) -> dict[str, np.ndarray]:
     b, r = divmod(int(i), self.local_batch)
@@ -217,7 +267,7 @@ class EvalExample:
     if p >= self.n:
       return {'image': self.blank, 'label': np.int32(0), 'mask': np.bool_(False), 'replaced': np.bool_(False)}
     try:
-      image = contract_lib.preprocess_for_eval(self.store.read(self.keys[p]), self.contract, self.ten_crop)
+      image = self._image(self.store.read(self.keys[p]))
       return {'image': image, 'label': np.int32(self.labels[p]), 'mask': np.bool_(True),
               'replaced': np.bool_(False)}
     except errors.DecodeError as e:
@@ -233,6 +283,14 @@ def _ensure_absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
+def _init_worker(retain_host_memory: bool, worker_index: int, worker_count: int) -> None:
+  """First thing in each grain worker process: the parent's malloc settings (`host_memory.py`), which a
+  spawned process does not inherit; without them every 196 KB image copy is a fresh, page-faulting mmap."""
+  del worker_index, worker_count
+  if retain_host_memory:
+    host_memory.retain_freed_memory()
+
+
 def _finish(ds, data_config, local_batch: int, batch_fn=None):
   import grain  # pylint: disable=g-import-not-at-top
   threads = max(1, int(data_config.num_threads))
@@ -242,7 +300,9 @@ def _finish(ds, data_config, local_batch: int, batch_fn=None):
   workers = int(getattr(data_config, 'worker_count', 0) or 0)
   if workers > 0:
     _ensure_absl_flags_parsed()
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
+    it_ds = it_ds.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2),
+        worker_init_fn=functools.partial(_init_worker, host_memory.is_retaining()))
   return it_ds
 
 
@@ -255,8 +315,8 @@ def train_dataset(dataset, data_config, *, global_batch_size: int, seed: int, nu
   if num_epochs <= 0:
     raise errors.DataError(f'num_epochs={num_epochs} must be positive')
   total = int(num_epochs) * fn.steps * fn.local_batch
-  return _finish(grain.MapDataset.range(total).map(fn), data_config, fn.local_batch,
-                 TrainBatch(dataset.contract.subtract))
+  batch_fn = None if fn.on_device else TrainBatch(dataset.contract.subtract)   # device: plain stacking
+  return _finish(grain.MapDataset.range(total).map(fn), data_config, fn.local_batch, batch_fn)
 
 
 def train_iterator(dataset, data_config, *, global_batch_size: int, seed: int, num_epochs: int,
@@ -265,6 +325,8 @@ def train_iterator(dataset, data_config, *, global_batch_size: int, seed: int, n
 
   Yields dicts of numpy arrays: 'image' float32 [B_local, crop, crop, C] (0..255 minus the mean),
   'label' int32 [B_local], 'replaced' bool [B_local]; B_local = global_batch_size // shard_count.
+  With `augment_on='device'`: 'image' uint8 [B_local, image_size, image_size, C], plus 'epoch',
+  'record' and 'attempt' int32 [B_local] (the keys of the device's draws).
   `get_state()` / `set_state()` (or grain.checkpoint with orbax) resume it exactly.
   """
   return iter(train_dataset(dataset, data_config, global_batch_size=global_batch_size, seed=seed,
@@ -277,10 +339,13 @@ def eval_iterator(dataset, data_config, split: str, *, global_batch_size: int, t
 
   Returns a re-iterable grain `IterDataset` of dicts: 'image' float32 [B, crop, crop, C] (or
   [B, 10, crop, crop, C] with `ten_crop`), 'label' int32 [B], 'mask' bool [B] (False on padding and on
-  records that failed to decode), 'replaced' bool [B] (True on the latter).
+  records that failed to decode), 'replaced' bool [B] (True on the latter). With
+  `augment_on='device'`, 'image' is uint8 [B, image_size, image_size, C] whatever `ten_crop` says: the
+  eval step cuts the crops.
   """
   import grain  # pylint: disable=g-import-not-at-top
   fn = EvalExample(dataset, split, global_batch_size=global_batch_size, ten_crop=ten_crop,
-                   shard_index=shard_index, shard_count=shard_count)
+                   shard_index=shard_index, shard_count=shard_count,
+                   on_device=augments_on_device(data_config))
   num_batches = -(-fn.n // global_batch_size)
   return _finish(grain.MapDataset.range(num_batches * fn.local_batch).map(fn), data_config, fn.local_batch)

@@ -21,6 +21,8 @@ Everything here follows Caffe's `DataTransformer` and the 2012 paper:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 MEAN_MODES = ('image', 'pixel', 'none')
@@ -30,6 +32,30 @@ IMAGENET_EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32)
 IMAGENET_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
                             [-0.5808, -0.0045, -0.8140],
                             [-0.5836, -0.6948, 0.4203]], np.float32)   # columns are eigenvectors
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentFlags:
+  """Which training augmentations run, from `config.data` (the same on the host and on the device).
+
+  Attributes:
+    random_crop: random crop offsets (False: the centre crop).
+    flip: a mirror with probability 1/2.
+    pca_std: the std of the PCA lighting alphas; 0 when lighting is off (`pca_lighting` False,
+      `pca_std` 0, or a grayscale image: the paper's formula is defined for RGB).
+  """
+  random_crop: bool
+  flip: bool
+  pca_std: float
+
+  @property
+  def lighting(self) -> bool:
+    return self.pca_std > 0
+
+  @classmethod
+  def from_config(cls, data_config, channels: int) -> 'AugmentFlags':
+    std = float(data_config.pca_std) if bool(data_config.pca_lighting) and channels == 3 else 0.0
+    return cls(bool(data_config.random_crop), bool(data_config.flip), max(std, 0.0))
 
 
 def mean_for_mode(mean_image: np.ndarray, mode: str) -> np.ndarray:
@@ -116,9 +142,13 @@ def subtract_mean(crop: np.ndarray, mean: np.ndarray, y: int, x: int, mirror: bo
 def pca_lighting_shift(rng: np.random.Generator, std: float, eigval: np.ndarray,
                        eigvec: np.ndarray) -> np.ndarray:
   """The per-image RGB shift of the paper's colour augmentation, on the 0..255 scale: float32 [3]."""
-  alpha = rng.normal(0.0, std, size=3)
-  return (255.0 * (np.asarray(eigvec, np.float64) @ (alpha * np.asarray(eigval, np.float64)))).astype(
-      np.float32)
+  return pca_shift(rng.normal(0.0, std, size=3), eigval, eigvec)
+
+
+def pca_shift(alpha: np.ndarray, eigval: np.ndarray, eigvec: np.ndarray) -> np.ndarray:
+  """`255 * eigvec @ (alpha * eigval)`: the RGB shift for given coefficients (computed in float64)."""
+  return (255.0 * (np.asarray(eigvec, np.float64) @ (np.asarray(alpha, np.float64)
+                                                     * np.asarray(eigval, np.float64)))).astype(np.float32)
 
 
 def crops_from_resized(image: np.ndarray, subtract: MeanSubtractor, crop: int, ten_crop: bool) -> np.ndarray:

@@ -8,6 +8,11 @@ are replicated there -- with none of the 2x/4x gradient-scaling traps of taking 
 
 Randomness comes from the step: the dropout key of step ``s`` is ``fold_in(state.rng, s)``, so a resumed
 run draws the same masks as an uninterrupted one.
+
+Both steps take finished float32 crops, or -- the input pipeline's default, ``augment_on='device'`` --
+the stored uint8 images, which they augment or crop first (``data/device_augment.py``; the training
+augmentation runs on each device's own rows of the batch). The mean image and PCA basis this needs are put
+on the mesh once, when the step is made, and passed to every call.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from alexnet_jax import metrics as metrics_lib
+from alexnet_jax.data import device_augment
 from alexnet_jax.models import TowerNetwork
 from alexnet_jax.parallel.forward import make_forward
 from alexnet_jax.parallel.layouts import Layout
@@ -124,20 +130,48 @@ def make_loss_fn(network: TowerNetwork, layout: Layout, mesh: Mesh) -> Callable:
   return loss_fn
 
 
+# What a train step reads from a batch (the trainer sends these fields to the devices; 'replaced' stays).
+BATCH_FIELDS = ('image', 'label') + device_augment.KEY_FIELDS
+
+
+def device_constants(constants, mesh: Mesh):
+  """Arrays a step needs on every call (the mean image, the PCA basis), put on the mesh once, replicated."""
+  if constants is None:
+    return None
+  return jax.device_put(constants, NamedSharding(mesh, P()))
+
+
+def _augment_per_shard(augment: device_augment.TrainAugment, layout: Layout, mesh: Mesh) -> Callable:
+  """``augment(constants, batch)`` run on each device's own rows of the batch: no image crosses devices
+  (in the ``model`` layout the batch is replicated over the towers, and so is the work)."""
+  spec = layout.batch_sharding(mesh).spec
+  return jax.shard_map(augment, mesh=mesh, in_specs=(P(), spec), out_specs=spec)
+
+
 def make_train_step(network: TowerNetwork, layout: Layout, mesh: Mesh,
-                    tx: optax.GradientTransformation, *, donate: bool = True) -> Callable:
+                    tx: optax.GradientTransformation, *, donate: bool = True,
+                    augment: device_augment.TrainAugment | None = None) -> Callable:
   """``train_step(state, batch) -> (state, metrics)``, jitted once, with the state donated.
 
-  ``batch`` holds ``'image'`` [B, H, W, C] and ``'label'`` [B] (global arrays, split along 'data').
-  ``metrics`` are global means over the batch: loss, top1, top5, and the gradient's global norm.
+  ``batch`` holds ``'image'`` float32 [B, H, W, C] and ``'label'`` [B] (global arrays, split along 'data'),
+  or, with ``augment``, the pipeline's stored batches: ``'image'`` uint8 [B, S, S, C] and the int32
+  ``epoch``/``record``/``attempt`` fields, which the step augments first. ``metrics`` are global means
+  over the batch: loss, top1, top5, and the gradient's global norm.
   """
   loss_fn = make_loss_fn(network, layout, mesh)
+  augment_batch = _augment_per_shard(augment, layout, mesh) if augment is not None else None
 
-  def train_step(state: TrainState, batch):
+  def train_step(state: TrainState, batch, constants=None):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     labels = batch['label']
+    images = batch['image']
+    if device_augment.is_stored_batch(batch):
+      if augment_batch is None:
+        raise ValueError('a batch of stored uint8 images needs make_train_step(..., augment=...)')
+      with jax.named_scope('augment'):
+        images = augment_batch(constants, {k: batch[k] for k in device_augment.STORED_FIELDS})
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch['image'], labels, rng)
+        state.params, images, labels, rng)
     with jax.named_scope('update'):
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
@@ -160,12 +194,14 @@ def make_train_step(network: TowerNetwork, layout: Layout, mesh: Mesh,
     jitted = jax.jit(train_step, donate_argnums=donate_argnums, out_shardings=(shardings, None))
   else:
     jitted = jax.jit(train_step, donate_argnums=donate_argnums)
+  constants = device_constants(None if augment is None else augment.constants, mesh)
 
   def step(state, batch):
     with jax.set_mesh(mesh):
-      return jitted(state, batch)
+      return jitted(state, batch, constants)
 
   step.jitted = jitted
+  step.constants = constants
   return step
 
 
@@ -181,31 +217,40 @@ def _abstract_for_shardings(network, layout, mesh, tx):
   return abstract_train_state(network, layout, mesh, tx, image_shape=(67, 67, 3))
 
 
-def make_eval_step(network: TowerNetwork, layout: Layout, mesh: Mesh) -> Callable:
-  """``eval_step(params, images) -> logits`` (no dropout), jitted once.
+def make_eval_step(network: TowerNetwork, layout: Layout, mesh: Mesh,
+                   crops: device_augment.EvalCrops | None = None) -> Callable:
+  """``eval_step(params, images, ten_crop=False) -> logits`` (no dropout), jitted once per ``ten_crop``.
 
-  Ten-crop inputs ``[B, 10, H, W, C]`` are folded into the batch and their softmax probabilities
-  averaged, as the paper's test-time procedure (section 4.1); the result is then log-probabilities.
+  ``images`` are float32 crops ``[B, H, W, C]`` or ``[B, 10, H, W, C]``, or, with ``crops``, the stored
+  uint8 images ``[B, S, S, C]``, cut on the device into the centre crop or (``ten_crop``) the 10 crops.
+  Ten-crop inputs are folded into the batch and their softmax probabilities averaged, as the paper's
+  test-time procedure (section 4.1); the result is then log-probabilities.
   """
   forward = make_forward(network, layout, mesh)
 
-  def eval_step(params, images):
+  def eval_step(params, images, constants=None, ten_crop=False):
+    if images.dtype == jnp.uint8:
+      if crops is None:
+        raise ValueError('stored uint8 images need make_eval_step(..., crops=...)')
+      with jax.named_scope('crops'):
+        images = crops(constants, images, ten_crop)
     if images.ndim == 5:
       # Image-major [B * 10, ...]: each device keeps its own images' crops (no data moves).
       b, n = images.shape[:2]
       batch_spec = P(jax.typeof(images).sharding.spec[0])
-      crops = jnp.reshape(images, (b * n, *images.shape[2:]), out_sharding=batch_spec)
-      logits = forward(params, crops, None, False)
+      folded = jnp.reshape(images, (b * n, *images.shape[2:]), out_sharding=batch_spec)
+      logits = forward(params, folded, None, False)
       probs = jnp.reshape(jax.nn.softmax(logits, axis=-1), (b, n, -1),
                           out_sharding=P(*batch_spec, None, None))
       return jnp.log(jnp.mean(probs, axis=1))
     return forward(params, images, None, False)
 
-  jitted = jax.jit(eval_step)
+  jitted = jax.jit(eval_step, static_argnames=('ten_crop',))
+  constants = device_constants(None if crops is None else crops.constants, mesh)
 
-  def step(params, images):
+  def step(params, images, ten_crop: bool = False):
     with jax.set_mesh(mesh):
-      return jitted(params, images)
+      return jitted(params, images, constants, ten_crop=bool(ten_crop))
 
   step.jitted = jitted
   return step

@@ -32,6 +32,9 @@ SYNTHETIC_SOURCE = 'synthetic'
 # Fields that may differ when a run resumes: they change neither the numbers nor the order of batches.
 RESUMABLE_CHANGES = ('num_epochs', 'log_every_steps', 'keep_snapshots', 'snapshot_interval',
                      'data.num_threads', 'data.worker_count', 'data.prefetch', 'profile_steps')
+# Fields added after runs existed, with the value that reproduces a run whose config.json lacks them.
+# (data.augment_on is *not* resumable: the host and device draws differ.)
+VALUES_BEFORE_FIELDS_EXISTED = {'data.augment_on': 'host'}
 
 
 # ---- config.json ------------------------------------------------------------------------------------
@@ -49,7 +52,7 @@ def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
 
 def check_resume_compatible(saved: dict, current: dict) -> None:
   """Raises ValueError naming every field that differs and would change the results."""
-  old, new = flatten(saved), flatten(current)
+  old, new = ({**VALUES_BEFORE_FIELDS_EXISTED, **flatten(d)} for d in (saved, current))
   changed = sorted(k for k in set(old) | set(new)
                    if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
   if new.get('num_epochs', 0) < old.get('num_epochs', 0):
