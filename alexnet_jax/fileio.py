@@ -160,6 +160,15 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> str:
   return os.fspath(path)
 
 
+def read_json(path: str | os.PathLike, max_bytes: int = 8 * 2**20) -> Any:
+  """The JSON document in ``path`` (its first ``max_bytes``), or None if it is missing or not JSON."""
+  try:
+    with open(path, 'rb') as f:
+      return json.loads(f.read(max_bytes).decode('utf-8'))
+  except (OSError, ValueError):
+    return None
+
+
 def write_json(path: str | os.PathLike, obj: Any, **kwargs) -> str:
   """Writes ``obj`` as JSON (``json.dump``'s ``kwargs``) to ``path`` atomically; returns ``path``."""
   with atomic_write(path, 'w') as f:

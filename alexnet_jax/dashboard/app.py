@@ -57,6 +57,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from alexnet_jax import fileio
 from alexnet_jax.run import listing as listing_lib   # discovery and rows: status files only, no JAX
 from alexnet_jax.dashboard import checker as checker_lib
 from alexnet_jax.dashboard import forms
@@ -225,14 +226,6 @@ def _plain(value: Any) -> Any:
   return value
 
 
-def _read_json(path: str) -> Any:
-  try:
-    with open(path, 'rb') as f:
-      return json.loads(f.read(8 * 2**20).decode('utf-8'))
-  except (OSError, ValueError):
-    return None
-
-
 
 def _job_fields(job_id: str, row: dict[str, Any]) -> dict[str, Any]:
   """What every job page shows of a job's row (name, state, progress, times)."""
@@ -356,7 +349,7 @@ class Dashboard:
     """What a model needs of a dataset: state, size, channels, mode, output folder, classes."""
     job = self.manager.get(job_id)
     if job is not None and job.kind == 'dataset':
-      stats = _read_json(os.path.join(job.tool_dir, 'stats.json')) or {}
+      stats = fileio.read_json(os.path.join(job.tool_dir, 'stats.json')) or {}
       form = job.doc.get('form') or {}
       size = stats.get('image_size') or [form.get('resize_width'), form.get('resize_height')]
       return {'id': job.id, 'name': job.doc.get('name'), 'state': job.state,
@@ -369,7 +362,7 @@ class Dashboard:
               'external': False}
     if job is None and jobs_lib.valid_id(job_id) and '..' not in job_id:
       path = os.path.join(self.jobs_dir, job_id.replace('~', os.sep))
-      stats = _read_json(os.path.join(path, 'stats.json'))
+      stats = fileio.read_json(os.path.join(path, 'stats.json'))
       if isinstance(stats, dict) and os.path.isfile(os.path.join(path, 'labels.txt')):
         size = stats.get('image_size')
         return {'id': job_id, 'name': job_id.replace('~', '/'), 'state': 'done',
@@ -412,17 +405,6 @@ class Dashboard:
         out[name] = os.path.join(jobdir, name)
     return {k: v for k, v in out.items() if os.path.isfile(v)}
 
-  def snapshots(self, workdir: str, status: Optional[dict]) -> list[dict[str, Any]]:
-    steps = []
-    try:
-      steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit())
-    except OSError:
-      pass
-    per_epoch = None
-    if isinstance(status, dict) and status.get('step') and status.get('epoch'):
-      per_epoch = status['step'] / status['epoch']
-    return [{'step': s, 'epoch': None if not per_epoch else round(s / per_epoch, 2)} for s in steps]
-
   def model_view(self, job_id: str) -> dict[str, Any]:
     row = self.row(job_id)
     if row['kind'] != 'model':
@@ -431,7 +413,8 @@ class Dashboard:
     job = self.manager.get(job_id)
     status = status_lib.read_status(workdir)
     status = status if isinstance(status, dict) else {}
-    config = _read_json(os.path.join(workdir, 'config.json'))
+    config = fileio.read_json(os.path.join(workdir, 'config.json'))
+    snapshots = inference_pages.snapshot_table(workdir)
     metrics = listing_lib.read_metrics_tail(os.path.join(workdir, 'metrics.jsonl'), 16 * 1024)
     latest = {}
     for record in metrics:
@@ -448,7 +431,7 @@ class Dashboard:
         'num_epochs': (config or {}).get('num_epochs') if isinstance(config, dict) else None,
         'images_per_sec': status.get('images_per_sec'), 'best_val_top1': status.get('best_val_top1'),
         'best_epoch': status.get('best_epoch'), 'best_step': status.get('best_step'),
-        'snapshots': self.snapshots(workdir, status), 'latest_metrics': latest,
+        'snapshots': snapshots['snapshots'], 'snapshot_table': snapshots, 'latest_metrics': latest,
         'dataset': dataset, 'config': config if isinstance(config, dict) else None,
         'history': (job.doc.get('history') if job else []) or [],
         'error': row.get('error'), 'log_name': log_name,
@@ -458,7 +441,6 @@ class Dashboard:
         'command': status_lib.command_string(job.doc['argv']) if job else row.get('command'),
         'devices': row.get('devices') or [], 'size_bytes': row.get('size_bytes'),
         'wait_reason': row.get('wait_reason'),
-        'snapshot_table': inference_pages.snapshot_table(workdir),
         'classifications': self.classification_rows(job_id),
     }
     c = config if isinstance(config, dict) else {}
@@ -487,7 +469,7 @@ class Dashboard:
       raise fastapi.HTTPException(404, f'{job_id} is not a dataset job')
     job = self.manager.get(job_id)
     tool = row['path'] if row.get('external') else os.path.join(row['jobdir'], jobs_lib.DATASET_DIR)
-    stats = _read_json(os.path.join(tool, 'stats.json'))
+    stats = fileio.read_json(os.path.join(tool, 'stats.json'))
     live = status_lib.read_status(os.path.join(os.path.dirname(tool), f'.{os.path.basename(tool)}.status.json'))
     if live is None:
       live = status_lib.read_status(os.path.join(tool, 'status.json'))

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import os
 import re
@@ -314,8 +313,8 @@ class InferencePages:
   def classify_many(self, fields: dict[str, str], uploads: dict[str, bytes]) -> jobs_lib.Job:
     model_id = fields.get('job_id', '')
     row, workdir = self.model(model_id)
-    step = choose_step(snapshot_table(workdir), epoch=fields.get('snapshot_epoch', ''),
-                       step=fields.get('step', ''))
+    table = snapshot_table(workdir)
+    step = choose_step(table, epoch=fields.get('snapshot_epoch', ''), step=fields.get('step', ''))
     layout = _layout_field(fields)
     top_k = _int_field(fields, 'top_k', 5, 1, MAX_TOP_K)
     top_n = _int_field(fields, 'top_n', 9, 0, MAX_TOP_N)
@@ -354,7 +353,6 @@ class InferencePages:
               f'--output={os.path.join(jobdir, RESULT_FILE)}', f'--csv={os.path.join(jobdir, CSV_FILE)}',
               f'--report_dir={jobdir}', f'--status_dir={jobdir}']
 
-    table = snapshot_table(workdir)
     epoch = next((r['epoch'] for r in table['snapshots'] if r['step'] == step), None)
     name = f'{row["name"]} · {list_name}'
     return self.dash.manager.create(
@@ -383,12 +381,12 @@ class InferencePages:
             'images_per_sec': status.get('images_per_sec'), 'phase': status.get('phase'),
             'error': job.doc.get('error'), 'elapsed_seconds': row.get('elapsed_seconds'),
             'history': job.doc.get('history') or []}
-    problems = _read_json(os.path.join(job.dir, PROBLEMS_FILE))
+    problems = fileio.read_json(os.path.join(job.dir, PROBLEMS_FILE))
     view['list_problems'] = problems if isinstance(problems, list) else []
     if job.state in ('failed', 'interrupted'):
       view['log_tail'] = jobs_lib.tail(os.path.join(job.dir, runner_lib.OUTPUT_LOG), 20)
     if with_result:
-      doc = _read_json(os.path.join(job.dir, RESULT_FILE))
+      doc = fileio.read_json(os.path.join(job.dir, RESULT_FILE), 64 * 2**20)
       if isinstance(doc, dict):
         view['classifications'] = {path: [[label, round(100.0 * p, 4)] for label, p in ranked]
                                    for path, ranked in (doc.get('predictions') or {}).items()}
@@ -543,14 +541,6 @@ class InferencePages:
 
 async def _in_thread(fn, *args):
   return await anyio.to_thread.run_sync(lambda: fn(*args))
-
-
-def _read_json(path: str) -> Any:
-  try:
-    with open(path, 'rb') as f:
-      return json.loads(f.read(64 * 2**20).decode('utf-8'))
-  except (OSError, ValueError):
-    return None
 
 
 def _list_entry_path(list_path: str, line: int) -> Optional[str]:

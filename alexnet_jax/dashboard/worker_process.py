@@ -74,11 +74,6 @@ class WorkerProcess:
     proc = self._proc
     return proc.pid if proc is not None and proc.poll() is None else None
 
-  @property
-  def busy(self) -> bool:
-    """Whether a request (or the start-up) is in progress."""
-    return self._lock.locked()
-
   def _stderr(self):
     if not self.log_path:
       return subprocess.DEVNULL

@@ -6,9 +6,15 @@
   const page = Dash.page;
   const $ = (id) => document.getElementById(id);
 
-  function chosen() {
+  // A Classify form's fields, with the model, snapshot and layout chosen above and no empty upload.
+  function requestOf(form, uploadField) {
+    const data = new FormData(form);
     const snapshot = $('snapshot'), layout = $('layout');
-    return {step: snapshot ? snapshot.value : '', layout: layout ? layout.value : 'single'};
+    data.set('job_id', page.id);
+    data.set('step', snapshot ? snapshot.value : '');
+    data.set('layout', layout ? layout.value : 'single');
+    if (!form[uploadField].files.length) data.delete(uploadField);
+    return data;
   }
 
   function showError(name, errors) {
@@ -89,12 +95,7 @@
   async function classifyOne(event) {
     event.preventDefault();
     const form = event.target;
-    const data = new FormData(form);
-    const c = chosen();
-    data.set('job_id', page.id);
-    data.set('step', c.step);
-    data.set('layout', c.layout);
-    if (!form.image_file.files.length) data.delete('image_file');
+    const data = requestOf(form, 'image_file');
     data.set('show_visualizations', form.show_visualizations.checked ? 'true' : 'false');
     showError('classify-one', null);
     const button = form.querySelector('button');
@@ -116,12 +117,7 @@
   async function classifyMany(event) {
     event.preventDefault();
     const form = event.target;
-    const data = new FormData(form);
-    const c = chosen();
-    data.set('job_id', page.id);
-    data.set('step', c.step);
-    data.set('layout', c.layout);
-    if (!form.image_list.files.length) data.delete('image_list');
+    const data = requestOf(form, 'image_list');
     if (form.image_list.files.length || form.image_list_path.value.trim()) data.delete('dataset_list');
     showError('classify-many', null);
     const r = await Dash.send('POST', '/models/images/classification/classify_many.json', data);
@@ -132,8 +128,8 @@
   // ---- Download -----------------------------------------------------------------------------------
 
   function downloadUrl(format, info) {
-    const c = chosen();
-    return `/models/${encodeURIComponent(page.id)}/download.${format}?step=${encodeURIComponent(c.step)}` +
+    const step = $('snapshot') ? $('snapshot').value : '';
+    return `/models/${encodeURIComponent(page.id)}/download.${format}?step=${encodeURIComponent(step)}` +
            (info ? '&info=1' : '');
   }
 
