@@ -53,6 +53,7 @@ from typing import Sequence
 from absl import flags
 
 from alexnet_jax import cli
+from alexnet_jax import confinement
 
 FORMATS = ('table', 'json', 'csv')   # classification.write_results' formats
 DEFAULT_LAYOUT = 'single'            # inference.DEFAULT_LAYOUT
@@ -112,6 +113,13 @@ def main(argv):
   if FLAGS.image_root and not FLAGS.image_list:
     raise ValueError('--image_root applies to --image_list only')
   check_image_arguments(images)  # before loading anything
+  roots = confinement.parse_roots(FLAGS.confine_to)
+  if roots:  # --confine_to (the dashboard's jobs): every image inside the roots, links resolved, first of all
+    from alexnet_jax import image_lists  # pylint: disable=g-import-not-at-top
+    paths = ([e.path for e in image_lists.parse_image_list(
+        FLAGS.image_list, num_classes=2**31, image_root=FLAGS.image_root, limit=FLAGS.limit)]
+             if FLAGS.image_list else list(images))
+    confinement.check_all(paths, roots, what='--image_list' if FLAGS.image_list else 'images')
   if not FLAGS.status_dir:
     _classify(images)
     return
@@ -180,6 +188,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('top_n_per_category', 0, 'For each class, the N images scoring highest for it.')
   flags.DEFINE_integer('batch_size', 0, "Images per device call (default: the run's, at most 64).")
   flags.DEFINE_string('csv', '', 'Also write the predictions as CSV to this file (with --format=json).')
+  flags.DEFINE_string('confine_to', '', 'ROOT[,ROOT]: refuse to run unless every image to classify '
+                      'resolves (links followed) inside these folders (the dashboard sets it).')
   flags.DEFINE_string('status_dir', '', 'Keep DIR/status.json with the progress (done, total, ETA) '
                       "and the outcome, as the other tools keep their workdir's (the dashboard's jobs).")
 

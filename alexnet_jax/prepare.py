@@ -26,6 +26,7 @@ import sys
 from absl import app
 from absl import flags
 
+from alexnet_jax import confinement
 from alexnet_jax.data import errors
 from alexnet_jax.data import preparation
 from alexnet_jax.run import lock as lock_lib
@@ -50,6 +51,8 @@ _ENCODING = flags.DEFINE_enum('encoding', 'jpg', ['jpg', 'png', 'raw'],
                               'Record encoding: jpg (q90, fast to read), png (lossless, slow to read), raw.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Split, sampling and fill-noise seed.')
 _WORKERS = flags.DEFINE_integer('workers', 0, 'Decoding threads; 0: one per core.')
+_CONFINE_TO = flags.DEFINE_string('confine_to', '', 'ROOT[,ROOT]: refuse the job unless every image it '
+                                   'would read (links resolved) lies inside these folders (the dashboard sets it).')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing --output.')
 
 
@@ -66,6 +69,13 @@ def _parse_size(text: str) -> tuple[int, int]:
   return values[0], values[1]
 
 
+def _confine_roots(text: str):
+  try:
+    return confinement.parse_roots(text)
+  except ValueError as e:
+    raise errors.DataError(str(e)) from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -77,7 +87,8 @@ def main(argv):
         test_percent=_TEST_PERCENT.value, val_source=_VAL_SOURCE.value, test_source=_TEST_SOURCE.value,
         image_root=_IMAGE_ROOT.value, labels_file=_LABELS_FILE.value, tfds_data_dir=_TFDS_DATA_DIR.value,
         min_per_class=_MIN_PER_CLASS.value, max_per_class=_MAX_PER_CLASS.value, encoding=_ENCODING.value,
-        seed=_SEED.value, workers=_WORKERS.value, overwrite=_OVERWRITE.value)
+        seed=_SEED.value, workers=_WORKERS.value, overwrite=_OVERWRITE.value,
+        confine_to=tuple(_confine_roots(_CONFINE_TO.value)))
     stats = preparation.prepare_dataset(opts, track=True)
   except (errors.DataError, lock_lib.WorkdirBusyError) as e:
     print(f'prepare: error: {e}', file=sys.stderr)

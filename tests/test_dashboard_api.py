@@ -216,10 +216,10 @@ def test_body_size_cap(env, tmp_path):
 # ---- New Dataset: bad input ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize('change, field, words', [
-    ({'folder_train': '/etc'}, 'folder_train', 'outside the allowed folders'),
-    ({'folder_train': 'OUTSIDE'}, 'folder_train', 'outside the allowed folders'),
-    ({'folder_train': 'escape'}, 'folder_train', 'outside the allowed folders (it leads to'),
-    ({'folder_train': '/no/such/folder'}, 'folder_train', 'no such folder'),
+    ({'folder_train': '/etc'}, 'folder_train', 'no such folder inside the allowed folders'),
+    ({'folder_train': 'OUTSIDE'}, 'folder_train', 'no such folder inside the allowed folders'),
+    ({'folder_train': 'escape'}, 'folder_train', 'no such folder inside the allowed folders'),
+    ({'folder_train': '/no/such/folder'}, 'folder_train', 'no such folder inside the allowed folders'),
     ({'folder_train': 'one'}, 'folder_train', 'one class'),
     ({'folder_train': ''}, 'folder_train', 'required'),
     ({'folder_pct_val': '60', 'folder_pct_test': '50'}, 'folder_pct_val', 'less than 100'),
@@ -232,7 +232,7 @@ def test_body_size_cap(env, tmp_path):
     ({'dataset_name': ''}, 'dataset_name', 'required'),
     ({'folder_train_min_per_class': '5', 'folder_train_max_per_class': '3'}, 'folder_train_max_per_class',
      'less than the minimum'),
-    ({'has_val_folder': 'true', 'folder_val': 'escape'}, 'folder_val', 'outside'),
+    ({'has_val_folder': 'true', 'folder_val': 'escape'}, 'folder_val', 'inside the allowed folders'),
     ({'method': 'lmdb'}, 'method', 'choose one of'),
 ])
 def test_dataset_form_errors(client, env, change, field, words):
@@ -260,7 +260,7 @@ def test_text_file_lists_confined(client, env):
   r = client.post('/datasets/images/classification.json',
                   data={**form, 'textfile_local_train_images': str(bad)}, headers=client.bearer)
   assert r.status_code == 400
-  assert 'outside the allowed folders' in r.json()['errors']['textfile_local_train_images']
+  assert 'no such file inside the allowed folders' in r.json()['errors']['textfile_local_train_images']
   r = client.post('/datasets/images/classification.json', data={k: v for k, v in form.items()
                                                                  if k != 'textfile_local_labels_file'},
                   headers=client.bearer)
@@ -628,7 +628,7 @@ def test_classify_one_visualizations(client, model, env):
     ({}, {'image_file': ('notes.jpg', b'this is text, not a JPEG', 'image/jpeg')}, 'image_file', 400, 'notes'),
     ({}, {'image_file': ('big.jpg', b'\xff\xd8' + b'0' * (20 * 2**20), 'image/jpeg')}, 'image_file', 413,
      'larger than'),
-    ({'image_path': '/etc/passwd'}, None, 'image_path', 400, 'outside'),
+    ({'image_path': '/etc/passwd'}, None, 'image_path', 400, 'inside the allowed folders'),
     ({'image_path': 'three'}, None, 'image_path', 400, 'not a file'),
     ({'image_path': 'IMG', 'snapshot_epoch': '7'}, None, 'snapshot_epoch', 400, 'epochs [1.0, 2.0]'),
     ({'image_path': 'IMG', 'layout': 'weird'}, None, 'layout', 400, 'choose one of'),
@@ -680,7 +680,7 @@ def test_classify_many_reports_bad_lines_and_classifies_the_rest(client, model, 
   assert [p['line'] for p in view['list_problems']] == [4, 5, 6]
   assert 'like the first entry' in view['list_problems'][0]['reason']
   assert 'out of range' in view['list_problems'][1]['reason']
-  assert 'outside the allowed folders' in view['list_problems'][2]['reason']
+  assert 'no such file inside the allowed folders' in view['list_problems'][2]['reason']
   assert len(view['classifications']) == len(good)
   acc = view['accuracy']
   assert acc['count'] == len(good) and len(acc['confusion']) == 3
@@ -709,8 +709,8 @@ def test_classify_many_on_the_dataset_val_list(client, model, dataset):
 
 @pytest.mark.parametrize('change, field, words', [
     ({'dataset_list': 'nope'}, 'dataset_list', 'choose one of'),
-    ({'image_list_path': '/etc/passwd'}, 'image_list_path', 'outside'),
-    ({'image_folder': '/etc', 'dataset_list': 'val'}, 'image_folder', 'outside'),
+    ({'image_list_path': '/etc/passwd'}, 'image_list_path', 'inside the allowed folders'),
+    ({'image_folder': '/etc', 'dataset_list': 'val'}, 'image_folder', 'inside the allowed folders'),
     ({}, 'image_list', 'give a list'),
     ({'dataset_list': 'val', 'num_test_images': '-1'}, 'num_test_images', 'between'),
 ])

@@ -50,6 +50,7 @@ from urllib.parse import quote, urlencode
 
 import fastapi
 import jinja2
+import markupsafe
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -57,6 +58,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from alexnet_jax import confinement
 from alexnet_jax import fileio
 from alexnet_jax.run import listing as listing_lib   # discovery and rows: status files only, no JAX
 from alexnet_jax.dashboard import checker as checker_lib
@@ -105,7 +107,7 @@ class Settings:
 
 
 def _error(status: int, errors: dict[str, str]) -> JSONResponse:
-  return JSONResponse({'errors': errors}, status_code=status)
+  return security.PrintableJSONResponse({'errors': errors}, status_code=status)
 
 
 # ---- Request guard (hosts, origins, token, body size) ---------------------------------------------
@@ -213,6 +215,12 @@ def fmt_pct(value: Optional[float], digits: int = 1) -> str:
   return '-' if value is None else f'{100 * value:.{digits}f}%'
 
 
+def _printable_value(value: Any) -> Any:
+  """Jinja's finalize: a string with undecodable path bytes is shown escaped (the page stays UTF-8)."""
+  return confinement.printable(value) if isinstance(value, str) and not isinstance(value, markupsafe.Markup) \
+      else value
+
+
 def _plain(value: Any) -> Any:
   """Values as plain JSON for the browser (NaN/inf -> None, paths -> str)."""
   if isinstance(value, float):
@@ -289,7 +297,7 @@ class Dashboard:
     self.hosts = security.allowed_hosts(settings.host, settings.allowed_hosts)
     self.checker = checker_lib.Checker(self.state_dir)
     self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
-                                  trim_blocks=True, lstrip_blocks=True)
+                                  trim_blocks=True, lstrip_blocks=True, finalize=_printable_value)
     self.env.globals.update(fmt_time=fmt_time, fmt_pct=fmt_pct, fmt_seconds=listing_lib.format_seconds,
                             fmt_size=listing_lib.format_size, static=self.static_url,
                             plotly_url=self.plotly_url)
@@ -300,6 +308,10 @@ class Dashboard:
     self._readers: dict[str, Any] = {}
     self._readers_lock = threading.Lock()
     self.inference = inference_pages.InferencePages(self)
+
+  def confine_flag(self) -> str:
+    """``--confine_to`` for the jobs this server starts: the tools check every image again themselves."""
+    return '--confine_to=' + ','.join(str(r) for r in self.roots)
 
   # -- Static files ---------------------------------------------------------------------------------
 
@@ -689,7 +701,7 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
     dash.inference.predictor.close()
 
   app = fastapi.FastAPI(title='alexnet_jax dashboard', version=dash.version, docs_url=None,
-                        redoc_url=None, lifespan=lifespan)
+                        redoc_url=None, lifespan=lifespan, default_response_class=security.PrintableJSONResponse)
   app.state.dash = dash
 
   # -- Errors: always {"errors": {...}}, never a traceback ----------------------------------------
@@ -812,7 +824,7 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
           opts['val_source'] = saved['val']
         if 'test' in saved:
           opts['test_source'] = saved['test']
-      return forms.prepare_argv(opts, os.path.join(jobdir, jobs_lib.DATASET_DIR))
+      return forms.prepare_argv(opts, os.path.join(jobdir, jobs_lib.DATASET_DIR)) + [dash.confine_flag()]
 
     job = dash.manager.create('dataset', name=parsed['name'], group=parsed['group'], notes=parsed['notes'],
                               argv=[], argv_for=argv_for, form=parsed['form'])

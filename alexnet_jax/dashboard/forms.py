@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from alexnet_jax import confinement
 from alexnet_jax.dashboard import security
 
 # ---- Limits -----------------------------------------------------------------------------------------
@@ -199,17 +200,27 @@ def class_folders(folder: Path, limit: int = 100_000) -> dict[str, int]:
   return out
 
 
-def _check_list(path: Path, image_root: Optional[Path], roots: Sequence[Path], field: str,
+def _list_lines_of(source: Path | bytes):
+  """The text lines of a list file on disk or uploaded (undecodable bytes kept as surrogate escapes)."""
+  if isinstance(source, bytes):
+    return iter(source.decode('utf-8', errors='surrogateescape').splitlines())
+  return open(source, encoding='utf-8', errors='surrogateescape')  # pylint: disable=consider-using-with
+
+
+def _check_list(path: Path | bytes, image_root: Optional[Path], roots: Sequence[Path], field: str,
                 errors: dict[str, str]) -> int:
-  """Checks a DIGITS list file ("path label" lines): size, and every image path inside the roots.
+  """Checks a DIGITS list file ("path label" lines), local or uploaded (bytes): size, and every image
+  path inside the roots (``confinement.leads_outside``: links resolved; the message is the same whether
+  an outside path exists or not).
 
   Returns the number of entries. A relative path is taken from ``image_root`` (else the list's folder).
   """
-  base = image_root or path.parent
+  base = image_root or (path.parent if isinstance(path, Path) else roots[0])
   n = 0
   try:
-    with open(path, encoding='utf-8', errors='replace') as f:
-      for lineno, line in enumerate(f, 1):
+    lines = _list_lines_of(path)
+    try:
+      for lineno, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith('#'):
           continue
@@ -219,13 +230,38 @@ def _check_list(path: Path, image_root: Optional[Path], roots: Sequence[Path], f
           return n
         image = line.rsplit(None, 1)[0] if ' ' in line or '\t' in line else line
         full = Path(image) if os.path.isabs(image) else base / image
-        real = Path(os.path.realpath(full))
-        if not any(real.is_relative_to(r) for r in roots):
-          errors[field] = f'line {lineno}: {image} is outside the allowed folders'
+        if confinement.leads_outside(full, roots):
+          errors[field] = f'line {lineno}: {confinement.printable(image)}: {confinement.OUTSIDE}'
           return n
+    finally:
+      if hasattr(lines, 'close'):
+        lines.close()
   except OSError as e:
     errors[field] = f'cannot read it: {e.strerror or e}'
   return n
+
+
+def _links_outside(folder: Path, roots: Sequence[Path], limit: int = 3) -> list[str]:
+  """Image files under ``folder`` (as prepare walks it: links followed) that resolve outside the roots,
+  named relative to ``folder`` (never where they lead)."""
+  bad: list[str] = []
+  seen: set[str] = set()
+  for root, dirs, files in os.walk(folder, followlinks=True):
+    real = os.path.realpath(root)
+    if real in seen:                  # a link loop (ln -s .. loop): each folder once
+      dirs[:] = []
+      continue
+    seen.add(real)
+    dirs[:] = [d for d in dirs if not d.startswith('.')]
+    for name in files:
+      if name.startswith('.') or not name.lower().endswith(IMAGE_EXTENSIONS):
+        continue
+      full = os.path.join(root, name)
+      if confinement.leads_outside(full, roots):
+        bad.append(os.path.relpath(full, folder))
+        if len(bad) >= limit:
+          return bad
+  return bad
 
 
 def parse_dataset_form(form: Mapping[str, Any], roots: Sequence[Path], *,
@@ -279,7 +315,12 @@ def parse_dataset_form(form: Mapping[str, Any], roots: Sequence[Path], *,
     if high and low and high < low:
       r.errors['folder_train_max_per_class'] = (f'{high} is less than the minimum per class ({low}): '
                                                 'every class would be dropped')
-    if train is not None:
+    for field, folder in (('folder_train', train), ('folder_val', val), ('folder_test', test)):
+      escaped = _links_outside(folder, roots) if folder is not None else []
+      if escaped:
+        r.errors[field] = (f'links in it lead outside the allowed folders: {", ".join(escaped)}; '
+                           'copy those images into the folder instead')
+    if train is not None and 'folder_train' not in r.errors:
       classes = class_folders(train)
       usable = {c: n for c, n in classes.items() if n >= max(1, low or 0)}
       if len(usable) < 2:
@@ -332,6 +373,8 @@ def parse_dataset_form(form: Mapping[str, Any], roots: Sequence[Path], *,
         r.errors[field] = f'larger than {MAX_UPLOAD_BYTES // 2**20} MiB'
       elif data.count(b'\n') > MAX_LIST_LINES:
         r.errors[field] = f'more than {MAX_LIST_LINES} lines'
+      elif field != 'textfile_labels_file' and prefix is not None:   # an uploaded list: as a local one
+        _check_list(data, prefix, roots, field, r.errors)
     if uploads and prefix is None and 'textfile_train_folder' not in r.errors:
       r.errors['textfile_train_folder'] = 'required with uploaded lists: the folder their paths start from'
     options.update(min_per_class=low, max_per_class=high, val_percent=0.0, test_percent=0.0,

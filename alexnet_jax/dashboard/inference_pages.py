@@ -45,7 +45,7 @@ import fastapi
 from fastapi import Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-from alexnet_jax import fileio, image_lists
+from alexnet_jax import confinement, fileio, image_lists
 from alexnet_jax.dashboard import jobs as jobs_lib
 from alexnet_jax.dashboard import predictor as predictor_lib
 from alexnet_jax.dashboard import runner as runner_lib
@@ -76,7 +76,7 @@ class FormError(ValueError):
 
 
 def _errors(field: str, message: str, status: int = 400) -> JSONResponse:
-  return JSONResponse({'errors': {field: message}}, status_code=status)
+  return security.PrintableJSONResponse({'errors': {field: message}}, status_code=status)
 
 
 # ---- Snapshots ----------------------------------------------------------------------------------------
@@ -325,8 +325,7 @@ class InferencePages:
     kept, bad = [], {p.line: p.reason for p in problems}
     for e in entries:
       if not security.inside(e.path, self.dash.roots):
-        reason = ('outside the allowed folders' if os.path.exists(e.path) else 'no such file')
-        bad[e.line] = f'{e.path}: {reason}'
+        bad[e.line] = f'{confinement.printable(e.path)}: {confinement.OUTSIDE}'     # one message: no oracle
       else:
         kept.append(e)
     if not kept:
@@ -351,7 +350,7 @@ class InferencePages:
               f'--layout={layout}', f'--top_k={top_k}', f'--top_n_per_category={top_n}',
               f'--image_list={os.path.join(jobdir, LIST_FILE)}', '--format=json',
               f'--output={os.path.join(jobdir, RESULT_FILE)}', f'--csv={os.path.join(jobdir, CSV_FILE)}',
-              f'--report_dir={jobdir}', f'--status_dir={jobdir}']
+              f'--report_dir={jobdir}', f'--status_dir={jobdir}', self.dash.confine_flag()]
 
     epoch = next((r['epoch'] for r in table['snapshots'] if r['step'] == step), None)
     name = f'{row["name"]} · {list_name}'

@@ -30,6 +30,10 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 from urllib.parse import urlsplit
 
+from starlette.responses import JSONResponse
+
+from alexnet_jax import confinement
+
 TOKEN_FILE = 'token'
 COOKIE = 'alexnet_dashboard_token'
 TOKEN_HEADER = 'x-dashboard-token'
@@ -73,15 +77,12 @@ def confine(text: str, roots: Sequence[Path], *, want: str = 'any') -> Path:
   raw = Path(text).expanduser()
   if not raw.is_absolute():
     raw = roots[0] / raw
-  try:
-    path = raw.resolve(strict=True)
-  except (OSError, RuntimeError):
-    inside = any(Path(os.path.abspath(raw)).is_relative_to(r) for r in roots)
-    raise PathError(f'{text}: no such {"folder" if want == "dir" else "file" if want == "file" else "path"}'
-                    + ('' if inside else f' (and outside the allowed folders: {_names(roots)})')) from None
-  if not any(path.is_relative_to(r) for r in roots):
-    via = '' if Path(os.path.abspath(raw)) == path else f' (it leads to {path})'
-    raise PathError(f'{text}: outside the allowed folders{via}; allowed: {_names(roots)}')
+  kind = 'folder' if want == 'dir' else 'file' if want == 'file' else 'path'
+  path = confinement.resolve_inside(raw, roots)
+  if path is None:
+    # One message for a missing path and for one outside the roots (whether it exists there or not):
+    # an error must not tell what lies outside them, nor where a link leads.
+    raise PathError(f'{text}: no such {kind} inside the allowed folders')
   if want == 'dir' and not path.is_dir():
     raise PathError(f'{text}: not a folder')
   if want == 'file' and not path.is_file():
@@ -91,15 +92,7 @@ def confine(text: str, roots: Sequence[Path], *, want: str = 'any') -> Path:
 
 def inside(path: str | os.PathLike, roots: Sequence[Path]) -> bool:
   """Whether an existing path resolves inside one of ``roots`` (False when it does not exist)."""
-  try:
-    resolved = Path(path).resolve(strict=True)
-  except (OSError, RuntimeError):
-    return False
-  return any(resolved.is_relative_to(r) for r in roots)
-
-
-def _names(roots: Sequence[Path]) -> str:
-  return ', '.join(str(r) for r in roots)
+  return confinement.is_inside(path, roots)
 
 
 def complete(prefix: str, roots: Sequence[Path], limit: int = 50) -> list[str]:
@@ -130,6 +123,30 @@ def complete(prefix: str, roots: Sequence[Path], limit: int = 50) -> list[str]:
   except OSError:
     return []
   return out
+
+
+# ---- Answers: encodable whatever bytes a path holds ------------------------------------------------------
+
+def printable_tree(value):
+  """``value`` (JSON-like) with every string made encodable (``confinement.printable``): a file name of
+  non-UTF-8 bytes in a Classify Many list is shown as ``\\xe9`` instead of failing the whole answer."""
+  if isinstance(value, str):
+    return confinement.printable(value)
+  if isinstance(value, dict):
+    return {printable_tree(k): printable_tree(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [printable_tree(v) for v in value]
+  return value
+
+
+class PrintableJSONResponse(JSONResponse):
+  """The dashboard's JSON answers: as Starlette's, but a string that cannot be UTF-8 is made printable."""
+
+  def render(self, content) -> bytes:
+    try:
+      return super().render(content)
+    except UnicodeEncodeError:
+      return super().render(printable_tree(content))
 
 
 # ---- Token --------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ import zlib
 
 import numpy as np
 
+from alexnet_jax import confinement
 from alexnet_jax.data import errors
 from alexnet_jax.data import loading
 from alexnet_jax.data import progress as progress_lib
@@ -85,6 +86,7 @@ class PrepareOptions:
   overwrite: bool = False
   draft: bool = True
   progress_interval_s: float = 2.0
+  confine_to: tuple = ()                        # resolved roots every image must lie in (confinement.py)
 
 
 def _check(opts: PrepareOptions) -> None:
@@ -136,6 +138,7 @@ def _listing_splits(opts: PrepareOptions):
   if isinstance(listing, sources.Prepared):
     raise errors.DataError(f'--source={opts.source}: this is already a prepared dataset')
   skipped = list(listing.skipped)
+  _confine(listing, opts, '--source')
   classes, split_map, dropped = splits_lib.split_listing(
       listing, val_percent=0.0 if opts.val_source else opts.val_percent,
       test_percent=0.0 if opts.test_source else opts.test_percent, min_per_class=opts.min_per_class,
@@ -145,9 +148,23 @@ def _listing_splits(opts: PrepareOptions):
       other = sources.open_source(spec, what=flag, **common)
       if isinstance(other, sources.Prepared):
         raise errors.DataError(f'{flag}={spec}: a prepared dataset cannot be a split source')
+      _confine(other, opts, flag)
       skipped.extend(other.skipped)
       split_map[name] = splits_lib.match_classes(other, classes, name)
   return listing.description, classes, split_map, dropped, skipped
+
+
+def _confine(listing, opts: PrepareOptions, flag: str) -> None:
+  """With ``--confine_to``, every image a listing names -- walked from a folder (links resolved, file by
+  file) or named by a list -- must resolve inside the roots; else a DataError before anything is read."""
+  if not opts.confine_to:
+    return
+  if not isinstance(listing.store, sources.FileStore):
+    raise errors.DataError(f'{flag}: only image folders and list files can be used with --confine_to')
+  try:
+    confinement.check_all(listing.keys, opts.confine_to, what=flag)
+  except confinement.OutsideRootsError as e:
+    raise errors.DataError(str(e)) from None
 
 
 def noise_rng(seed: int, path: str, stream: int):

@@ -1,0 +1,194 @@
+"""The dashboard under hostile requests (issue 24): one test per finding, each fast (TestClient, no jobs run).
+
+A server without scheduler or worker is enough for the form, guard and answer checks: a job that a form
+would start is only written (queued), so its argv can be read. The tools' own ``--confine_to`` check is
+run through the library (``preparation.prepare_dataset``) on small generated folders.
+"""
+
+import errno
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+
+pytest.importorskip('fastapi')
+with warnings.catch_warnings():                 # starlette: "install httpx2 instead" (still works)
+  warnings.simplefilter('ignore')
+  from fastapi.testclient import TestClient  # noqa: E402
+
+from alexnet_jax import confinement  # noqa: E402
+from alexnet_jax import fileio  # noqa: E402
+from alexnet_jax.dashboard import app as app_lib  # noqa: E402
+from alexnet_jax.dashboard import inference_pages  # noqa: E402
+from alexnet_jax.dashboard import jobs as jobs_lib  # noqa: E402
+from alexnet_jax.dashboard import security  # noqa: E402
+from alexnet_jax.data import errors as data_errors  # noqa: E402
+from alexnet_jax.data import preparation  # noqa: E402
+from alexnet_jax.data import synthetic  # noqa: E402
+
+BASE = 'http://127.0.0.1:5000'
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+  """A data root with a good 2-class folder and one whose class folder is a link that leads out."""
+  tmp = tmp_path_factory.mktemp('sec')
+  root, outside = tmp / 'data', tmp / 'outside'
+  synthetic.make_image_folder(str(root / 'good'), num_classes=2, per_class=3, size=(32, 32))
+  synthetic.make_image_folder(str(outside), num_classes=2, per_class=3, size=(32, 32))
+  synthetic.make_image_folder(str(root / 'linkds'), num_classes=1, per_class=3, size=(32, 32))
+  os.symlink(outside / 'class_1', root / 'linkds' / 'classA')          # a class folder that leads out
+  synthetic.make_image_folder(str(root / 'filelinks'), num_classes=2, per_class=3, size=(32, 32))
+  first = sorted(os.listdir(outside / 'class_0'))[0]
+  os.symlink(outside / 'class_0' / first, root / 'filelinks' / 'class_0' / 'x.jpg')   # one file link out
+  (root / 'labels.txt').write_text('class_0\nclass_1\n')
+  return {'tmp': tmp, 'root': root, 'outside': outside, 'jobs': tmp / 'jobs'}
+
+
+@pytest.fixture()
+def client(env, tmp_path):
+  app = app_lib.create_app(app_lib.Settings(jobs_dir=str(tmp_path / 'jobs'), data_roots=[str(env['root'])],
+                                            start_worker=False, start_scheduler=False))
+  with TestClient(app, base_url=BASE) as c:
+    c.token = app.state.dash.token
+    c.bearer = {'Authorization': f'Bearer {c.token}'}
+    yield c
+
+
+def _jobs(client):
+  return dict(client.app.state.dash.manager.jobs)
+
+
+def _folder_form(folder, **kw):
+  form = {'method': 'folder', 'folder_train': str(folder), 'resize_width': '32', 'resize_height': '32',
+          'folder_pct_val': '25', 'dataset_name': 'x'}
+  form.update(kw)
+  return form
+
+
+# ---- 1. Uploaded list files are checked like local ones ------------------------------------------------
+
+def test_uploaded_list_naming_outside_images_is_refused(client, env):
+  outside_image = sorted((env['outside'] / 'class_0').iterdir())[0]
+  good = env['root'] / 'good' / 'class_0' / sorted(os.listdir(env['root'] / 'good' / 'class_0'))[0]
+  form = {'method': 'textfile', 'textfile_train_folder': str(env['root']), 'resize_width': '32',
+          'resize_height': '32', 'dataset_name': 'up'}
+  files = {'textfile_train_images': ('train.txt', f'{good} 0\n{outside_image} 1\n'.encode()),
+           'textfile_labels_file': ('labels.txt', b'class_0\nclass_1\n')}
+  r = client.post('/datasets/images/classification.json', data=form, files=files, headers=client.bearer)
+  assert r.status_code == 400, r.text
+  assert 'line 2' in r.json()['errors']['textfile_train_images']
+  assert confinement.OUTSIDE in r.json()['errors']['textfile_train_images']
+  assert _jobs(client) == {}
+  # A relative path that climbs out of the folder is refused too.
+  files['textfile_train_images'] = ('train.txt', b'../outside/class_0/000.jpg 0\n')
+  r = client.post('/datasets/images/classification.json', data=form, files=files, headers=client.bearer)
+  assert r.status_code == 400 and 'textfile_train_images' in r.json()['errors'], r.text
+
+
+def test_jobs_the_dashboard_starts_carry_confine_to(client, env):
+  r = client.post('/datasets/images/classification.json', data=_folder_form(env['root'] / 'good'),
+                  headers=client.bearer)
+  assert r.status_code == 200, r.text
+  argv = _jobs(client)[r.json()['id']].doc['argv']
+  flag = [a for a in argv if a.startswith('--confine_to=')]
+  assert flag and str(env['root']) in flag[0].split('=', 1)[1].split(','), argv
+
+
+# ---- 2. Links inside an allowed folder that lead out of it ---------------------------------------------
+
+@pytest.mark.parametrize('folder', ['linkds', 'filelinks'])
+def test_folder_with_links_leading_out_is_refused(client, env, folder):
+  r = client.post('/datasets/images/classification.json', data=_folder_form(env['root'] / folder),
+                  headers=client.bearer)
+  assert r.status_code == 400, r.text
+  message = r.json()['errors']['folder_train']
+  assert 'lead outside the allowed folders' in message
+  assert str(env['outside']) not in message                # where the link leads is not told
+  assert _jobs(client) == {}
+
+
+@pytest.mark.parametrize('folder', ['linkds', 'filelinks'])
+def test_prepare_confine_to_refuses_links_leading_out(env, tmp_path, folder):
+  roots = confinement.parse_roots(str(env['root']))
+  opts = preparation.PrepareOptions(source=str(env['root'] / folder), output=str(tmp_path / 'out'),
+                                    image_size=(16, 16), val_percent=0, min_per_class=1, confine_to=tuple(roots))
+  with pytest.raises(data_errors.DataError, match='inside the allowed folders'):
+    preparation.prepare_dataset(opts)
+  assert not (tmp_path / 'out').exists()
+  opts.confine_to = ()                                     # without the flag (the CLI's default): as before
+  assert preparation.prepare_dataset(opts)   # the stats of a written dataset
+
+
+def test_prepare_confine_to_checks_list_sources(env, tmp_path):
+  outside_image = sorted((env['outside'] / 'class_0').iterdir())[0]
+  good = sorted((env['root'] / 'good' / 'class_0').iterdir())
+  listing = tmp_path / 'list.txt'                          # the list itself may live anywhere (an upload)
+  listing.write_text(f'{good[0]} 0\n{good[1]} 0\n{outside_image} 1\n')
+  opts = preparation.PrepareOptions(source=str(listing), output=str(tmp_path / 'out'), image_size=(16, 16),
+                                    val_percent=0, min_per_class=1, labels_file=str(env['root'] / 'labels.txt'),
+                                    confine_to=tuple(confinement.parse_roots(str(env['root']))))
+  with pytest.raises(data_errors.DataError, match='--source: 1 path'):
+    preparation.prepare_dataset(opts)
+
+
+def test_classify_confine_to_flag_refuses_before_loading(env, tmp_path):
+  listing = tmp_path / 'list.txt'
+  listing.write_text(f'{sorted((env["outside"] / "class_0").iterdir())[0]}\n')
+  r = subprocess.run([sys.executable, '-m', 'alexnet_jax.classify', f'--workdir={tmp_path}',
+                      f'--image_list={listing}', f'--confine_to={env["root"]}'],
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode != 0 and confinement.OUTSIDE in r.stderr, r.stderr   # before any model is read
+  bad = subprocess.run([sys.executable, '-m', 'alexnet_jax.classify', f'--workdir={tmp_path}',
+                        f'--image_list={listing}', '--confine_to=/no/such/root'],
+                       capture_output=True, text=True, timeout=120)
+  assert bad.returncode != 0 and '--confine_to' in bad.stderr, bad.stderr
+
+
+def test_confinement_library():
+  roots = confinement.parse_roots('/usr,/usr')
+  assert len(roots) == 1
+  assert confinement.outside(['/usr/bin', '/etc/passwd', '/usr/no-such'], roots) == ['/etc/passwd',
+                                                                                     '/usr/no-such']
+  with pytest.raises(confinement.OutsideRootsError, match='x: 1 path') as e:
+    confinement.check_all(['/etc/passwd'], roots, what='x')
+  assert confinement.OUTSIDE in str(e.value)
+  confinement.check_all(['/etc/passwd'], [], what='x')      # no roots: nothing asked
+  assert confinement.printable('caf\udce9.jpg') == 'caf\\xe9.jpg'
+  assert confinement.printable(b'caf\xe9.jpg') == 'caf\\xe9.jpg'
+
+
+# ---- 4. Non-UTF-8 bytes in paths: every answer encodable ----------------------------------------------
+
+def test_non_utf8_paths_in_a_classify_result_answer_200(client, env):
+  manager = client.app.state.dash.manager
+  job = manager.create('classify', name='latin', argv=['true'], form={}, extra={'images': 1})
+  name = '/data/caf\udce9.jpg'                               # os.fsdecode(b'/data/caf\xe9.jpg')
+  with open(os.path.join(job.dir, inference_pages.RESULT_FILE), 'w', encoding='ascii') as f:
+    json.dump({'predictions': {name: [['class_0', 0.9]]}, 'errors': [{'path': name, 'error': 'x'}]}, f)
+  fileio.write_json(os.path.join(job.dir, inference_pages.PROBLEMS_FILE),
+                    [{'line': 3, 'text': 'raw\udcff bytes', 'reason': 'no label'}])
+  r = client.get(f'/jobs/{job.id}.json')
+  assert r.status_code == 200, r.text
+  assert '/data/caf\\xe9.jpg' in r.json()['classifications']
+  assert 'raw\\xff bytes' == r.json()['list_problems'][0]['text']
+  page = client.get(f'/classifications/{job.id}')
+  assert page.status_code == 200
+
+
+# ---- 8. Errors tell nothing of what lies outside the roots --------------------------------------------
+
+def test_path_errors_are_the_same_for_missing_and_outside(client, env, tmp_path):
+  answers = {}
+  for text in ('/etc', '/no/such/folder', str(env['outside']), 'linkds/classA'):
+    r = client.post('/datasets/images/classification.json', data=_folder_form(text), headers=client.bearer)
+    answers[text] = r.json()['errors']['folder_train'].replace(text, 'PATH')
+  assert len(set(answers.values())) == 1, answers
+  said = json.dumps(list(answers.values()))
+  assert os.getcwd() not in said and str(env['outside']) not in said
