@@ -192,3 +192,100 @@ def test_path_errors_are_the_same_for_missing_and_outside(client, env, tmp_path)
   assert len(set(answers.values())) == 1, answers
   said = json.dumps(list(answers.values()))
   assert os.getcwd() not in said and str(env['outside']) not in said
+
+
+# ---- 6. Abort pressed twice: one SIGTERM, the second press refused; Force stop is explicit -------------
+
+_COUNTS_SIGTERM = r'''
+import os, signal, sys, time
+out = sys.argv[1]
+def on_term(signum, frame):
+  with open(out, 'a') as f:
+    f.write('TERM\n')
+signal.signal(signal.SIGTERM, on_term)
+with open(out, 'a') as f:
+  f.write('ready\n')
+while True:
+  time.sleep(0.05)
+'''
+
+
+def _wait_for(predicate, timeout=60.0, what='condition'):
+  end = time.monotonic() + timeout
+  while time.monotonic() < end:
+    if predicate():
+      return
+    time.sleep(0.05)
+  raise AssertionError(f'timed out waiting for {what}')
+
+
+def test_second_abort_is_refused_and_sends_no_second_sigterm(client, tmp_path):
+  manager = client.app.state.dash.manager
+  log = tmp_path / 'signals.txt'
+  job = manager.create('dataset', name='stubborn', argv=[sys.executable, '-c', _COUNTS_SIGTERM, str(log)],
+                       form={})
+  manager.tick()
+  assert job.state == 'running'
+  _wait_for(lambda: log.exists() and 'ready' in log.read_text(), what='the job to start')
+  r = client.post(f'/jobs/{job.id}/abort', headers=client.bearer)
+  assert r.status_code == 200 and r.json()['result'] == 'aborting'
+  _wait_for(lambda: 'TERM' in log.read_text(), what='the SIGTERM')
+  r = client.post(f'/jobs/{job.id}/abort', headers=client.bearer)
+  assert r.status_code == 409 and 'already stopping' in r.json()['errors']['job'], r.text
+  assert 'Force stop' in r.json()['errors']['job']
+  assert client.delete(f'/jobs/{job.id}', headers=client.bearer).json()['result'] == 'deleting'
+  assert log.read_text().count('TERM') == 1                 # Delete did not signal it again either
+  r = client.post(f'/jobs/{job.id}/abort?force=1', headers=client.bearer)
+  assert r.status_code == 200 and r.json()['result'] == 'killed'
+  _wait_for(lambda: (manager.tick(), job.id not in manager.jobs)[1], what='the job to be killed and removed')
+  assert log.read_text().count('TERM') == 1
+
+
+# ---- 10. One dashboard per jobs folder ------------------------------------------------------------------
+
+def test_second_dashboard_on_the_same_jobs_folder_stops_naming_the_first(env, tmp_path):
+  jobs = tmp_path / 'jobs'
+  first = app_lib.create_app(app_lib.Settings(jobs_dir=str(jobs), data_roots=[str(env['root'])], port=5123,
+                                              start_worker=False))
+  with TestClient(first, base_url=BASE):
+    r = subprocess.run([sys.executable, '-m', 'alexnet_jax.dashboard', f'--jobs_dir={jobs}', '--port=0',
+                        f'--data_root={env["root"]}'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert f'process {os.getpid()}' in r.stderr and 'http://127.0.0.1:5123/' in r.stderr, r.stderr
+    assert '--jobs_dir' in r.stderr
+  # Once the first has stopped, the folder is free again.
+  again = app_lib.create_app(app_lib.Settings(jobs_dir=str(jobs), data_roots=[str(env['root'])],
+                                              start_worker=False))
+  with TestClient(again, base_url=BASE) as c:
+    assert c.get('/index.json').status_code == 200
+
+
+# ---- 11. A full disk ------------------------------------------------------------------------------------
+
+def _enospc(*args, **kwargs):
+  raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_new_dataset_on_a_full_disk_answers_507_and_leaves_nothing(client, env, monkeypatch):
+  jobs_dir = client.app.state.dash.jobs_dir
+  before = sorted(os.listdir(jobs_dir))
+  monkeypatch.setattr(fileio, 'write_json', _enospc)
+  r = client.post('/datasets/images/classification.json', data=_folder_form(env['root'] / 'good'),
+                  headers=client.bearer)
+  assert r.status_code == 507, r.text
+  assert 'no space left' in r.json()['errors']['job'] and os.path.realpath(jobs_dir) in r.json()['errors']['job']
+  assert sorted(os.listdir(jobs_dir)) == before and _jobs(client) == {}
+
+
+def test_a_state_change_that_could_not_be_written_is_written_later(client, monkeypatch):
+  manager = client.app.state.dash.manager
+  job = manager.create('dataset', name='quick', argv=[sys.executable, '-c', 'pass'], form={})
+  manager.tick()
+  assert jobs_lib.read_job(job.dir)['state'] == 'running'
+  _wait_for(lambda: jobs_lib.read_exit(job.dir) is not None, what='the job to end')
+  with monkeypatch.context() as m:
+    m.setattr(fileio, 'write_json', _enospc)
+    _wait_for(lambda: (manager.tick(), job.state == 'done')[1], what='the end to be noticed')
+    assert jobs_lib.read_job(job.dir)['state'] == 'running'     # done in memory; the disk is full
+  manager.tick()                                     # space again: written at the next tick
+  assert jobs_lib.read_job(job.dir)['state'] == 'done'

@@ -54,6 +54,8 @@ def main(argv=None) -> int:
                                 require_token=True if args.require_token else None,
                                 allowed_hosts=args.allowed_host, max_dataset_jobs=args.max_dataset_jobs)
     app = app_lib.create_app(settings)
+    shown = f'[{args.host}]' if ':' in args.host else args.host
+    app.state.dash.manager.lock(f'http://{shown}:{port}/')   # before anything is served or launched
   except (OSError, ValueError) as e:
     print(f'dashboard: error: {e}', file=sys.stderr)
     return 2

@@ -691,12 +691,14 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
 
   async def lifespan(app):  # pylint: disable=unused-argument
     if settings.start_scheduler:
+      dash.manager.lock(f'http://{settings.host}:{settings.port}/')   # a second dashboard stops here
       dash.manager.start()
     if settings.start_worker:
       dash.checker.start()
       dash.inference.predictor.start()
     yield
     dash.manager.stop()
+    dash.manager.unlock()
     dash.checker.close()
     dash.inference.predictor.close()
 
@@ -1070,9 +1072,9 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
   # -- Job actions ------------------------------------------------------------------------------------
 
   @app.post('/jobs/{job_id}/abort')
-  def abort(job_id: str):
+  def abort(job_id: str, force: int = 0):
     dash.row(job_id)
-    return {'id': job_id, 'result': dash.manager.abort(job_id)}
+    return {'id': job_id, 'result': dash.manager.abort(job_id, force=bool(force))}
 
   @app.post('/jobs/{job_id}/resume')
   def resume(job_id: str):

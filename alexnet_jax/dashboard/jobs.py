@@ -34,6 +34,7 @@ finished from ``exit.json`` when the runner wrote one, and interrupted otherwise
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ from typing import Any, Callable, Optional
 from alexnet_jax import fileio
 from alexnet_jax.run import listing as listing_lib   # discovery and rows: status files only, no JAX
 from alexnet_jax.dashboard import runner as runner_lib
+from alexnet_jax.run import lock as lock_lib
 from alexnet_jax.run import status as status_lib
 
 _log = logging.getLogger(__name__)
@@ -73,6 +75,14 @@ class JobError(ValueError):
   def __init__(self, message: str, status: int = 400):
     super().__init__(message)
     self.status = status
+
+
+def _write_failure(e: OSError, folder: str) -> 'JobError':
+  """A write that failed as a JobError for the client: 507 naming the folder when the disk (or quota) is
+  full, else 500 with the cause; never a bare "internal error"."""
+  if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    return JobError(f'no space left on the device of {folder}: free some space there and try again', 507)
+  return JobError(f'cannot write in {folder}: {e.strerror or e}', 500)
 
 
 def _now_iso(unix: Optional[float] = None) -> str:
@@ -212,6 +222,8 @@ class JobManager:
     self._listing_lock = threading.Lock()
     self.on_change: list[Callable[[], None]] = []
     self._last_queued = 0.0
+    self._unsaved: set[str] = set()
+    self._dir_lock: Optional[lock_lib.WorkdirLock] = None
     self.load()
 
   def _queue_stamp(self) -> float:
@@ -222,6 +234,20 @@ class JobManager:
   @property
   def state_dir(self) -> str:
     return os.path.join(self.jobs_dir, STATE_DIR)
+
+  def lock(self, address: str) -> None:
+    """Owns the jobs folder (``.dashboard/dashboard.lock``) while serving: a second dashboard on the same
+    folder would launch the same queued jobs and then disagree on their states, so it stops at once,
+    naming this one (``lock.WorkdirBusyError``: pid, host, and the address it serves)."""
+    if self._dir_lock is None:
+      self._dir_lock = lock_lib.WorkdirLock(
+          self.jobs_dir, what='dashboard', lock_file=os.path.join(self.state_dir, 'dashboard.lock'),
+          flag='--jobs_dir', argv=['alexnet_jax.dashboard', 'serving', address]).acquire()
+
+  def unlock(self) -> None:
+    if self._dir_lock is not None:
+      self._dir_lock.release()
+      self._dir_lock = None
 
   # ---- Loading and re-attaching ------------------------------------------------------------------
 
@@ -243,7 +269,7 @@ class JobManager:
         self.jobs[job.id] = job
         if job.state == RUNNING:
           if self._refresh(job):
-            job.save()
+            self._save(job)
           elif job.state == RUNNING:
             _log.info('re-attached job %s (pid %s)', job.id, job.doc.get('pid'))
 
@@ -305,6 +331,19 @@ class JobManager:
         return line.strip()[:500]
     return None
 
+  def _save(self, job: Job) -> bool:
+    """Writes ``job.json``; when it cannot (a full disk), the job is remembered and written again on each
+    tick until it can, so a state change never stays unwritten (``running`` on disk) for good."""
+    try:
+      job.save()
+    except OSError as e:
+      if job.id not in self._unsaved:
+        _log.error('cannot write %s: %s; will retry', os.path.join(job.dir, JOB_FILE), e.strerror or e)
+      self._unsaved.add(job.id)
+      return False
+    self._unsaved.discard(job.id)
+    return True
+
   def _release(self, job: Job) -> None:
     job.doc['devices'] = []
 
@@ -353,9 +392,15 @@ class JobManager:
     """Reaps finished jobs, deletes those waiting for it, and starts the queued jobs that can start."""
     changed = False
     with self._lock:
+      for job_id in list(self._unsaved):             # state changes a full disk kept from being written
+        job = self.jobs.get(job_id)
+        if job is None:
+          self._unsaved.discard(job_id)
+        else:
+          self._save(job)
       for job in list(self.jobs.values()):
         if self._refresh(job):
-          job.save()
+          self._save(job)
           changed = True
       for job_id in list(self._pending_delete):
         job = self.jobs.get(job_id)
@@ -396,7 +441,7 @@ class JobManager:
         else:
           job.doc['error'] = f'its dataset {job.doc.get("dataset")} no longer exists'
           job.set_state(FAILED, job.doc['error'])
-          job.save()
+          self._save(job)
           changed = True
           continue
         if dataset_state != DONE:
@@ -436,7 +481,7 @@ class JobManager:
     except OSError as e:
       job.doc['error'] = f'cannot start: {e}'
       job.set_state(FAILED, job.doc['error'])
-      job.save()
+      self._save(job)
       return
     self._children[job.id] = child
     job.wait_reason = None
@@ -445,7 +490,7 @@ class JobManager:
                    attempt=int(job.doc.get('attempt') or 0) + 1, exit_status=None, error=None,
                    abort_requested=False, started_unix=round(time.time(), 3))
     job.set_state(RUNNING, f'pid {child.pid}' + (f' on {", ".join(devices)}' if devices else ''))
-    job.save()
+    self._save(job)
 
   # ---- Creating -----------------------------------------------------------------------------------
 
@@ -461,19 +506,29 @@ class JobManager:
       while job_id in self.jobs or os.path.exists(os.path.join(self.jobs_dir, job_id)):
         job_id = new_job_id()
       jobdir = os.path.join(self.jobs_dir, job_id)
-      os.makedirs(jobdir)
-      now = time.time()
-      doc = {'version': 1, 'id': job_id, 'kind': kind, 'name': name, 'group': group, 'notes': notes,
-             'created': _now_iso(now), 'created_unix': round(now, 3), 'queued_unix': self._queue_stamp(),
-             'argv': argv_for(jobdir) if argv_for else list(argv), 'cwd': self.jobs_dir,
-             'form': form, 'dataset': dataset, 'devices_needed': devices_needed, 'attempt': 0,
-             'devices': [], 'history': []}
-      doc.update(extra or {})
-      job = Job(jobdir, doc)
-      job.set_state(QUEUED)
-      job.save()
-      self.jobs[job_id] = job
-      self._rows_cache = (0.0, [])
+      try:
+        os.makedirs(jobdir, mode=0o700)
+        return self._create(kind, job_id, jobdir, name=name, argv=argv, form=form, group=group, notes=notes,
+                            dataset=dataset, devices_needed=devices_needed, extra=extra, argv_for=argv_for)
+      except OSError as e:
+        shutil.rmtree(jobdir, ignore_errors=True)          # nothing half-made stays behind
+        raise _write_failure(e, self.jobs_dir) from None
+
+  def _create(self, kind: str, job_id: str, jobdir: str, *, name, argv, form, group, notes, dataset,
+              devices_needed, extra, argv_for) -> Job:
+    """``create`` once the folder exists (under the manager's lock); OSError when a file cannot be written."""
+    now = time.time()
+    doc = {'version': 1, 'id': job_id, 'kind': kind, 'name': name, 'group': group, 'notes': notes,
+           'created': _now_iso(now), 'created_unix': round(now, 3), 'queued_unix': self._queue_stamp(),
+           'argv': argv_for(jobdir) if argv_for else list(argv), 'cwd': self.jobs_dir,
+           'form': form, 'dataset': dataset, 'devices_needed': devices_needed, 'attempt': 0,
+           'devices': [], 'history': []}
+    doc.update(extra or {})
+    job = Job(jobdir, doc)
+    job.set_state(QUEUED)
+    job.save()
+    self.jobs[job_id] = job
+    self._rows_cache = (0.0, [])
     self.wake()
     return job
 
@@ -482,9 +537,11 @@ class JobManager:
   def get(self, job_id: str) -> Optional[Job]:
     return self.jobs.get(job_id)
 
-  def abort(self, job_id: str) -> str:
-    """Stops a job: a queued one at once; a running one by SIGTERM to its process group (the trainer
-    snapshots and exits). Returns what was done."""
+  def abort(self, job_id: str, *, force: bool = False) -> str:
+    """Stops a job: a queued one at once; a running one by one SIGTERM to its process group (the trainer
+    snapshots and exits). A second Abort while it stops is refused (409): a second SIGTERM would make the
+    trainer quit without its stop snapshot. ``force`` ("Force stop") kills it at once (SIGKILL), losing
+    the steps since its last snapshot. Returns what was done."""
     with self._lock:
       job = self.jobs.get(job_id)
       if job is None:
@@ -493,25 +550,31 @@ class JobManager:
       if job.state == QUEUED:
         job.doc['abort_requested'] = True
         job.set_state(STOPPED, 'aborted before it started')
-        job.save()
+        self._save(job)
         self._rows_cache = (0.0, [])
         return 'stopped'
       if job.state != RUNNING:
         raise JobError(f'job {job_id} is {job.state}, not running')
+      if job.doc.get('abort_requested') and not force:
+        raise JobError(f'job {job_id} is already stopping (it is writing its stop snapshot); wait, or use '
+                       'Force stop (POST /jobs/<id>/abort?force=1) to kill it now and lose the steps since '
+                       'its last snapshot', 409)
       job.doc['abort_requested'] = True
-      job.save()
+      if force:
+        job.doc['force_stopped'] = True
+      self._save(job)
       if status_lib.process_alive(job.process_record()) is False:
         self._refresh(job)
-        job.save()
+        self._save(job)
         return job.state
       try:
-        os.killpg(int(job.doc['pid']), signal.SIGTERM)
+        os.killpg(int(job.doc['pid']), signal.SIGKILL if force else signal.SIGTERM)
       except ProcessLookupError:
         pass
       except PermissionError as e:
         raise JobError(f'cannot signal process {job.doc["pid"]}: {e}', 403) from None
       self.wake()
-      return 'aborting'
+      return 'killed' if force else 'aborting'
 
   def _external_row(self, job_id: str) -> dict[str, Any]:
     for row in self.rows():
@@ -547,7 +610,10 @@ class JobManager:
       job.doc['error'] = None
       job.doc['queued_unix'] = self._queue_stamp()
       job.set_state(QUEUED, 'resume')
-      job.save()
+      try:
+        job.save()
+      except OSError as e:
+        raise _write_failure(e, job.dir) from None
       self._rows_cache = (0.0, [])
     self.wake()
     return 'queued'
@@ -589,7 +655,8 @@ class JobManager:
       self._refresh(job)
       if job.state == RUNNING:
         self._pending_delete.add(job_id)
-        self.abort(job_id)
+        if not job.doc.get('abort_requested'):     # already stopping: one SIGTERM is enough
+          self.abort(job_id)
         return 'deleting'
       self._remove(job)
       return 'deleted'
@@ -609,7 +676,10 @@ class JobManager:
       for key, value in fields.items():
         if value is not None:
           job.doc[key] = value
-      job.save()
+      try:
+        job.save()
+      except OSError as e:
+        raise _write_failure(e, job.dir) from None
       self._rows_cache = (0.0, [])
       return job
 
