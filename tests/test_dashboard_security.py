@@ -289,3 +289,73 @@ def test_a_state_change_that_could_not_be_written_is_written_later(client, monke
     assert jobs_lib.read_job(job.dir)['state'] == 'running'     # done in memory; the disk is full
   manager.tick()                                     # space again: written at the next tick
   assert jobs_lib.read_job(job.dir)['state'] == 'done'
+
+
+# ---- 3. Image work bounded ---------------------------------------------------------------------------------
+
+def _rss_kib(pid: int, field: str = 'VmHWM') -> int:
+  with open(f'/proc/{pid}/status') as f:
+    for line in f:
+      if line.startswith(field + ':'):
+        return int(line.split()[1])
+  raise AssertionError(f'no {field} for {pid}')
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/status'), reason='reads the RSS from /proc')
+def test_burst_of_large_resize_examples_keeps_the_server_small(env, tmp_path):
+  """30 parallel GETs of the 4096x4096 example: the real server's peak RSS stays below 1 GB (it reached
+  6.1 GB before), and the same request from another site's <img> is refused before any work."""
+  import concurrent.futures
+  import urllib.error
+  import urllib.request
+  server = subprocess.Popen([sys.executable, '-m', 'alexnet_jax.dashboard', f'--jobs_dir={tmp_path / "jobs"}',
+                             '--port=0', f'--data_root={env["root"]}'], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+  try:
+    first = server.stdout.readline()
+    assert 'http://127.0.0.1:' in first, first
+    base = first.split()[-1].split('?')[0].rstrip('/')
+    url = f'{base}/datasets/resize_example.png?width=4096&height=4096&folder={env["root"] / "good"}'
+
+    def get(headers=None):
+      try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=300) as r:
+          return r.status, len(r.read())
+      except urllib.error.HTTPError as e:
+        return e.code, 0
+
+    assert get()[0] == 200
+    before = _rss_kib(server.pid, 'VmRSS')
+    with concurrent.futures.ThreadPoolExecutor(30) as pool:
+      answers = list(pool.map(lambda _: get(), range(30)))
+    assert all(status == 200 for status, _ in answers), answers
+    peak = _rss_kib(server.pid)
+    print(f'server RSS before the burst {before / 1024:.0f} MiB, peak {peak / 1024:.0f} MiB')
+    assert peak < 1024 * 1024, f'peak RSS {peak / 1024:.0f} MiB'
+    cross = get({'Sec-Fetch-Site': 'cross-site', 'Sec-Fetch-Mode': 'no-cors', 'Sec-Fetch-Dest': 'image'})
+    assert cross[0] == 403
+  finally:
+    server.terminate()
+    server.wait(timeout=60)
+
+
+def test_cross_site_gets_that_do_work_are_refused(client, env):
+  cross = {'Sec-Fetch-Site': 'cross-site', 'Sec-Fetch-Mode': 'no-cors', 'Sec-Fetch-Dest': 'image'}
+  assert client.get('/datasets/resize_example.png', headers=cross).status_code == 403
+  assert client.get('/models/x/download.zip', headers={**cross, 'Sec-Fetch-Mode': 'navigate'}).status_code == 403
+  assert client.get('/index.json', headers={**cross, 'Sec-Fetch-Mode': 'cors'}).status_code == 403
+  assert client.get('/', headers={**cross, 'Sec-Fetch-Mode': 'navigate'}).status_code == 200   # a link
+  same = {'Sec-Fetch-Site': 'same-origin', 'Sec-Fetch-Mode': 'no-cors', 'Sec-Fetch-Dest': 'image'}
+  assert client.get('/datasets/resize_example.png', headers=same).status_code == 200
+
+
+def test_thumbnails_refuse_images_past_the_pixel_cap(tmp_path):
+  import PIL.Image
+  big = tmp_path / 'big.png'
+  PIL.Image.new('L', (9000, 9000)).save(big)
+  with pytest.raises(Exception) as e:
+    inference_pages._thumbnail(str(big), 96)           # pylint: disable=protected-access
+  assert getattr(e.value, 'status_code', None) == 404
+  small = tmp_path / 'small.jpg'
+  PIL.Image.new('RGB', (300, 200), (200, 10, 10)).save(small)
+  assert inference_pages._thumbnail(str(small), 96)[:4] == b'\x89PNG'   # pylint: disable=protected-access

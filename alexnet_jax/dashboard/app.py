@@ -152,6 +152,10 @@ class Guard:
       if length is not None and (not length.isdigit() or int(length) > self.max_body):
         return await _error(413, {'request': f'larger than {self.max_body // 2**20} MiB'})(
             scope, receive, send)
+    elif not security.cross_site_read_ok(headers.get('sec-fetch-site'), headers.get('sec-fetch-mode'),
+                                         scope.get('path') or ''):
+      return await _error(403, {'origin': 'cross-site request refused: open the dashboard itself'})(
+          scope, receive, send)
     elif self.require_token and not (header_ok or cookie_ok):
       query = scope.get('query_string', b'').decode('latin-1')
       offered = dict(p.split('=', 1) for p in query.split('&') if '=' in p).get('token')
@@ -569,11 +573,12 @@ class Dashboard:
       if not 0 <= index < reader.num_records():
         raise IndexError(index)
       blob = reader.read([index])[0]
-    image = records.decode_record(blob).image
-    pil = PIL.Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
-    buf = io.BytesIO()
-    pil.save(buf, format='PNG', compress_level=1)
-    return buf.getvalue()
+    with inference_pages.IMAGE_WORK:
+      image = records.decode_record(blob).image
+      pil = PIL.Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+      buf = io.BytesIO()
+      pil.save(buf, format='PNG', compress_level=1)
+      return buf.getvalue()
 
 
 def _package_version(name: str) -> str:
@@ -609,9 +614,9 @@ def _resize_example(width: int, height: int, channels: int, sample: Optional[str
   image = None
   if sample:
     try:
-      image = PIL.Image.open(sample)
-      image.draft('RGB', (512, 512))
-      image = image.convert('RGB')
+      with inference_pages.open_bounded(sample, (512, 512)) as opened:
+        image = opened.convert('RGB')
+      image.thumbnail((512, 512))
     except Exception:  # pylint: disable=broad-except
       image = None
   if image is None:            # a wide picture, so the modes differ: sky, ground, sun, a tree
@@ -635,9 +640,10 @@ def _resize_example(width: int, height: int, channels: int, sample: Optional[str
   d.text((pad, pad), f'original {image.width}x{image.height}', fill=(0, 0, 0))
   x = src.width + 2 * pad
   for mode in modes:
-    out = resize.resize_image(image, height, width, channels, mode, rng=np.random.default_rng(0))
-    tile = PIL.Image.fromarray(out[:, :, 0] if out.ndim == 3 and out.shape[2] == 1 else out)
-    tile = tile.convert('RGB').resize((tile_w, tile_h), PIL.Image.NEAREST)
+    # Drawn at the size it is shown: the modes depend on the aspect ratio only, and a 4096x4096 example
+    # computed at full size cost ~200 MB a request (issue 24).
+    out = resize.resize_image(image, tile_h, tile_w, channels, mode, rng=np.random.default_rng(0))
+    tile = PIL.Image.fromarray(out[:, :, 0] if out.ndim == 3 and out.shape[2] == 1 else out).convert('RGB')
     canvas.paste(tile, (x, pad + label_h))
     d.text((x, pad), mode, fill=(0, 0, 0))
     x += tile_w + pad
@@ -842,7 +848,8 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
         sample = _first_image(str(security.confine(folder, dash.roots, want='dir')), dash.roots)
       except security.PathError:
         sample = None
-    data = _resize_example(width, height, channels, sample)
+    with inference_pages.IMAGE_WORK:
+      data = _resize_example(width, height, channels, sample)
     return Response(data, media_type='image/png', headers={'Cache-Control': 'no-store'})
 
   @app.get('/paths/complete')

@@ -58,6 +58,11 @@ MAX_TOP_K = 100
 MAX_TOP_N = 100
 LAYOUT_CHOICES = ('single', 'model', 'data', 'hybrid')
 ARCHIVE_FORMATS = ('tar.gz', 'zip')
+# Image work a GET can ask for (thumbnails, the resize example, gallery images): at most this many at a
+# time, each decoding at most MAX_DECODE_PIXELS, so a burst of requests (a hostile page's <img> tags) stays
+# within a few hundred MB instead of growing the server by GBs (issue 24).
+IMAGE_WORK = threading.BoundedSemaphore(2)
+MAX_DECODE_PIXELS = 4096 * 4096
 DATASET_LISTS = ('val', 'test', 'train')
 VIS_KEEP = 40                     # visualization folders kept (oldest removed)
 RESULT_FILE = 'classifications.json'
@@ -552,18 +557,32 @@ def _list_entry_path(list_path: str, line: int) -> Optional[str]:
   return entries[-1].path if entries and entries[-1].line == line else None
 
 
+def open_bounded(path: str, size: tuple[int, int]):
+  """A Pillow image of ``path`` reduced while decoding towards ``size`` (JPEG draft), refused (ValueError)
+  when it would still decode more than ``MAX_DECODE_PIXELS``; nothing is decoded before that check."""
+  import PIL.Image  # pylint: disable=g-import-not-at-top  (as app.py: the web process starts without it)
+  im = PIL.Image.open(path)
+  try:
+    im.draft('RGB', size)
+    if im.width * im.height > MAX_DECODE_PIXELS:
+      raise ValueError(f'{im.width}x{im.height} is too large to show (at most {MAX_DECODE_PIXELS} pixels)')
+  except BaseException:
+    im.close()
+    raise
+  return im
+
+
 def _thumbnail(path: str, size: int) -> bytes:
   import PIL.Image  # pylint: disable=g-import-not-at-top  (as app.py: the web process starts without it)
   try:
-    with PIL.Image.open(path) as im:
-      im.draft('RGB', (size, size))
+    with IMAGE_WORK, open_bounded(path, (size, size)) as im:
       im = im.convert('RGB')
       im.thumbnail((size, size))
       out = io.BytesIO()
       im.save(out, format='PNG')
       return out.getvalue()
   except (OSError, ValueError, PIL.Image.DecompressionBombError):
-    raise fastapi.HTTPException(404, f'{path} cannot be read as an image') from None
+    raise fastapi.HTTPException(404, f'{confinement.printable(path)} cannot be shown as a thumbnail') from None
 
 
 def _vis_entries(stats: dict[str, Any], out_dir: str, url_of) -> dict[str, Any]:

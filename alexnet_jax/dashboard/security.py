@@ -12,6 +12,8 @@ The dashboard launches processes and reads paths, so (DASHBOARD.md, "Security"):
 * **State-changing requests** (POST/PUT/DELETE) need the server's token -- ``Authorization: Bearer`` from
   a script, the ``X-Dashboard-Token`` header from the pages -- and, when the browser sends them, an
   ``Origin`` of this server and a ``Sec-Fetch-Site`` of ``same-origin`` (or ``none``: typed in the bar).
+* **Cross-site reads**: a GET from another site's page (``Sec-Fetch-Site: cross-site`` or ``same-site``) is
+  refused unless it is a navigation to a page (``cross_site_read_ok``): no image, bundle or census work.
 * **Reading**: on a loopback bind, pages are open to this machine's users (as DIGITS was); with any other
   --host, or ``--require_token``, every request needs the token, which a first visit to ``/?token=...``
   exchanges for an HttpOnly ``SameSite=Strict`` cookie.
@@ -221,6 +223,21 @@ def origin_ok(origin: Optional[str], host_header: str) -> bool:
   if parts.scheme not in ('http', 'https') or not parts.netloc:
     return False
   return parts.netloc.lower() == (host_header or '').strip().lower()
+
+
+def does_work(path: str) -> bool:
+  """GET routes that compute or read something heavy: images (decoded, resized, encoded), bundles, census."""
+  return path.endswith(('.png', '/census.json')) or '/download.' in path
+
+
+def cross_site_read_ok(site: Optional[str], mode: Optional[str], path: str) -> bool:
+  """Whether a GET may run for this ``Sec-Fetch-Site``: another site's page (``cross-site``, or
+  ``same-site``: another port of this host) may link to a page (a navigation), never embed or fetch
+  anything else, and never start image or bundle work even by navigating (an ``<img>`` burst from a
+  hostile page took the server to GBs, issue 24). Clients that send no such header (scripts) pass."""
+  if site not in ('cross-site', 'same-site'):
+    return True
+  return mode == 'navigate' and not does_work(path)
 
 
 def fetch_site_ok(value: Optional[str]) -> bool:
