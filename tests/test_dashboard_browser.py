@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -187,8 +187,18 @@ def test_browser_workflow(tmp_path):
       page.on('pageerror', lambda e: problems.append(f'page error: {e}'))
       page.on('console', lambda m: problems.append(f'console: {m.text}') if m.type == 'error' else None)
 
-      # Home -> New Dataset.
-      page.goto(server.base + '/')
+      # Another site's page that embeds the image routes: refused before any work (Sec-Fetch-Site).
+      page.goto('data:text/html,' + quote(
+          ''.join(f'<img src="{server.base}/datasets/resize_example.png?width=4096&height=4096&n={i}">'
+                  for i in range(5))))
+      page.wait_for_function('[...document.images].every(i => i.complete)')
+      assert page.evaluate('[...document.images].map(i => i.naturalWidth)') == [0] * 5
+      problems.clear()                                    # the refused loads' console errors are expected
+
+      # Home (once with the token the server printed: the cookie that lets this browser act) -> New Dataset.
+      token = (tmp_path / 'jobs' / '.dashboard' / 'token').read_text().strip()
+      page.goto(f'{server.base}/?token={token}')
+      assert page.url == server.base + '/'
       assert page.locator('#datasets-table').is_visible()
       page.click('.toolbar >> text=New Dataset')
       page.wait_for_url('**/datasets/images/classification/new')

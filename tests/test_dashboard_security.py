@@ -359,3 +359,76 @@ def test_thumbnails_refuse_images_past_the_pixel_cap(tmp_path):
   small = tmp_path / 'small.jpg'
   PIL.Image.new('RGB', (300, 200), (200, 10, 10)).save(small)
   assert inference_pages._thumbnail(str(small), 96)[:4] == b'\x89PNG'   # pylint: disable=protected-access
+
+
+# ---- 5. The token only for a browser that proved it has it; .dashboard private --------------------------
+
+def test_pages_carry_the_token_only_after_the_url_with_it_was_opened(client):
+  token = client.token
+  for url in ('/', '/datasets/images/classification/new', '/no/such/page'):
+    r = client.get(url, headers={'Accept': 'text/html'})
+    assert token not in r.text, url
+    assert 'id="token-notice"' in r.text or r.status_code == 404, url
+  r = client.get('/?token=wrong', follow_redirects=False)
+  assert r.status_code == 401 and token not in r.text
+  r = client.get(f'/?token={token}', follow_redirects=False)
+  assert r.status_code == 303 and r.headers['location'] == '/' and 'httponly' in r.headers['set-cookie'].lower()
+  r = client.get('/', headers={'Accept': 'text/html'})
+  assert f'content="{token}"' in r.text and 'token-notice' not in r.text   # the cookie proves it now
+  client.cookies.clear()
+  assert token not in client.get('/').text
+
+
+def test_dashboard_state_is_private(client, tmp_path):
+  dash = client.app.state.dash
+  for folder in (dash.state_dir, dash.inference.vis_root, os.path.join(dash.state_dir, 'uploads'),
+                 dash.inference.predictor.cache_dir):
+    if folder.endswith('uploads'):
+      inference_pages.save_upload(dash.state_dir, b'x', 'a.png')
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700, folder
+  upload = inference_pages.save_upload(dash.state_dir, b'image bytes', 'b.jpg')
+  assert stat.S_IMODE(os.stat(upload).st_mode) == 0o600
+  assert upload != inference_pages.save_upload(dash.state_dir, b'image bytes', 'b.jpg')   # one per request
+
+
+# ---- 7. Caches bounded and removed with their job --------------------------------------------------------
+
+def test_download_bundles_are_pruned_and_deleted_with_their_job(tmp_path):
+  cache = tmp_path / 'inference'
+  cache.mkdir()
+  made = []
+  for i, job in enumerate(['a1', 'a1', 'b2', 'b2']):
+    path = cache / f'{job}-step{i}-abc.tar.gz'
+    path.write_bytes(b'x')
+    (cache / f'{path.name}.info.json').write_text('{}')
+    os.utime(path, (1000 + i, 1000 + i))
+    made.append(path)
+  (cache / 'census-x.json').write_text('{}')               # not a bundle: kept
+  inference_pages.prune_bundles(str(cache), str(made[1]), limit=2)    # the answered one stays, + newest
+  assert sorted(p.name for p in cache.iterdir() if not p.name.endswith('.json')) == sorted(
+      [made[1].name, made[3].name])
+  assert not (cache / f'{made[0].name}.info.json').exists()
+  inference_pages.remove_bundles(str(cache), 'b2')
+  assert sorted(p.name for p in cache.iterdir()) == sorted(
+      [made[1].name, made[1].name + '.info.json', 'census-x.json'])
+
+
+def test_a_refused_classify_one_upload_is_not_kept(client, monkeypatch):
+  dash = client.app.state.dash
+  uploads = os.path.join(dash.state_dir, 'uploads')
+  before = set(os.listdir(uploads)) if os.path.isdir(uploads) else set()
+  seen = []
+
+  def refuse(workdir, image, **kwargs):  # pylint: disable=unused-argument
+    seen.append(os.path.exists(image))
+    raise inference_pages.predictor_lib.PredictorError('not an image', user_error=True)
+
+  monkeypatch.setattr(dash.inference.predictor, 'classify_one', refuse)
+  monkeypatch.setattr(dash.inference, 'model', lambda job_id: ({'id': 'm', 'name': 'm'}, '/nowhere'))
+  monkeypatch.setattr(inference_pages, 'snapshot_table', lambda workdir: {})
+  monkeypatch.setattr(inference_pages, 'choose_step', lambda table, **kw: 1)
+  r = client.post('/models/images/classification/classify_one.json', data={'job_id': 'm'},
+                  files={'image_file': ('x.png', b'not an image')}, headers=client.bearer)
+  assert r.status_code == 400 and 'not an image' in r.text, r.text
+  assert seen == [True]                                    # it was there while the request needed it
+  assert set(os.listdir(uploads)) == before

@@ -62,7 +62,9 @@ def main(argv=None) -> int:
   dash = app.state.dash
   shown = f'[{args.host}]' if ':' in args.host else args.host
   url = f'http://{shown}:{port}/'
-  print(f'alexnet_jax dashboard: {url}' + (f'?token={dash.token}' if dash.require_token else ''), flush=True)
+  # The token in the URL: opening it once sets the cookie that lets this browser act (pages carry the
+  # token only for a browser that proved it has it).
+  print(f'alexnet_jax dashboard: {url}?token={dash.token}', flush=True)
   print(f'  jobs folder: {dash.jobs_dir}', flush=True)
   print(f'  data roots:  {", ".join(str(r) for r in dash.roots)}', flush=True)
   print(f'  token:       {dash.token}  (also in {os.path.join(dash.state_dir, security.TOKEN_FILE)}; '

@@ -156,7 +156,9 @@ class Guard:
                                          scope.get('path') or ''):
       return await _error(403, {'origin': 'cross-site request refused: open the dashboard itself'})(
           scope, receive, send)
-    elif self.require_token and not (header_ok or cookie_ok):
+    elif not cookie_ok and 'token=' in scope.get('query_string', b'').decode('latin-1'):
+      # The URL printed at start (``/?token=...``) is exchanged for an HttpOnly cookie, on any bind: that
+      # cookie is what proves a browser has the token, and only then do pages carry it (``render``).
       query = scope.get('query_string', b'').decode('latin-1')
       offered = dict(p.split('=', 1) for p in query.split('&') if '=' in p).get('token')
       if security.same_token(offered, self.token):
@@ -164,10 +166,14 @@ class Guard:
         response.set_cookie(security.COOKIE, self.token, httponly=True, samesite='strict',
                             secure=scope.get('scheme') == 'https', path='/')
         return await response(scope, receive, send)
+      return await _error(401, {'token': 'wrong token in the URL: open the URL the server printed at start'})(
+          scope, receive, send)
+    elif self.require_token and not (header_ok or cookie_ok):
       return await _error(401, {'token': 'open the URL the server printed at start (it carries the '
                                          'token), or send "Authorization: Bearer <token>"'})(
                                              scope, receive, send)
 
+    scope.setdefault('state', {})['token_proven'] = header_ok or cookie_ok   # read by Dashboard.render
     seen = 0
 
     async def limited_receive():
@@ -313,6 +319,11 @@ class Dashboard:
     self._readers_lock = threading.Lock()
     self.inference = inference_pages.InferencePages(self)
 
+  def page_token(self, request: Request) -> str:
+    """The token for a page's scripts -- only when the request proved it has it (the cookie set from the
+    URL printed at start, or the header): a page open to every local user must not hand it out."""
+    return self.token if request.scope.get('state', {}).get('token_proven') else ''
+
   def confine_flag(self) -> str:
     """``--confine_to`` for the jobs this server starts: the tools check every image again themselves."""
     return '--confine_to=' + ','.join(str(r) for r in self.roots)
@@ -338,7 +349,7 @@ class Dashboard:
     context.setdefault('page', {})
     context['page'] = _plain(context['page'])
     html = self.env.get_template(template).render(
-        request=request, token=self.token, jobs_dir=self.jobs_dir, version=self.version,
+        request=request, token=self.page_token(request), jobs_dir=self.jobs_dir, version=self.version,
         devices=self.manager.device_summary(), **context)
     return HTMLResponse(html, headers={'Cache-Control': 'no-store'})
 
@@ -726,7 +737,7 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
   async def _http(request: Request, exc: StarletteHTTPException):
     if exc.status_code == 404 and 'text/html' in request.headers.get('accept', ''):
       return HTMLResponse(dash.env.get_template('error.html').render(
-          message=str(exc.detail), token=dash.token, static=dash.static_url, version=dash.version,
+          message=str(exc.detail), token=dash.page_token(request), static=dash.static_url, version=dash.version,
           devices=dash.manager.device_summary(), page={}), status_code=404)
     return _error(exc.status_code, {'request': str(exc.detail)})
 
@@ -1107,7 +1118,9 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
   @app.delete('/jobs/{job_id}')
   def delete(job_id: str):
     dash.row(job_id)
-    return {'id': job_id, 'result': dash.manager.delete(job_id)}
+    result = dash.manager.delete(job_id)
+    inference_pages.remove_bundles(dash.inference.predictor.cache_dir, job_id)   # its download cache too
+    return {'id': job_id, 'result': result}
 
   @app.get('/files/{job_id}/{name}', include_in_schema=False)
   def job_file(job_id: str, name: str):

@@ -63,6 +63,7 @@ ARCHIVE_FORMATS = ('tar.gz', 'zip')
 # within a few hundred MB instead of growing the server by GBs (issue 24).
 IMAGE_WORK = threading.BoundedSemaphore(2)
 MAX_DECODE_PIXELS = 4096 * 4096
+BUNDLES_KEPT = 2                  # download bundles kept in the cache (the newest)
 DATASET_LISTS = ('val', 'test', 'train')
 VIS_KEEP = 40                     # visualization folders kept (oldest removed)
 RESULT_FILE = 'classifications.json'
@@ -175,15 +176,61 @@ def _layout_field(fields: dict[str, str]) -> str:
 
 
 def save_upload(state_dir: str, data: bytes, filename_hint: str = '') -> str:
-  """Keeps an uploaded file under ``uploads/`` by its content hash (the same image twice is one file)."""
-  folder = os.path.join(state_dir, 'uploads')
-  os.makedirs(folder, exist_ok=True)
+  """Keeps an uploaded file under ``uploads/`` (0700; the file 0600) for one request: a fresh name per
+  upload, removed by the caller when the request is done (``classify_one``), so uploads never pile up."""
+  folder = private_dir(os.path.join(state_dir, 'uploads'))
   ext = os.path.splitext(filename_hint)[1].lower()
   ext = ext if _NAME_RE.match(ext.lstrip('.') or 'x') and len(ext) <= 6 else ''
-  path = os.path.join(folder, hashlib.sha256(data).hexdigest()[:24] + ext)
-  if not os.path.exists(path):
-    fileio.write_bytes(path, data)
+  path = os.path.join(folder, uuid.uuid4().hex[:24] + ext)
+  fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+  with os.fdopen(fd, 'wb') as f:
+    f.write(data)
   return path
+
+
+def private_dir(path: str) -> str:
+  """``path`` made (if missing) and kept 0700: what the dashboard keeps under ``.dashboard`` -- uploads,
+  visualizations, bundles -- is for the user who runs it, not for every local user."""
+  os.makedirs(path, mode=0o700, exist_ok=True)
+  os.chmod(path, 0o700)
+  return path
+
+
+def prune_bundles(cache_dir: str, keep: str, *, limit: int = BUNDLES_KEPT) -> None:
+  """Keeps the ``limit`` newest bundles of ``cache_dir`` (``keep``, the one being answered, always): a
+  bundle is ~240 MB at full size, and every epoch of every model could be asked for."""
+  try:
+    names = [n for n in os.listdir(cache_dir) if n.endswith(tuple('.' + f for f in ARCHIVE_FORMATS))]
+  except OSError:
+    return
+  paths = sorted((os.path.join(cache_dir, n) for n in names), key=_mtime, reverse=True)
+  for path in [p for p in paths if p != keep][max(0, limit - 1):]:
+    for victim in (path, path + '.info.json'):
+      try:
+        os.unlink(victim)
+      except OSError:
+        pass
+
+
+def remove_bundles(cache_dir: str, job_id: str) -> None:
+  """Deletes the bundles made from job ``job_id`` (named ``<job id>-step<N>-...``): Delete takes them too."""
+  try:
+    names = os.listdir(cache_dir)
+  except OSError:
+    return
+  for name in names:
+    if name.startswith(job_id + '-step'):
+      try:
+        os.unlink(os.path.join(cache_dir, name))
+      except OSError:
+        pass
+
+
+def _mtime(path: str) -> float:
+  try:
+    return os.path.getmtime(path)
+  except OSError:
+    return 0.0
 
 
 def _safe_join(folder: str, relative: str) -> Optional[str]:
@@ -201,8 +248,8 @@ class InferencePages:
   def __init__(self, dash):
     self.dash = dash
     self.predictor = predictor_lib.Predictor(dash.state_dir)
-    self.vis_root = os.path.join(dash.state_dir, 'visualizations')
-    os.makedirs(self.vis_root, exist_ok=True)
+    self.vis_root = private_dir(os.path.join(dash.state_dir, 'visualizations'))
+    private_dir(self.predictor.cache_dir)
     self._census: dict[str, dict[str, Any]] = {}
     self._census_lock = threading.Lock()
 
@@ -261,9 +308,15 @@ class InferencePages:
       answer = self.predictor.classify_one(workdir, image, step=step, layout=layout, top_k=top_k,
                                            out_dir=out_dir, visualize_dir=vis_dir)
     except predictor_lib.PredictorError as e:
-      # An upload is kept under its hash: name the file the user sent instead.
+      # An upload is kept under a made-up name: name the file the user sent instead.
       raise FormError('image_file' if 'image_file' in uploads else 'image_path',
                       str(e).replace(image, shown), 400 if e.user_error else 503) from None
+    finally:
+      if 'image_file' in uploads:                  # used for this request only (answered or refused)
+        try:
+          os.unlink(image)
+        except OSError:
+          pass
     answer = dict(answer)
     classes = self.classes(workdir)
     probabilities = answer.get('probabilities') or []
@@ -421,6 +474,7 @@ class InferencePages:
       answer = self.predictor.export(workdir, step=chosen, format=fmt)
     except predictor_lib.PredictorError as e:
       raise FormError('download', str(e), 400 if e.user_error else 503) from None
+    prune_bundles(os.path.dirname(answer['path']), answer['path'])
     epoch_of = next((r['epoch'] for r in table['snapshots'] if r['step'] == chosen), None)
     label = f'epoch{epoch_of:g}' if epoch_of is not None else f'step{chosen}'
     safe = re.sub(r'[^A-Za-z0-9_.-]+', '_', row['name']).strip('_') or row['id']

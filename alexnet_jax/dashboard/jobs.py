@@ -205,7 +205,8 @@ class JobManager:
                devices: Optional[list[str]] = None, poll_s: float = 1.0,
                env: Optional[dict[str, str]] = None):
     self.jobs_dir = os.path.realpath(jobs_dir)
-    os.makedirs(os.path.join(self.jobs_dir, STATE_DIR), exist_ok=True)
+    os.makedirs(os.path.join(self.jobs_dir, STATE_DIR), mode=0o700, exist_ok=True)
+    os.chmod(os.path.join(self.jobs_dir, STATE_DIR), 0o700)     # the token, uploads: this user's only
     self.python = python
     self.max_dataset_jobs = max_dataset_jobs
     self.devices = list(devices) if devices else detect_devices()
@@ -507,7 +508,7 @@ class JobManager:
         job_id = new_job_id()
       jobdir = os.path.join(self.jobs_dir, job_id)
       try:
-        os.makedirs(jobdir, mode=0o700)
+        os.makedirs(jobdir)
         return self._create(kind, job_id, jobdir, name=name, argv=argv, form=form, group=group, notes=notes,
                             dataset=dataset, devices_needed=devices_needed, extra=extra, argv_for=argv_for)
       except OSError as e:
