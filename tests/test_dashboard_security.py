@@ -432,3 +432,87 @@ def test_a_refused_classify_one_upload_is_not_kept(client, monkeypatch):
   assert r.status_code == 400 and 'not an image' in r.text, r.text
   assert seen == [True]                                    # it was there while the request needed it
   assert set(os.listdir(uploads)) == before
+
+
+# ---- 9. Form edges ----------------------------------------------------------------------------------------
+
+def test_a_name_past_the_limit_is_reported_as_too_long(client, env):
+  long = 'n' * 4001
+  r = client.post('/datasets/images/classification.json',
+                  data=_folder_form(env['root'] / 'good', dataset_name=long), headers=client.bearer)
+  assert r.status_code == 400
+  assert r.json()['errors']['dataset_name'] == 'too long: 4001 characters; at most 4000'
+  from alexnet_jax.dashboard import forms
+  with pytest.raises(forms.FormErrors) as e:
+    forms.parse_model_form({'model_name': long, 'width': '1000'}, datasets={}, previous={},
+                           experiments=['digits_exercise'])
+  assert 'too long' in e.value.errors['model_name']
+  assert 'from 0 to 4' in e.value.errors['width']                    # an upper bound on the width
+
+
+def test_a_layout_the_snapshot_cannot_run_is_reported_on_the_layout_field(client, monkeypatch):
+  from alexnet_jax.parallel import layouts
+  dash = client.app.state.dash
+
+  def refuse(workdir, image, **kwargs):  # pylint: disable=unused-argument
+    # The library's own refusal (the worker passes it on as a user error).
+    raise inference_pages.predictor_lib.PredictorError(layouts._single_tower_message('model', 1, 'lenet'),  # pylint: disable=protected-access
+                                                       user_error=True)
+
+  monkeypatch.setattr(dash.inference.predictor, 'classify_one', refuse)
+  monkeypatch.setattr(dash.inference, 'model', lambda job_id: ({'id': 'm', 'name': 'm'}, '/nowhere'))
+  monkeypatch.setattr(inference_pages, 'snapshot_table', lambda workdir: {})
+  monkeypatch.setattr(inference_pages, 'choose_step', lambda table, **kw: 1)
+  r = client.post('/models/images/classification/classify_one.json',
+                  data={'job_id': 'm', 'layout': 'model'}, files={'image_file': ('x.png', b'x')},
+                  headers=client.bearer)
+  assert r.status_code == 400, r.text
+  errors = r.json()['errors']
+  assert list(errors) == ['layout'] and 'layout "model"' in errors['layout'] and 'lenet' in errors['layout']
+  assert '--config' not in errors['layout'], errors
+
+
+CHROMIUM = '/usr/bin/chromium'
+
+
+def test_long_names_wrap_and_plotly_shows_markup_as_text(tmp_path):
+  """In a browser: a 4000-character name keeps the home page at the window's width, and class names
+  with HTML in them are drawn as text by the confusion matrix (no <b> or <a> element in the chart)."""
+  playwright = pytest.importorskip('playwright.sync_api')
+  if not os.path.exists(CHROMIUM):
+    pytest.skip(f'{CHROMIUM} is missing')
+  jobs, data = tmp_path / 'jobs', tmp_path / 'data'
+  data.mkdir()
+  manager = jobs_lib.JobManager(str(jobs), devices=['cpu0'])
+  manager.create('dataset', name='x' * 4000, argv=['true'], form={})
+  workdir = tmp_path / 'model'
+  workdir.mkdir()
+  classes = ['<b>bold</b>', '<a href="http://example.com/">link</a>']
+  (workdir / 'labels.txt').write_text('\n'.join(classes) + '\n')
+  job = manager.create('classify', name='markup', argv=['true'], form={},
+                       extra={'model_workdir': str(workdir), 'images': 2})
+  with open(os.path.join(job.dir, inference_pages.RESULT_FILE), 'w') as f:
+    json.dump({'predictions': {}, 'accuracy': {'top1': 1.0, 'top5': 1.0, 'count': 2, 'confusion': [[1, 0], [0, 1]],
+                                               'per_class': {}}}, f)
+  del manager
+  server = subprocess.Popen([sys.executable, '-m', 'alexnet_jax.dashboard', f'--jobs_dir={jobs}', '--port=0',
+                             f'--data_root={data}'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    url = server.stdout.readline().split()[-1]
+    base = url.split('/?')[0]
+    with playwright.sync_playwright() as p:
+      browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                  args=['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'])
+      page = browser.new_page(viewport={'width': 1200, 'height': 800})
+      page.goto(url)
+      page.wait_for_selector('table.jobs')
+      assert page.evaluate('document.documentElement.scrollWidth') <= 1200
+      page.goto(f'{base}/classifications/{job.id}')
+      page.wait_for_selector('#confusion-chart .main-svg', timeout=60_000)
+      assert page.locator('#confusion-chart b, #confusion-chart a').count() == 0
+      ticks = page.evaluate("[...document.querySelectorAll('#confusion-chart .xtick text')].map(t => t.textContent)")
+      assert ticks == classes, ticks
+      browser.close()
+  finally:
+    server.terminate()
+    server.wait(timeout=60)

@@ -27,6 +27,7 @@ from alexnet_jax.dashboard import security
 # ---- Limits -----------------------------------------------------------------------------------------
 
 MAX_SIZE = 4096                # image width / height
+MAX_WIDTH = 4.0                # the network's width multiplier (1 = the paper's; 4x is ~16x the weights)
 MAX_SWEEP = 32                 # jobs one sweep may start
 MAX_TEXT = 4000                # characters of a name / notes field
 MAX_LIST_LINES = 2_000_000     # lines of an uploaded or local list file
@@ -108,7 +109,7 @@ class _Reader:
       return default
     value = value.strip()
     if len(value) > MAX_TEXT:
-      self.errors[name] = f'too long (more than {MAX_TEXT} characters)'
+      self.errors[name] = f'too long: {len(value)} characters; at most {MAX_TEXT}'
       return default
     return value
 
@@ -285,7 +286,7 @@ def parse_dataset_form(form: Mapping[str, Any], roots: Sequence[Path], *,
   resize_mode = r.choice('resize_mode', RESIZE_MODES, 'squash')
   encoding = r.choice('encoding', ENCODINGS, 'jpg')
   name = r.raw('dataset_name')
-  if not name:
+  if not name and 'dataset_name' not in r.errors:      # (too long is its own error, not "required")
     r.errors['dataset_name'] = 'required'
   group = r.raw('group_name')
   notes = r.raw('notes')
@@ -426,7 +427,7 @@ def parse_model_form(form: Mapping[str, Any], *, datasets: Mapping[str, dict[str
   """
   r = _Reader(form)
   name = r.raw('model_name')
-  if not name:
+  if not name and 'model_name' not in r.errors:        # (too long is its own error, not "required")
     r.errors['model_name'] = 'required'
   group, notes = r.raw('group_name'), r.raw('notes')
   experiment = r.raw('experiment') or DEFAULT_EXPERIMENT
@@ -489,7 +490,7 @@ def parse_model_form(form: Mapping[str, Any], *, datasets: Mapping[str, dict[str
   add('use_mean', r.choice('use_mean', MEAN_MODES, 'image'))
   method = r.choice('method', ('standard', 'previous'), 'standard')
   add('standard_networks', r.choice('standard_networks', NETWORKS, 'alexnet'))
-  width = r.number('width', 1.0, 0)
+  width = r.number('width', 1.0, 0, MAX_WIDTH)
   if width is not None and width <= 0:
     r.errors['width'] = 'must be > 0 (1 is the paper\'s network)'
   add('width', width)

@@ -233,6 +233,14 @@ def _mtime(path: str) -> float:
     return 0.0
 
 
+def _layout_words(message: str) -> str:
+  """The library's layout refusal (``--config.layout=model puts one tower per device ...``) in the form's
+  words: the Layout field and its choices, not the trainer's flags."""
+  message = re.sub(r',? or --config\.model\.name=\S+ for the two-tower network', '', message)
+  message = re.sub(r'--config\.layout=(\w+)', r'layout "\1"', message)
+  return re.sub(r'--config\.([\w.]+)=', r'\1 = ', message)
+
+
 def _safe_join(folder: str, relative: str) -> Optional[str]:
   """``folder/relative`` if it stays inside ``folder`` (no ``..``, no links out); else None."""
   path = os.path.realpath(os.path.join(folder, relative))
@@ -309,8 +317,11 @@ class InferencePages:
                                            out_dir=out_dir, visualize_dir=vis_dir)
     except predictor_lib.PredictorError as e:
       # An upload is kept under a made-up name: name the file the user sent instead.
+      message = str(e).replace(image, shown)
+      if '--config.layout=' in message:          # the snapshot cannot run in the chosen layout
+        raise FormError('layout', _layout_words(message), 400) from None
       raise FormError('image_file' if 'image_file' in uploads else 'image_path',
-                      str(e).replace(image, shown), 400 if e.user_error else 503) from None
+                      message, 400 if e.user_error else 503) from None
     finally:
       if 'image_file' in uploads:                  # used for this request only (answered or refused)
         try:

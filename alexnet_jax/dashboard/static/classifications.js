@@ -50,14 +50,15 @@
     });
     if (!window.Plotly || !confusion.length) return;
     const chart = $('confusion-chart');
-    Plotly.newPlot(chart, [{type: 'heatmap', z: confusion, x: classes, y: classes, colorscale: 'Blues', reversescale: true,
+    const shown = classes.map(Dash.plotText);   // as written, never as markup
+    Plotly.newPlot(chart, [{type: 'heatmap', z: confusion, x: shown, y: shown, colorscale: 'Blues', reversescale: true,
                             hovertemplate: 'true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>'}],
                    {title: {text: 'Confusion matrix (click a cell)'}, height: 420, margin: {t: 40, l: 90, b: 90},
                     xaxis: {title: {text: 'predicted'}}, yaxis: {title: {text: 'true'}, autorange: 'reversed'}},
                    {displaylogo: false, responsive: true});
     chart.on('plotly_click', (event) => {
       const p = event.points[0];
-      showCell(classes.indexOf(p.y), classes.indexOf(p.x), classes);
+      showCell(shown.indexOf(p.y), shown.indexOf(p.x), classes);
     });
   }
 

@@ -87,5 +87,9 @@ const Dash = (() => {
     });
   });
 
-  return {token, page, send, fmtSeconds, pct, setProgress, setStatus, showActions, bindJobActions};
+  // Plotly draws <b>, <i>, <br> and <a href> found in any text it is given: names that come from users
+  // (classes, runs) pass through this, so they are shown as written, never as markup.
+  const plotText = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+
+  return {token, page, send, fmtSeconds, pct, setProgress, setStatus, showActions, bindJobActions, plotText};
 })();

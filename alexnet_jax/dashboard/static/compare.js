@@ -13,11 +13,11 @@
   const of = (records, split, key) => records.filter((r) => r.split === split && r[key] !== null && r[key] !== undefined);
   const loss = series.map((s) => {
     const rs = of(s.records, 'train', 'loss');
-    return {type: 'scatter', mode: 'lines', name: s.name, x: rs.map((r) => r.epoch), y: rs.map((r) => r.loss)};
+    return {type: 'scatter', mode: 'lines', name: Dash.plotText(s.name), x: rs.map((r) => r.epoch), y: rs.map((r) => r.loss)};
   });
   const top1 = series.map((s) => {
     const rs = of(s.records, 'val', 'top1');
-    return {type: 'scatter', mode: 'lines+markers', name: s.name, x: rs.map((r) => r.epoch), y: rs.map((r) => r.top1)};
+    return {type: 'scatter', mode: 'lines+markers', name: Dash.plotText(s.name), x: rs.map((r) => r.epoch), y: rs.map((r) => r.top1)};
   });
   const layout = (title) => ({title: {text: title}, margin: {t: 40, r: 10, b: 80, l: 50}, height: 340,
                               xaxis: {title: {text: 'epoch'}}, legend: {orientation: 'h', y: -0.3}});

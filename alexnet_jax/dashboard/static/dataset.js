@@ -10,7 +10,7 @@
     if (!el || !window.Plotly || !page.classes) return;
     const splits = Object.keys(page.counts || {});
     const traces = splits.map((split) => ({
-      type: 'bar', name: split, x: page.classes,
+      type: 'bar', name: split, x: page.classes.map(Dash.plotText),
       y: page.classes.map((c) => (page.counts[split] || {})[c] || 0),
     }));
     Plotly.newPlot(el, traces, {
