@@ -5,7 +5,9 @@ The dashboard launches processes and reads paths, so (DASHBOARD.md, "Security"):
 * **Paths** typed into a form (image folder, list files, a previous model) must resolve inside one of
   the ``--data_root`` folders: ``Path.resolve(strict=True).is_relative_to(root)``, which follows every
   symlink first, so a link inside a root that points out of it is refused like the path it points to.
-  ``confine`` returns the resolved path or raises ``PathError`` with a message for the form.
+  ``confine`` returns the resolved path or raises ``PathError`` with a message for the form -- the same
+  message for a missing path and one outside the roots, naming no link target. The check itself is
+  ``alexnet_jax.confinement``, which the jobs run again (``--confine_to``) on every image they read.
 * **Host** header: only the names the server answers to (127.0.0.1, localhost, ::1, the --host and any
   --allowed_host). A DNS-rebinding page reaches a loopback server under its own host name; it is refused
   before any route runs.
@@ -16,7 +18,9 @@ The dashboard launches processes and reads paths, so (DASHBOARD.md, "Security"):
   refused unless it is a navigation to a page (``cross_site_read_ok``): no image, bundle or census work.
 * **Reading**: on a loopback bind, pages are open to this machine's users (as DIGITS was); with any other
   --host, or ``--require_token``, every request needs the token, which a first visit to ``/?token=...``
-  exchanges for an HttpOnly ``SameSite=Strict`` cookie.
+  exchanges for an HttpOnly ``SameSite=Strict`` cookie. On any bind a page carries the token (for its
+  scripts) only when the request proved it has it -- that cookie or the header -- so a local user who
+  can read pages cannot read the token from them (the start-up line prints the URL with the token).
 
 The token is random (``secrets.token_urlsafe``), kept in ``<jobs_dir>/.dashboard/token`` with mode 0600
 and reused by later starts, so scripts keep working across restarts.
