@@ -18,6 +18,7 @@ where a link leads: an error must not tell a user what lies outside the roots. D
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -66,8 +67,36 @@ def leads_outside(path: str | os.PathLike, roots: Sequence[Path]) -> bool:
 
 
 def outside(paths: Iterable[str | os.PathLike], roots: Sequence[Path]) -> list[str]:
-  """The paths among ``paths`` that are missing or resolve outside the roots, in order."""
-  return [os.fspath(p) for p in paths if resolve_inside(p, roots) is None]
+  """The paths among ``paths`` that are missing or resolve outside the roots, in order.
+
+  As ``resolve_inside`` path by path, but a folder is resolved once for all its files (ImageNet's 1.28M
+  files: one ``realpath`` per class folder, then one ``lstat`` per file, and a ``realpath`` only for a file
+  that is itself a link) -- resolving every path in full took ~0.8 ms each on a busy host.
+  """
+  prefixes = [str(r) for r in roots]
+  folders: dict[str, str] = {}
+  bad = []
+  for p in paths:
+    text = os.fspath(p)
+    head, tail = os.path.split(text)
+    if tail in ('', '.', '..'):
+      real = os.path.realpath(text)
+      ok = os.path.exists(real)
+    else:
+      folder = folders.get(head)
+      if folder is None:
+        folder = folders[head] = os.path.realpath(head or '.')
+      real = os.path.join(folder, tail)
+      try:
+        ok = True
+        if stat.S_ISLNK(os.lstat(real).st_mode):
+          real = os.path.realpath(real)
+          ok = os.path.exists(real)
+      except OSError:
+        ok = False
+    if not ok or not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in prefixes):
+      bad.append(text)
+  return bad
 
 
 def printable(path: str | bytes | os.PathLike) -> str:

@@ -151,6 +151,24 @@ def test_classify_confine_to_flag_refuses_before_loading(env, tmp_path):
   assert bad.returncode != 0 and '--confine_to' in bad.stderr, bad.stderr
 
 
+def test_outside_resolves_links_like_resolve_inside(tmp_path):
+  root, elsewhere = tmp_path / 'root', tmp_path / 'elsewhere'
+  (root / 'a').mkdir(parents=True)
+  elsewhere.mkdir()
+  (root / 'a' / '1.jpg').write_bytes(b'x')
+  (elsewhere / 'x.jpg').write_bytes(b'x')
+  os.symlink(elsewhere / 'x.jpg', root / 'a' / 'out.jpg')
+  os.symlink(root / 'a' / '1.jpg', root / 'a' / 'in.jpg')
+  os.symlink(elsewhere, root / 'dirlink')
+  roots = confinement.parse_roots(str(root))
+  paths = [f'{root}/a/1.jpg', f'{root}/a/out.jpg', f'{root}/a/in.jpg', f'{root}/dirlink/x.jpg',
+           f'{root}/a/../a/1.jpg', f'{root}/dirlink/../root/a/1.jpg', f'{root}/dirlink/..', f'{root}/nope.jpg',
+           f'{root}x/a', str(root)]
+  expected = [p for p in paths if confinement.resolve_inside(p, roots) is None]
+  assert confinement.outside(paths, roots) == expected == [
+      f'{root}/a/out.jpg', f'{root}/dirlink/x.jpg', f'{root}/dirlink/..', f'{root}/nope.jpg', f'{root}x/a']
+
+
 def test_confinement_library():
   roots = confinement.parse_roots('/usr,/usr')
   assert len(roots) == 1
