@@ -69,7 +69,13 @@ const Dash = (() => {
         button.disabled = true;
         const url = action === 'delete' ? `/jobs/${encodeURIComponent(page.id)}`
                                         : `/jobs/${encodeURIComponent(page.id)}/${action}`;
-        const r = await send(action === 'delete' ? 'DELETE' : 'POST', url);
+        let r = await send(action === 'delete' ? 'DELETE' : 'POST', url);
+        // A second Abort while the run writes its stop snapshot is refused (409): Force stop is a choice.
+        if (action === 'abort' && r.status === 409 &&
+            window.confirm('It is already stopping (writing its stop snapshot). Force stop now? ' +
+                           'The steps since its last snapshot are lost.')) {
+          r = await send('POST', `${url}?force=1`);
+        }
         button.disabled = false;
         if (!r.ok) {
           window.alert(Object.values(r.data.errors || {request: `HTTP ${r.status}`}).join('\n'));
