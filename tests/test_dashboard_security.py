@@ -8,7 +8,6 @@ run through the library (``preparation.prepare_dataset``) on small generated fol
 import errno
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -27,7 +26,6 @@ from alexnet_jax import fileio  # noqa: E402
 from alexnet_jax.dashboard import app as app_lib  # noqa: E402
 from alexnet_jax.dashboard import inference_pages  # noqa: E402
 from alexnet_jax.dashboard import jobs as jobs_lib  # noqa: E402
-from alexnet_jax.dashboard import security  # noqa: E402
 from alexnet_jax.data import errors as data_errors  # noqa: E402
 from alexnet_jax.data import preparation  # noqa: E402
 from alexnet_jax.data import synthetic  # noqa: E402

@@ -28,7 +28,6 @@ upload is kept under ``<jobs_dir>/.dashboard/uploads`` by its content hash.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import os
