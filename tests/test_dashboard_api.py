@@ -747,6 +747,25 @@ def test_download_bundle_and_use_it_offline(client, model, env, tmp_path):
   assert client.get(f'/models/{model}/download.zip', params={'epoch': '9'}).status_code == 400
 
 
+def test_census_waits_for_the_files_the_trainer_writes_after_config_json(tmp_path):
+  """A running trainer writes config.json, loads its dataset (seconds on a busy host), then labels.txt,
+  mean.npy and preprocess.json: a census asked in between waits (202), it does not fail (a 500 that the
+  browser test saw under load, and that stayed for 30 s)."""
+  app = app_lib.create_app(app_lib.Settings(jobs_dir=str(tmp_path / 'jobs'), data_roots=[str(tmp_path)],
+                                            start_scheduler=False, start_worker=False))
+  dash = app.state.dash
+  job = dash.manager.create('model', name='m', argv=['python', '-c', 'pass'], form={})
+  job.set_state(jobs_lib.RUNNING)
+  (tmp_path / 'jobs' / job.id / 'config.json').write_text('{"model": {"name": "alexnet"}}')
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')
+      r = TestClient(app, base_url=BASE).get(f'/models/{job.id}/census.json')
+  finally:
+    dash.inference.predictor.close()          # in case a worker was asked (it must not be)
+  assert r.status_code == 202 and r.json()['state'] == 'waiting', r.text
+
+
 def test_census_json(client, model):
   end = time.monotonic() + 240
   while True:
