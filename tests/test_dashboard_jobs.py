@@ -26,7 +26,7 @@ STOPPABLE = ['python', '-c', 'import signal, sys, time\n'
              'time.sleep(60)']
 
 
-def _until(predicate, timeout=60.0):
+def _until(predicate, timeout=300.0):   # a ceiling: an event that takes seconds on a busy host
   end = time.monotonic() + timeout
   while time.monotonic() < end:
     if predicate():
