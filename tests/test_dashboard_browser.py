@@ -12,6 +12,7 @@ skipping it. Set ``DASHBOARD_SCREENSHOTS=docs/dashboard`` to keep the screenshot
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,9 +25,14 @@ import pytest
 from alexnet_jax.data import synthetic
 
 CHROMIUM = os.environ.get('DASHBOARD_CHROMIUM', '/usr/bin/chromium')
-# Long enough that the job is still training when the test restarts the dashboard and aborts the job,
-# also when another test loads the machine (12 epochs could finish first under pytest -n 2).
+# The job trains for many epochs, and the test freezes it (SIGSTOP) while it restarts the dashboard and
+# while it presses Abort, so the job is still training then however fast or slow the host is (an epoch
+# or two passes between the test seeing a new point and the freeze).
 EPOCHS = 36
+# Every wait is for an event; these are only the ceilings, sized for a busy 2-core host (load ~10):
+# starting a tool, compiling a network, a first epoch with its validation take minutes there.
+PAGE_MS = 180_000                 # a page action, a page or a job state change
+TRAIN_MS = 900_000                # a job reaching a point of its training (compiles included)
 
 
 def _need(condition: bool, why: str) -> None:
@@ -54,11 +60,11 @@ class Server:
     self.starts += 1
     log = open(os.path.join(self.log_dir, f'server{self.starts}.log'), 'w')
     self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    end = time.monotonic() + 60
+    end = time.monotonic() + PAGE_MS / 1000
     while time.monotonic() < end:
       assert self.proc.poll() is None, open(log.name).read()
       try:
-        with urllib.request.urlopen(self.base + '/index.json', timeout=2) as r:
+        with urllib.request.urlopen(self.base + '/index.json', timeout=10) as r:
           if r.status == 200:
             return
       except OSError:
@@ -69,18 +75,18 @@ class Server:
     if self.proc is not None and self.proc.poll() is None:
       self.proc.terminate()
       try:
-        self.proc.wait(timeout=20)
+        self.proc.wait(timeout=60)
       except subprocess.TimeoutExpired:
         self.proc.kill()
         self.proc.wait()
     self.proc = None
 
   def index(self):
-    with urllib.request.urlopen(self.base + '/index.json', timeout=10) as r:
+    with urllib.request.urlopen(self.base + '/index.json', timeout=60) as r:
       return json.load(r)
 
 
-def _until(page, expression: str, timeout: float = 60_000) -> None:
+def _until(page, expression: str, timeout: float = PAGE_MS) -> None:
   """Polls a JavaScript expression with ``page.evaluate`` (``wait_for_function`` evals a string, which the
   pages' Content-Security-Policy forbids -- and the test keeps that policy on)."""
   end = time.monotonic() + timeout / 1000
@@ -101,6 +107,27 @@ def _points(page, chart='loss-chart') -> int:
   return int(page.eval_on_selector(f'#{chart}', 'el => Number(el.dataset.points || 0)'))
 
 
+def _trainer_pid(jobdir) -> int:
+  """The training process's own pid (its status.json; job.json has the runner's)."""
+  return int(json.loads((jobdir / 'status.json').read_text())['pid'])
+
+
+def _freeze(pid: int, frozen: bool) -> None:
+  os.kill(pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
+
+def _wait_for_pending(pid: int, sig: int, timeout: float = PAGE_MS / 1000) -> None:
+  """Waits until ``sig`` is pending for the (frozen) process ``pid`` (/proc/PID/status: Linux)."""
+  end = time.monotonic() + timeout
+  while True:
+    with open(f'/proc/{pid}/status') as f:
+      masks = [int(line.split()[1], 16) for line in f if line.startswith(('SigPnd:', 'ShdPnd:'))]
+    if any(mask & (1 << (sig - 1)) for mask in masks):
+      return
+    assert time.monotonic() < end, f'signal {sig} never reached process {pid}'
+    time.sleep(0.05)
+
+
 def _classify_in_the_browser(page, server, data, shots, tmp_path) -> None:
   """Part 2 on the trained model's page: Classify One (upload), Download, Classify Many, visualizations."""
   page.reload()
@@ -108,7 +135,7 @@ def _classify_in_the_browser(page, server, data, shots, tmp_path) -> None:
   image = str(data / 'flowers' / 'class_2' / sorted(os.listdir(data / 'flowers' / 'class_2'))[0])
   page.set_input_files('#classify-one input[name=image_file]', image)
   page.click('#classify-one button[type=submit]')
-  _until(page, "document.querySelectorAll('#predictions tbody tr').length === 3", timeout=120_000)
+  _until(page, "document.querySelectorAll('#predictions tbody tr').length === 3", timeout=TRAIN_MS)
   shown = {row.get_attribute('data-label'): float(row.get_attribute('data-probability'))
            for row in page.locator('#predictions tbody tr').all()}
   texts = page.locator('#predictions td.confidence').all_inner_texts()
@@ -116,15 +143,17 @@ def _classify_in_the_browser(page, server, data, shots, tmp_path) -> None:
   _until(page, "document.getElementById('result-input').naturalWidth === 64")    # the 64 px crop
   page.screenshot(path=os.path.join(shots, 'classify_one.png'), full_page=True)
 
-  # Download Model, then the same probabilities from the command line on the bundle.
-  with page.expect_download() as download:
+  # Download Model, then the same probabilities from the command line on the bundle. The bundle is made
+  # in the background worker, after the census the model page asked for (compiling every layout: minutes
+  # on a busy host).
+  with page.expect_download(timeout=TRAIN_MS) as download:
     page.click('#download-tgz')
   bundle = str(tmp_path / download.value.suggested_filename)
   download.value.save_as(bundle)
   assert bundle.endswith('.tar.gz') and 'epoch' in bundle
   page.wait_for_selector('#download-size:has-text("MiB")')
   proc = subprocess.run([sys.executable, '-m', 'alexnet_jax.classify', f'--bundle={bundle}', '--format=json',
-                         '--top_k=3', image], capture_output=True, text=True, timeout=300)
+                         '--top_k=3', image], capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-2000:]
   offline = dict((label, p) for label, p in json.loads(proc.stdout)['predictions'][image])
   assert set(offline) == set(shown)
@@ -134,7 +163,7 @@ def _classify_in_the_browser(page, server, data, shots, tmp_path) -> None:
   # Visualizations and statistics of every layer, conv1's towers side by side.
   page.check('#classify-one input[name=show_visualizations]')
   page.click('#classify-one button[type=submit]')
-  page.wait_for_selector('#layer-stats tbody tr[data-layer=fc8]', timeout=120_000)
+  page.wait_for_selector('#layer-stats tbody tr[data-layer=fc8]', timeout=TRAIN_MS)
   _until(page, "document.getElementById('vis-conv1').naturalWidth > 0")
   page.screenshot(path=os.path.join(shots, 'visualizations.png'), full_page=True)
 
@@ -142,7 +171,7 @@ def _classify_in_the_browser(page, server, data, shots, tmp_path) -> None:
   page.select_option('#classify-many select[name=dataset_list]', 'val')
   page.click('#classify-many button[type=submit]')
   page.wait_for_url('**/classifications/2*')
-  page.wait_for_selector('#accuracy-summary:has-text("top-1")', timeout=180_000)
+  page.wait_for_selector('#accuracy-summary:has-text("top-1")', timeout=TRAIN_MS)
   assert '12 images' in page.inner_text('#accuracy-summary')        # 25% of 3 x 16
   page.wait_for_selector('#confusion-chart .main-svg')
   assert page.locator('#per-class tbody tr').count() == 3
@@ -167,7 +196,7 @@ def test_browser_workflow(tmp_path):
   server = Server(tmp_path / 'jobs', data, str(tmp_path))
   server.start()
   outside, problems = [], []
-  model_id = None
+  model_id = trainer = None
   try:
     with sync_playwright() as p:
       browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
@@ -183,7 +212,7 @@ def test_browser_workflow(tmp_path):
 
       context.route('**/*', only_loopback)
       page = context.new_page()
-      page.set_default_timeout(60_000)
+      page.set_default_timeout(PAGE_MS)
       page.on('pageerror', lambda e: problems.append(f'page error: {e}'))
       page.on('console', lambda m: problems.append(f'console: {m.text}') if m.type == 'error' else None)
 
@@ -224,7 +253,7 @@ def test_browser_workflow(tmp_path):
 
       # Progress reaches 100%, then the histogram is drawn.
       _until(page, "document.querySelector('#progress .label').textContent === '100.0%'",
-                             timeout=120_000)
+             timeout=TRAIN_MS)
       page.wait_for_selector('#histogram .main-svg')
       assert page.locator('#histogram .bars path').count() >= 6        # 3 classes x 2 splits
       page.screenshot(path=os.path.join(shots, 'dataset.png'), full_page=True)
@@ -253,42 +282,53 @@ def test_browser_workflow(tmp_path):
       page.wait_for_selector('#layout-summary:has-text("needs 2 devices")')
       page.screenshot(path=os.path.join(shots, 'new_model.png'), full_page=True)
       page.click('button[type=submit]')
-      page.wait_for_url('**/models/2*', timeout=90_000)
+      page.wait_for_url('**/models/2*')
       model_id = page.url.rstrip('/').split('/')[-1]
 
       # The curves grow live.
-      _until(page, "document.body.dataset.jobState === 'running'", timeout=60_000)
+      _until(page, "document.body.dataset.jobState === 'running'")
       _until(page, "Number(document.getElementById('loss-chart').dataset.points) >= 1",
-                             timeout=120_000)
+             timeout=TRAIN_MS)
       first = _points(page)
       _until(page, f"Number(document.getElementById('loss-chart').dataset.points) > {first}",
-                             timeout=60_000)
+             timeout=TRAIN_MS)
 
-      # The dashboard restarts while the job trains: the job is re-attached, not interrupted.
-      pid = json.loads((tmp_path / 'jobs' / model_id / 'job.json').read_text())['pid']
+      # The dashboard restarts while the job trains: the job is re-attached, not interrupted. The
+      # trainer is frozen meanwhile, so that it cannot finish first.
+      jobdir = tmp_path / 'jobs' / model_id
+      trainer = _trainer_pid(jobdir)
+      _freeze(trainer, True)
+      shown = _points(page)
+      pid = json.loads((jobdir / 'job.json').read_text())['pid']
       server.stop()
       server.start()
       row = next(m for m in server.index()['models'] if m['id'] == model_id)
       assert row['status'] == 'running', row
-      assert json.loads((tmp_path / 'jobs' / model_id / 'job.json').read_text())['pid'] == pid
+      assert json.loads((jobdir / 'job.json').read_text())['pid'] == pid
       page.reload()
       _expected(problems, 'ERR_INCOMPLETE_CHUNKED_ENCODING')       # the live stream cut by the restart
       _until(page, "document.body.dataset.jobState === 'running'")
-      before = _points(page)
+      _until(page, f"Number(document.getElementById('loss-chart').dataset.points) >= {shown}")
+      before = _points(page)                                        # the curves so far, streamed again
+      _freeze(trainer, False)
       _until(page, f"Number(document.getElementById('loss-chart').dataset.points) > {before}",
-                             timeout=60_000)
+             timeout=TRAIN_MS)
 
-      # Abort: the trainer snapshots and stops.
+      # Abort: the trainer snapshots and stops. Frozen again until the Abort's SIGTERM waits for it, so
+      # that the job is still training when the Abort comes.
+      _freeze(trainer, True)
       page.click('[data-action=abort]')
-      _until(page, "document.body.dataset.jobState === 'stopped'", timeout=90_000)
+      _wait_for_pending(trainer, signal.SIGTERM)
+      _freeze(trainer, False)
+      _until(page, "document.body.dataset.jobState === 'stopped'", timeout=TRAIN_MS)
       assert page.locator('[data-action=resume]').is_visible()
       at_abort = _points(page)
       assert at_abort < EPOCHS
 
       # Resume: the same command continues from the snapshot and finishes.
       page.click('[data-action=resume]')
-      _until(page, "document.body.dataset.jobState === 'running'", timeout=60_000)
-      _until(page, "document.body.dataset.jobState === 'done'", timeout=180_000)
+      _until(page, "document.body.dataset.jobState === 'running'")
+      _until(page, "document.body.dataset.jobState === 'done'", timeout=TRAIN_MS)
       _until(page, f"Number(document.getElementById('loss-chart').dataset.points) >= {EPOCHS}")
       _until(page, f"Number(document.getElementById('accuracy-chart').dataset.points) >= {EPOCHS}")
       assert _points(page) == EPOCHS                     # one record per epoch, none twice after the resume
@@ -304,6 +344,11 @@ def test_browser_workflow(tmp_path):
       page.screenshot(path=os.path.join(shots, 'home.png'))
       browser.close()
   finally:
+    if trainer is not None:
+      try:
+        _freeze(trainer, False)        # a failure while it was frozen: let it take the Abort below
+      except ProcessLookupError:
+        pass
     if model_id:
       try:
         req = urllib.request.Request(f'{server.base}/jobs/{model_id}/abort', method='POST', headers={

@@ -1,5 +1,6 @@
 """load_dataset: every source kind, the mean image and its cache, the saved contract, config errors."""
 
+import io
 import json
 import os
 
@@ -70,6 +71,36 @@ def test_mean_cached_in_metadata_dir(folder, tmp_path, monkeypatch):
   monkeypatch.undo()
   other = data.load_dataset(_cfg(folder, resize_mode='crop'), seed=0, metadata_dir=str(tmp_path))
   assert not np.array_equal(other.mean_image, ds.mean_image)
+
+
+def test_a_rewrite_that_fails_halfway_leaves_the_saved_metadata_whole(folder, tmp_path, monkeypatch):
+  """A resume rewrites labels.txt, mean.npy and preprocess.json while the dashboard may read them (a
+  census, Classify): a reader must find the old file or the new one, never half of one. Here the mean
+  stops halfway (a full disk, a kill) during the second save."""
+  ds = data.load_dataset(_cfg(folder), seed=0)
+  ds.save_metadata(str(tmp_path))
+  saved = {name: (tmp_path / name).read_bytes() for name in ('labels.txt', 'mean.npy', 'preprocess.json')}
+  real_save = np.save
+
+  def save_half(file, array):
+    buffer = io.BytesIO()
+    real_save(buffer, array)
+    half = buffer.getvalue()[:len(buffer.getvalue()) // 2]
+    if isinstance(file, (str, os.PathLike)):
+      with open(file, 'wb') as f:
+        f.write(half)
+    else:
+      file.write(half)
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(np, 'save', save_half)
+  with pytest.raises(OSError):
+    ds.save_metadata(str(tmp_path))
+  monkeypatch.undo()
+  for name, content in saved.items():
+    assert (tmp_path / name).read_bytes() == content, name
+  np.testing.assert_array_equal(data.load_contract(str(tmp_path)).mean_image, ds.mean_image)
+  assert sorted(os.listdir(tmp_path)) == sorted(saved)        # no temporary file left behind
 
 
 def test_saved_contract_reproduces_eval_preprocessing(folder, tmp_path):

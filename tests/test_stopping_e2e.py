@@ -8,8 +8,15 @@ SIGTERM goes to process 0, and 1.5 s later to process 1, as a cluster's preempti
 snapshot the same step and exit (status 75, "stopped, resumable") within 30 s of the last signal; the
 same command then resumes, and the final parameters equal those of one uninterrupted process on the same
 mesh (as in test_multihost.py, within 1e-5: two processes reduce in another order than one).
+
+The signal goes as soon as the run is training (its first metrics line), and the processes agree to stop
+at their next exchange: within ``stopping.StopRequest``'s largest interval (100 steps, or about a second
+of steps, whichever is fewer) -- however fast or slow the host. So the run is longer than that by far
+(256 steps; validations and snapshots only every 32 epochs, so the steps cost little): an 8-step run
+ended before the exchange on a quiet host, where 8 steps take well under the second, and exited 0.
 """
 
+import inspect
 import os
 import subprocess
 import sys
@@ -20,14 +27,19 @@ import pytest
 from alexnet_jax import launch, trainer
 from alexnet_jax.data import synthetic
 from alexnet_jax.parallel import compare
+from alexnet_jax.run import stopping
 from tests.test_multihost import OVERRIDES, params_on_one_device
 from tests.test_stopping import stagger_sigterms
 from tests.test_train import EXPERIMENT, REPO, overrides_as_flags, tiny_config
 
-# test_multihost's run (2 epochs of 4 steps; the signals come after the first logged step), in the data
-# layout on 1 device per process: the cheapest to compile, since compiling dominates the test's time.
-RUN = dict(OVERRIDES, layout='data')
-TOTAL_STEPS = 2 * 4
+# test_multihost's run, in the data layout on 1 device per process (the cheapest to compile, since
+# compiling dominates the test's time), for 64 epochs of 4 steps: far more than the 100 steps the
+# processes may run between two exchanges, so the stop comes before the end on any host.
+EPOCHS = 64
+RUN = dict(OVERRIDES, layout='data', num_epochs=EPOCHS, val_interval=EPOCHS / 2,
+           snapshot_interval=EPOCHS / 2)
+TOTAL_STEPS = EPOCHS * 4
+assert TOTAL_STEPS > 2 * inspect.signature(stopping.StopRequest).parameters['max_sync_every'].default
 
 
 @pytest.fixture(scope='module')
@@ -45,17 +57,25 @@ def launch_command(folder, workdir):
 
 
 def trainer_pids(launcher_pid: int) -> dict[int, int]:
-  """{process index: pid} of the launcher's children (read from /proc: Linux)."""
+  """{process index: pid} of the launcher's children that have started (read from /proc: Linux); a
+  child still between fork and exec (no ALEXNET_PROCESS_ID yet) or gone is left out."""
   children = set()
   task_dir = f'/proc/{launcher_pid}/task'
   for task in os.listdir(task_dir):
-    with open(os.path.join(task_dir, task, 'children')) as f:
-      children.update(int(pid) for pid in f.read().split())
+    try:
+      with open(os.path.join(task_dir, task, 'children')) as f:
+        children.update(int(pid) for pid in f.read().split())
+    except FileNotFoundError:   # a thread that just ended
+      pass
   pids = {}
   for pid in children:
-    with open(f'/proc/{pid}/environ', 'rb') as f:
-      env = dict(item.split(b'=', 1) for item in f.read().split(b'\0') if b'=' in item)
-    pids[int(env[b'ALEXNET_PROCESS_ID'])] = pid
+    try:
+      with open(f'/proc/{pid}/environ', 'rb') as f:
+        env = dict(item.split(b'=', 1) for item in f.read().split(b'\0') if b'=' in item)
+    except (FileNotFoundError, ProcessLookupError):
+      continue
+    if b'ALEXNET_PROCESS_ID' in env:
+      pids[int(env[b'ALEXNET_PROCESS_ID'])] = pid
   return pids
 
 
@@ -64,13 +84,20 @@ def test_staggered_sigterms_then_resume_end_like_an_uninterrupted_run(folder, tm
   proc = subprocess.Popen(launch_command(folder, workdir), cwd=REPO, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   try:
-    deadline = time.time() + 300
-    while not (workdir / 'metrics.jsonl').exists():  # training, past its first log line
+    # Training, past its first log line (so inside the loop, its stop handlers installed): the signal
+    # goes at once, far from the end of the run (module docstring). Starting and compiling take
+    # minutes on a busy host: the deadline only bounds a run that never starts.
+    deadline = time.monotonic() + 900
+    pids = {}
+    while not (workdir / 'metrics.jsonl').exists():
       assert proc.poll() is None, proc.communicate()[0][-4000:]
-      assert time.time() < deadline
-      time.sleep(0.05)
-    pids = trainer_pids(proc.pid)
-    output, waited = stagger_sigterms(proc, pids, timeout=120)
+      assert time.monotonic() < deadline, 'the run did not start training'
+      if len(pids) < 2:
+        pids = trainer_pids(proc.pid)
+      time.sleep(0.01)
+    if len(pids) < 2:
+      pids = trainer_pids(proc.pid)
+    output, waited = stagger_sigterms(proc, pids, timeout=300)
   finally:
     if proc.poll() is None:
       proc.kill()
@@ -83,7 +110,7 @@ def test_staggered_sigterms_then_resume_end_like_an_uninterrupted_run(folder, tm
   assert step == stopped_at  # the snapshot both processes took together, at the agreed step
 
   resumed = subprocess.run(launch_command(folder, workdir), cwd=REPO, capture_output=True, text=True,
-                           timeout=300)
+                           timeout=900)
   assert resumed.returncode == 0, resumed.stdout[-4000:]
   assert f'[p0] done at step {TOTAL_STEPS}' in resumed.stdout
 

@@ -86,6 +86,11 @@ def _errors(field: str, message: str, status: int = 400) -> JSONResponse:
 
 # ---- Snapshots ----------------------------------------------------------------------------------------
 
+# What a run must have written before its network can be built from it (bundle.read_model_files);
+# config.json first.
+RUN_MODEL_FILES = ('config.json', 'labels.txt', 'mean.npy', 'preprocess.json')
+
+
 def snapshot_table(workdir: str) -> dict[str, Any]:
   """The finished snapshots of a run: ``[{step, epoch, val_top1}]`` oldest first, and the best one.
 
@@ -497,8 +502,13 @@ class InferencePages:
 
   def census(self, job_id: str) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body): 200 with the census, 202 while a worker computes it, 500 if it failed."""
-    _, workdir = self.model(job_id)
-    if not os.path.isfile(os.path.join(workdir, 'config.json')):   # queued: its network is not known yet
+    row, workdir = self.model(job_id)
+    # The trainer writes config.json first and the rest (labels.txt, mean.npy, preprocess.json, each
+    # atomically) only once its dataset is loaded -- seconds later on a busy host: until then the run's
+    # network is not known yet, which is a wait, not a failed census. (A run that stopped without them
+    # goes on to the worker, whose error names the missing file.)
+    present = [os.path.isfile(os.path.join(workdir, name)) for name in RUN_MODEL_FILES]
+    if not present[0] or (row.get('state') in ('queued', 'running') and not all(present)):
       return 202, {'state': 'waiting', 'reason': 'the run has not started yet'}
     key = os.path.realpath(workdir)
     with self._census_lock:

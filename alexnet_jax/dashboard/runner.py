@@ -13,8 +13,10 @@ waits for the tool -- which snapshots and exits 75 on SIGTERM -- and then writes
 
 atomically. That record is how a dashboard that was not the tool's parent (it restarted) learns the
 exit status; ``runner_pid`` / ``runner_start_ticks`` tie it to one attempt, so a stale record of an
-earlier attempt is never mistaken for this one's. The tool's stdout and stderr are appended to
-``JOBDIR/output.log`` (the log the Dataset job page shows; the trainer also keeps ``train.log``).
+earlier attempt is never mistaken for this one's. An Abort that lands while the runner is still
+starting the tool is passed on to the tool once it exists, so no tool runs on after an Abort. The
+tool's stdout and stderr are appended to ``JOBDIR/output.log`` (the log the Dataset job page shows;
+the trainer also keeps ``train.log``).
 
 Only the standard library is imported: the runner must start in milliseconds and never import JAX.
 """
@@ -52,11 +54,18 @@ def _write_json(path: str, record: dict) -> None:
   os.replace(tmp, path)
 
 
+_early_signals: list[int] = []   # signals taken before the tool was started (see ``main``)
+_tool_started = False
+
+
 def _ignore(signum, frame):  # pylint: disable=unused-argument
   """The group's SIGTERM is for the tool; the runner stays to record its exit."""
+  if not _tool_started:
+    _early_signals.append(signum)
 
 
 def main(argv: list[str]) -> int:
+  global _tool_started  # pylint: disable=global-statement
   if len(argv) < 4 or argv[2] != '--':
     print('usage: python -m alexnet_jax.dashboard.runner JOBDIR -- COMMAND...', file=sys.stderr)
     return 2
@@ -77,7 +86,14 @@ def main(argv: list[str]) -> int:
       log.write(f'runner: cannot start the command: {e}\n'.encode('utf-8', 'replace'))
       status, child_pid = 127, None
     else:
+      _tool_started = True
       child_pid = child.pid
+      # An Abort that came before the tool existed (or between its fork and exec, where the signal is
+      # caught by this handler's copy and lost at exec) never reached it: pass it on, or the tool
+      # would run to its end. The tool has only just exec'd, so a second copy of a signal it did get
+      # falls on a process that is already dying from the first (it has no handler yet).
+      if _early_signals:
+        child.send_signal(_early_signals[0])
       status = child.wait()        # PEP 475: retried across the ignored signals
   record = {
       'exit_status': status if status >= 0 else None,

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from alexnet_jax import fileio
 from alexnet_jax.data import errors
 from alexnet_jax.data import loading
 from alexnet_jax.data import resize as resize_lib
@@ -77,14 +78,14 @@ class PreprocessContract:
             'layout': 'HWC, RGB'}
 
   def save(self, directory: str, extra: dict[str, Any] | None = None) -> None:
-    """Writes `preprocess.json` (plus `extra` keys) and `mean.npy` into `directory`."""
-    os.makedirs(directory, exist_ok=True)
-    np.save(os.path.join(directory, MEAN_FILE), self.mean_image)
-    data = dict(self.to_json(), **(extra or {}))
-    tmp = os.path.join(directory, CONTRACT_FILE + '.tmp')
-    with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump(data, f, indent=2)
-    os.replace(tmp, os.path.join(directory, CONTRACT_FILE))
+    """Writes `mean.npy`, then `preprocess.json` (plus `extra` keys), into `directory`.
+
+    Each atomically: a resume rewrites them while the dashboard may be reading them (a census, Classify).
+    """
+    with fileio.atomic_write(os.path.join(directory, MEAN_FILE), 'wb') as f:
+      np.save(f, self.mean_image)
+    fileio.write_json(os.path.join(directory, CONTRACT_FILE), dict(self.to_json(), **(extra or {})),
+                      indent=2)
 
   @classmethod
   def load(cls, directory: str) -> 'PreprocessContract':

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from alexnet_jax import fileio
 from alexnet_jax.data import contract as contract_lib
 from alexnet_jax.data import errors
 from alexnet_jax.data import resize as resize_lib
@@ -102,9 +103,8 @@ class Dataset:
 
   def save_metadata(self, directory: str) -> None:
     """Writes labels.txt, mean.npy and preprocess.json (what classify needs) into `directory`."""
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, contract_lib.LABELS_FILE), 'w', encoding='utf-8',
-              errors='surrogateescape') as f:
+    with fileio.atomic_write(os.path.join(directory, contract_lib.LABELS_FILE), 'w', encoding='utf-8',
+                             errors='surrogateescape') as f:   # atomic: a resume rewrites it under readers
       f.write(''.join(c + '\n' for c in self.classes))
     self.contract.save(directory, extra={
         'num_classes': self.num_classes, 'split_sizes': self.split_sizes, 'source': self.description,
