@@ -9,6 +9,7 @@ that is checked in a fresh subprocess that builds the app and renders every page
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -402,7 +403,10 @@ def test_sweep_abort_resume_edit_delete(client, dataset):
 def test_model_job(client, model, dataset):
   view = client.get(f'/models/{model}.json').json()
   assert view['status'] == 'done' and view['progress'] == 1.0
-  assert [s['epoch'] for s in view['snapshots']] == [1.0, 2.0] and view['snapshots_epochs'] == [1.0, 2.0]
+  # DIGITS' shape: snapshots is a list of epoch numbers; our rows are under snapshot_details.
+  assert view['snapshots'] == [1, 2] and view['snapshots_epochs'] == [1, 2]
+  assert [s['epoch'] for s in view['snapshot_details']] == [1.0, 2.0]
+  assert view['dataset_id'] == dataset and os.path.isdir(view['directory'])
   assert set(view['latest_metrics']) >= {'train', 'val'}
   assert view['dataset']['id'] == dataset
   assert view['config']['model']['width'] == 0.0625 and view['config']['layout'] == 'model'
@@ -576,7 +580,8 @@ def test_snapshots_json(client, model):
   best = max(table['snapshots'], key=lambda s: (s['val_top1'], s['step']))
   assert table['best'] == best['step'] and table['latest'] == table['snapshots'][-1]['step']
   page = client.get(f'/models/{model}').text
-  assert 'Epoch #2.0' in page and '(best)' in page and 'Classify One' in page and 'Classify Many' in page
+  assert re.search(r'Epoch #2(?![.\d])', page) and 'Epoch #2.0' not in page   # DIGITS' label
+  assert '(best)' in page and 'Classify One' in page and 'Classify Many' in page
 
 
 def test_classify_one_by_path_and_upload_matches_the_library(client, model, env):
@@ -677,6 +682,13 @@ def test_classify_many_reports_bad_lines_and_classifies_the_rest(client, model, 
   assert r.json()['images'] == len(good) and r.json()['list_problems'] == 3
   view = _wait_job(client, job_id)
   assert view['status'] == 'done', view
+  # DIGITS' answer, in the response: {filename: [[category, percent], ...]}, top-5 of 3 classes.
+  answer = r.json()['classifications']
+  assert answer == view['classifications'] and len(answer) == len(good)
+  for ranked in answer.values():
+    assert len(ranked) == 3 and {label for label, _ in ranked} == set(classes)
+    assert [c for _, c in ranked] == sorted((c for _, c in ranked), reverse=True)
+    assert abs(sum(c for _, c in ranked) - 100) < 0.01
   assert [p['line'] for p in view['list_problems']] == [4, 5, 6]
   assert 'like the first entry' in view['list_problems'][0]['reason']
   assert 'out of range' in view['list_problems'][1]['reason']
@@ -701,8 +713,9 @@ def test_classify_many_reports_bad_lines_and_classifies_the_rest(client, model, 
 
 def test_classify_many_on_the_dataset_val_list(client, model, dataset):
   r = client.post('/models/images/classification/classify_many.json', headers=client.bearer,
-                  data={'job_id': model, 'dataset_list': 'val', 'num_test_images': '4'})
+                  data={'job_id': model, 'dataset_list': 'val', 'num_test_images': '4', 'async': '1'})
   assert r.status_code == 200, r.text
+  assert 'classifications' not in r.json() and r.json()['url'] == f'/classifications/{r.json()["job_id"]}'
   view = _wait_job(client, r.json()['job_id'])
   assert view['status'] == 'done' and view['accuracy']['count'] == 4
 

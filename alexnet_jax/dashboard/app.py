@@ -227,6 +227,17 @@ def _plain(value: Any) -> Any:
 
 
 
+def digits_epochs(rows: list[dict[str, Any]]) -> list[Any]:
+  """The snapshots' epochs as DIGITS lists them: a whole epoch as an int (14, shown "Epoch #14"), a
+  fractional one as a float; a snapshot whose epoch is unknown is left out."""
+  out = []
+  for r in rows:
+    epoch = r.get('epoch')
+    if isinstance(epoch, (int, float)):
+      out.append(int(epoch) if float(epoch).is_integer() else epoch)
+  return out
+
+
 def _job_fields(job_id: str, row: dict[str, Any]) -> dict[str, Any]:
   """What every job page shows of a job's row (name, state, progress, times)."""
   return {
@@ -983,8 +994,15 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
 
   @app.get('/models/{job_id}.json')
   def model_json(job_id: str):
+    """DIGITS' ``{id, name, status, dataset_id, directory, snapshots: [epoch, ...]}`` (digits/model/job.py
+    ``json_dict``), so a script can post ``snapshots[-1]`` as ``snapshot_epoch``; every other key is ours.
+    The richer rows ({step, epoch, val_top1}) are under ``snapshot_details``."""
     view = dash.model_view(job_id)
-    view['snapshots_epochs'] = [s['epoch'] for s in view['snapshots']]
+    view['snapshot_details'] = view['snapshots']
+    view['snapshots'] = view['snapshots_epochs'] = digits_epochs(view['snapshots'])
+    job = dash.manager.get(job_id)
+    view['dataset_id'] = job.doc.get('dataset') if job is not None else None
+    view['directory'] = job.dir if job is not None else dash.row(job_id).get('path')
     return view
 
   @app.get('/models/{job_id}', response_class=HTMLResponse, include_in_schema=False)
