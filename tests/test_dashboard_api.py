@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+import types
 import warnings
 
 import pytest
@@ -781,3 +782,83 @@ def test_jobs_json_of_any_job(client, model, dataset):
   assert client.get(f'/jobs/{model}.json').json()['kind'] == 'model'
   assert client.get(f'/jobs/{dataset}.json').json()['state'] == 'done'
   assert client.get('/jobs/20990101-000000-zzzz.json').status_code == 404
+
+
+# ---- DIGITS' GPU Usage panel (gpu_usage.py), with a fake NVML -------------------------------------------
+
+def _fake_nvml(failing=()):
+  fake = types.ModuleType('pynvml')
+
+  class NVMLError(Exception):
+    pass
+
+  def handle(i):
+    if i in failing:
+      raise NVMLError('GPU is lost')
+    return i
+
+  fake.NVMLError, fake.NVML_TEMPERATURE_GPU = NVMLError, 0
+  fake.nvmlInit = lambda: None
+  fake.nvmlDeviceGetCount = lambda: 2
+  fake.nvmlDeviceGetHandleByIndex = handle
+  fake.nvmlDeviceGetName = lambda h: [b'NVIDIA H100 80GB HBM3', 'NVIDIA A10'][h]   # old bindings: bytes
+  fake.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=(h + 1) * 10 * 2**30, total=80 * 2**30)
+  fake.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=97 - h, memory=40 + h)
+  fake.nvmlDeviceGetTemperature = lambda h, sensor: 60 + h + sensor
+  return fake
+
+
+def test_gpu_usage_panel_while_a_job_runs(client, model, monkeypatch):
+  from alexnet_jax.dashboard import gpu_usage
+  dash = client.app.state.dash
+  real_row = dash.row
+  devices = ['gpu1']
+  monkeypatch.setattr(dash, 'row', lambda job_id: {**real_row(job_id), 'state': 'running', 'devices': devices}
+                      if job_id == model else real_row(job_id))
+  monkeypatch.setitem(sys.modules, 'pynvml', _fake_nvml())
+  gpu_usage.reset()
+  try:
+    view = client.get(f'/models/{model}.json').json()
+    # The job holds gpu1: only NVML's GPU 1, with DIGITS' four columns.
+    assert view['gpus'] == [{'index': 1, 'name': 'NVIDIA A10', 'memory_used': 20 * 2**30,
+                             'memory_total': 80 * 2**30, 'utilization': 96, 'memory_utilization': 41,
+                             'temperature': 61}]
+    page = client.get(f'/models/{model}').text
+    assert 'GPU Usage' in page and '<div id="gpu-usage" >' in page
+    assert '#1 NVIDIA A10' in page and '20.00 / 80.00 GiB (25%)' in page and '96%' in page and '61 °C' in page
+    devices[:] = ['cpu']                       # a job that names no GPU slot: every GPU
+    assert [g['name'] for g in client.get(f'/models/{model}.json').json()['gpus']] == [
+        'NVIDIA H100 80GB HBM3', 'NVIDIA A10']
+    monkeypatch.setitem(sys.modules, 'pynvml', _fake_nvml(failing={0}))
+    gpu_usage.reset()                          # a GPU whose query fails is left out, not an error
+    assert [g['index'] for g in client.get(f'/models/{model}.json').json()['gpus']] == [1]
+    monkeypatch.setitem(sys.modules, 'pynvml', None)     # nvidia-ml-py not installed: no panel
+    gpu_usage.reset()
+    assert client.get(f'/models/{model}.json').json()['gpus'] == []
+    assert '<div id="gpu-usage" hidden>' in client.get(f'/models/{model}').text
+  finally:
+    gpu_usage.reset()
+  monkeypatch.undo()
+  assert client.get(f'/models/{model}.json').json()['gpus'] == []       # done: no panel
+
+
+# ---- New Model shows the chosen dataset; the model page its form values (issue 20, item 4) ---------------
+
+def test_new_model_shows_the_dataset_and_the_model_page_its_form(client, model, dataset):
+  page = client.get('/models/images/classification/new', params={'dataset': dataset}).text
+  info = client.get(f'/datasets/{dataset}.json').json()
+  summary = page[page.index('id="dataset-summary"'):page.index('</dl>', page.index('id="dataset-summary"'))]
+  for name, value in (('Image size', '72 x 72'), ('Image type', 'Color'), ('Resize mode', 'squash'),
+                      ('Encoding', 'jpg'), ('Classes', '3'), ('Test images', '0'), ('Status', 'done')):
+    assert f'<dt>{name}</dt><dd>{value}</dd>' in summary, (name, summary)
+  train = client.app.state.dash.dataset_info(dataset)['counts']['train']
+  assert f'<dt>Train images</dt><dd>{train}</dd>' in summary and train > 0
+  assert f'<dt>Created</dt><dd>{info["submitted"]}</dd>' in summary and info['submitted']
+  assert '<dt>Image size</dt>' not in client.get('/models/images/classification/new').text   # none chosen
+  # The model page: every field exactly as the form sent it (the strings, not the parsed values).
+  form = _model_form(dataset)
+  view = client.get(f'/models/{model}.json').json()
+  assert dict(view['form_fields']) == form
+  model_page = client.get(f'/models/{model}').text
+  for k, v in form.items():
+    assert f'<tr><th>{k}</th><td>{v}</td></tr>' in model_page

@@ -61,6 +61,7 @@ from alexnet_jax import fileio
 from alexnet_jax.run import listing as listing_lib   # discovery and rows: status files only, no JAX
 from alexnet_jax.dashboard import checker as checker_lib
 from alexnet_jax.dashboard import forms
+from alexnet_jax.dashboard import gpu_usage
 from alexnet_jax.dashboard import inference_pages
 from alexnet_jax.dashboard import jobs as jobs_lib
 from alexnet_jax.dashboard import runner as runner_lib
@@ -227,6 +228,15 @@ def _plain(value: Any) -> Any:
 
 
 
+def _form_fields(doc: dict[str, Any]) -> list[list[str]]:
+  """A model job's New Model form, ``[[field, value], ...]`` as submitted (as parsed, for jobs made
+  before the submitted fields were kept), for the model page's "Form values"."""
+  fields = doc.get('form_fields')
+  if not isinstance(fields, dict):
+    fields = {k: v for k, v in (doc.get('form') or {}).items() if v is not None}
+  return [[str(k), v if isinstance(v, str) else json.dumps(v)] for k, v in sorted(fields.items())]
+
+
 def digits_epochs(rows: list[dict[str, Any]]) -> list[Any]:
   """The snapshots' epochs as DIGITS lists them: a whole epoch as an int (14, shown "Epoch #14"), a
   fractional one as a float; a snapshot whose epoch is unknown is left out."""
@@ -370,7 +380,7 @@ class Dashboard:
               'encoding': stats.get('encoding') or form.get('encoding'),
               'output': job.tool_dir, 'num_classes': len(stats.get('classes') or []) or None,
               'counts': {s: sum(c.values()) for s, c in (stats.get('counts') or {}).items()},
-              'external': False}
+              'external': False, 'created': job.doc.get('created')}
     if job is None and jobs_lib.valid_id(job_id) and '..' not in job_id:
       path = os.path.join(self.jobs_dir, job_id.replace('~', os.sep))
       stats = fileio.read_json(os.path.join(path, 'stats.json'))
@@ -433,6 +443,8 @@ class Dashboard:
         latest[record['split']] = record
     log_name = 'train.log' if os.path.isfile(os.path.join(workdir, 'train.log')) else runner_lib.OUTPUT_LOG
     hardware = _hardware(status.get('pid'), self._hw_cache) if row['state'] == 'running' else {}
+    # DIGITS' GPU Usage panel while the job runs (NVML when installed; [] on a CPU host or without it).
+    gpus = gpu_usage.read(gpu_usage.job_gpu_indices(row.get('devices') or [])) if row['state'] == 'running' else []
     dataset = None
     if job is not None and job.doc.get('dataset'):
       dataset = self.dataset_info(job.doc['dataset'])
@@ -448,11 +460,12 @@ class Dashboard:
         'error': row.get('error'), 'log_name': log_name,
         'log_tail': jobs_lib.tail(os.path.join(workdir, log_name), 30)
         if row['state'] in ('failed', 'interrupted') else [],
-        'files': sorted(self.job_files(job_id)), 'hardware': hardware,
+        'files': sorted(self.job_files(job_id)), 'hardware': hardware, 'gpus': gpus,
         'command': status_lib.command_string(job.doc['argv']) if job else row.get('command'),
         'devices': row.get('devices') or [], 'size_bytes': row.get('size_bytes'),
         'wait_reason': row.get('wait_reason'),
         'classifications': self.classification_rows(job_id),
+        'form_fields': _form_fields(job.doc) if job is not None else [],
     }
     c = config if isinstance(config, dict) else {}
     model, lr = c.get('model') or {}, c.get('lr') or {}
@@ -961,7 +974,8 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
       job = dash.manager.create(
           'model', name=name, group=parsed['group'], notes=parsed['notes'], dataset=parsed['dataset'],
           devices_needed=need, argv=[], form=form,
-          extra={'dataset_external': dataset.get('external', False), 'dataset_path': dataset['output']},
+          extra={'dataset_external': dataset.get('external', False), 'dataset_path': dataset['output'],
+                 'form_fields': dict(fields)},   # exactly as submitted, for the model page
           argv_for=lambda jobdir, o=overrides: forms.train_argv(experiments[parsed['experiment']], jobdir, o))
       created.append({'id': job.id, 'name': name, 'status': job.state, 'url': f'/models/{job.id}'})
     return created[0] if len(created) == 1 else created
@@ -1044,7 +1058,7 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
         yield ServerSentEvent(event='status', data=dict({k: view[k] for k in (
             'status', 'status_text', 'progress', 'eta_seconds', 'elapsed_seconds', 'step', 'total_steps',
             'epoch', 'images_per_sec', 'best_val_top1', 'best_epoch', 'snapshots', 'error', 'hardware',
-            'log_tail', 'history')}, devices=dash.manager.device_summary()))
+            'gpus', 'log_tail', 'history')}, devices=dash.manager.device_summary()))
       last_state = state
       await asyncio.sleep(STREAM_POLL_S if last_state in ('running', 'queued') else STREAM_IDLE_POLL_S)
 

@@ -69,6 +69,8 @@ def read(indices: Optional[set[int]] = None) -> list[dict[str, Any]]:
       name = nvml.nvmlDeviceGetName(handle)
       memory = nvml.nvmlDeviceGetMemoryInfo(handle)
       rates = nvml.nvmlDeviceGetUtilizationRates(handle)
+      # nvidia-ml-py 13 marks this call deprecated for nvmlDeviceGetTemperatureV, which older drivers
+      # lack; this one answers on every driver of the CUDA 12 and 13 wheels.
       temperature = nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)
     except nvml.NVMLError:
       continue
