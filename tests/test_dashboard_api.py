@@ -311,6 +311,12 @@ def test_dataset_job(client, dataset):
   index = client.get('/index.json').json()
   row = next(d for d in index['datasets'] if d['id'] == dataset)
   assert row['status'] == 'done' and row['name'] == 'three' and row['size_bytes'] > 0
+  # DIGITS' verbose dataset JSON (digits/dataset/job.py), beside ours.
+  assert view['ParseFolderTasks'] == [{'name': 'Parse Folder', 'label_count': 3, 'train_count': 18,
+                                       'val_count': 6, 'test_count': 0}]
+  assert [(t['name'], t['entries'], t['image_width'], t['image_height'], t['image_channels'], t['encoding'])
+          for t in view['CreateDbTasks']] == [('Create DB (train)', 18, 72, 72, 3, 'jpg'),
+                                              ('Create DB (val)', 6, 72, 72, 3, 'jpg')]
 
 
 def test_explore_filters_by_class(client, dataset):
@@ -415,6 +421,7 @@ def test_model_job(client, model, dataset):
   index = client.get('/index.json').json()
   row = next(m for m in index['models'] if m['id'] == model)
   assert row['best_val_top1'] is not None and row['dataset'] == dataset
+  assert row['dataset_id'] == dataset and index['version']      # DIGITS' index.json keys, beside ours
   assert '<polyline' in client.get('/').text                 # the loss sparkline
   compare = client.get('/compare', params={'ids': model}).text
   assert 'compare-loss' in compare

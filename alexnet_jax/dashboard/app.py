@@ -13,6 +13,7 @@
     GET  /models/images/classification/new          New Model form (?clone=<id>, ?dataset=<id>)
     POST /models/images/classification.json         create a model job, or one per sweep point
     GET  /models/<id>                               Model job page                     /models/<id>.json
+                                                    (DIGITS' snapshots: [epoch, ...]; GPU Usage while it runs)
     GET  /models/<id>/stream                        live curves: server-sent events
     GET  /models/lr_curve.json                      Visualize LR
     GET  /compare?ids=a,b                           several models' curves on one chart
@@ -783,7 +784,13 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
 
   @app.get('/index.json')
   def index_json():
-    return dash.index()
+    """DIGITS' ``{datasets: [{id, name, status}, ...], models: [...]}`` (digits/views.py) and our fields;
+    DIGITS' ``dataset_id`` of each model and the ``version`` are added beside ours."""
+    index = dash.index()
+    for m in index['models']:
+      m['dataset_id'] = m.get('dataset')
+    index['version'] = _package_version('alexnet_jax')
+    return index
 
   # -- New Dataset -----------------------------------------------------------------------------------
 
@@ -873,7 +880,18 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
 
   @app.get('/datasets/{job_id}.json')
   def dataset_json(job_id: str):
-    return dash.dataset_view(job_id)
+    """Our dataset view, plus DIGITS' verbose ``ParseFolderTasks`` and ``CreateDbTasks`` (digits/dataset/
+    job.py ``json_dict(True)``: counts per split, and per split database its entries and image shape)."""
+    view = dash.dataset_view(job_id)
+    sizes = view.get('split_sizes') or {}
+    width, height = (list(view.get('image_size') or []) + [None, None])[:2]
+    view['ParseFolderTasks'] = [{'name': 'Parse Folder', 'label_count': len(view.get('classes') or []),
+                                 **{f'{s}_count': sizes.get(s, 0) for s in ('train', 'val', 'test')}}]
+    view['CreateDbTasks'] = [{'name': f'Create DB ({s})', 'entries': n, 'image_width': width,
+                              'image_height': height, 'image_channels': view.get('channels'),
+                              'backend': 'files', 'encoding': view.get('encoding'), 'compression': 'none'}
+                             for s, n in sizes.items() if n]
+    return view
 
   @app.get('/datasets/{job_id}', response_class=HTMLResponse, include_in_schema=False)
   def dataset_page(request: Request, job_id: str):
