@@ -31,7 +31,10 @@ Where it follows DIGITS / Caffe / the paper, and why:
   improving with the current learning rate ... reduced three times prior to termination" (Krizhevsky et
   al. 2012, §5). That depends on validation results, so it is a host-side `PlateauController` whose
   JSON-able state goes into the checkpoint's meta.
-* **cosine** (not in DIGITS): linear warmup for `lr.warmup_epochs`, then half a cosine to 0.
+* **cosine** (not in DIGITS): linear warmup for `lr.warmup_epochs`, then half a cosine to 0. A warmup
+  that is not shorter than the run (the demo's 1-epoch warmup with `--config.num_epochs=1`, a quick try)
+  is clipped to half the run, so the cosine decay still follows, and the log says so
+  (`warmup_updates`); it is not refused.
 * **SGD is Caffe's and the paper's SGD, not optax.sgd.** The paper's rule is
   `v <- 0.9 v - 0.0005 eps w - eps g;  w <- w + v`: the learning rate is applied *before* the momentum
   accumulation and the weight decay is an L2 term added to the gradient (coupled). Caffe does the same
@@ -56,6 +59,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Optional
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -128,6 +132,25 @@ def caffe_solver_params(config: ml_collections.ConfigDict, steps_per_epoch: int)
   return p
 
 
+def warmup_updates(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[int, Optional[str]]:
+  """(the cosine policy's warmup in optimizer updates, a note when it had to be clipped, else None).
+
+  `lr.warmup_epochs` must be >= 0 (a negative one is refused, naming the flag). A warmup at least as
+  long as the run would leave no decay (and before this, a quick `--config.num_epochs=1` try of the demo
+  was refused): it is clipped to half the run's updates, and the note says so for the log.
+  """
+  total = int(steps_per_epoch * config.num_epochs)
+  warmup = int(round(config.lr.warmup_epochs * steps_per_epoch))
+  if warmup < 0:
+    raise ValueError(f'--config.lr.warmup_epochs={config.lr.warmup_epochs} must be >= 0')
+  if warmup < total or warmup == 0:
+    return warmup, None
+  clipped = total // 2
+  return clipped, (f'--config.lr.warmup_epochs={config.lr.warmup_epochs} is not shorter than the run '
+                   f'(--config.num_epochs={config.num_epochs}, {total} updates): the warmup is clipped '
+                   f'to half the run, {clipped} updates, so the cosine decay follows it')
+
+
 def make_lr_schedule(config: ml_collections.ConfigDict,
                      steps_per_epoch: int) -> Optional[Schedule]:
   """Returns `step -> learning rate` for `config.lr.policy`, or None for 'plateau'.
@@ -147,10 +170,9 @@ def make_lr_schedule(config: ml_collections.ConfigDict,
   base = float(config.learning_rate)
   if policy == 'cosine':
     total = int(steps_per_epoch * config.num_epochs)
-    warmup = int(round(config.lr.warmup_epochs * steps_per_epoch))
-    if not 0 <= warmup <= total:
-      raise ValueError(f'--config.lr.warmup_epochs={config.lr.warmup_epochs} must be within '
-                       f'[0, num_epochs={config.num_epochs}]')
+    warmup, note = warmup_updates(config, steps_per_epoch)
+    if note:
+      logging.warning('%s', note)
 
     def cosine(step):
       t = jnp.asarray(step, jnp.float32)

@@ -9,10 +9,12 @@ that is checked in a fresh subprocess that builds the app and renders every page
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
 import time
+import types
 import warnings
 
 import pytest
@@ -309,6 +311,12 @@ def test_dataset_job(client, dataset):
   index = client.get('/index.json').json()
   row = next(d for d in index['datasets'] if d['id'] == dataset)
   assert row['status'] == 'done' and row['name'] == 'three' and row['size_bytes'] > 0
+  # DIGITS' verbose dataset JSON (digits/dataset/job.py), beside ours.
+  assert view['ParseFolderTasks'] == [{'name': 'Parse Folder', 'label_count': 3, 'train_count': 18,
+                                       'val_count': 6, 'test_count': 0}]
+  assert [(t['name'], t['entries'], t['image_width'], t['image_height'], t['image_channels'], t['encoding'])
+          for t in view['CreateDbTasks']] == [('Create DB (train)', 18, 72, 72, 3, 'jpg'),
+                                              ('Create DB (val)', 6, 72, 72, 3, 'jpg')]
 
 
 def test_explore_filters_by_class(client, dataset):
@@ -402,7 +410,10 @@ def test_sweep_abort_resume_edit_delete(client, dataset):
 def test_model_job(client, model, dataset):
   view = client.get(f'/models/{model}.json').json()
   assert view['status'] == 'done' and view['progress'] == 1.0
-  assert [s['epoch'] for s in view['snapshots']] == [1.0, 2.0] and view['snapshots_epochs'] == [1.0, 2.0]
+  # DIGITS' shape: snapshots is a list of epoch numbers; our rows are under snapshot_details.
+  assert view['snapshots'] == [1, 2] and view['snapshots_epochs'] == [1, 2]
+  assert [s['epoch'] for s in view['snapshot_details']] == [1.0, 2.0]
+  assert view['dataset_id'] == dataset and os.path.isdir(view['directory'])
   assert set(view['latest_metrics']) >= {'train', 'val'}
   assert view['dataset']['id'] == dataset
   assert view['config']['model']['width'] == 0.0625 and view['config']['layout'] == 'model'
@@ -410,6 +421,7 @@ def test_model_job(client, model, dataset):
   index = client.get('/index.json').json()
   row = next(m for m in index['models'] if m['id'] == model)
   assert row['best_val_top1'] is not None and row['dataset'] == dataset
+  assert row['dataset_id'] == dataset and index['version']      # DIGITS' index.json keys, beside ours
   assert '<polyline' in client.get('/').text                 # the loss sparkline
   compare = client.get('/compare', params={'ids': model}).text
   assert 'compare-loss' in compare
@@ -576,7 +588,8 @@ def test_snapshots_json(client, model):
   best = max(table['snapshots'], key=lambda s: (s['val_top1'], s['step']))
   assert table['best'] == best['step'] and table['latest'] == table['snapshots'][-1]['step']
   page = client.get(f'/models/{model}').text
-  assert 'Epoch #2.0' in page and '(best)' in page and 'Classify One' in page and 'Classify Many' in page
+  assert re.search(r'Epoch #2(?![.\d])', page) and 'Epoch #2.0' not in page   # DIGITS' label
+  assert '(best)' in page and 'Classify One' in page and 'Classify Many' in page
 
 
 def test_classify_one_by_path_and_upload_matches_the_library(client, model, env):
@@ -677,6 +690,13 @@ def test_classify_many_reports_bad_lines_and_classifies_the_rest(client, model, 
   assert r.json()['images'] == len(good) and r.json()['list_problems'] == 3
   view = _wait_job(client, job_id)
   assert view['status'] == 'done', view
+  # DIGITS' answer, in the response: {filename: [[category, percent], ...]}, top-5 of 3 classes.
+  answer = r.json()['classifications']
+  assert answer == view['classifications'] and len(answer) == len(good)
+  for ranked in answer.values():
+    assert len(ranked) == 3 and {label for label, _ in ranked} == set(classes)
+    assert [c for _, c in ranked] == sorted((c for _, c in ranked), reverse=True)
+    assert abs(sum(c for _, c in ranked) - 100) < 0.01
   assert [p['line'] for p in view['list_problems']] == [4, 5, 6]
   assert 'like the first entry' in view['list_problems'][0]['reason']
   assert 'out of range' in view['list_problems'][1]['reason']
@@ -701,8 +721,9 @@ def test_classify_many_reports_bad_lines_and_classifies_the_rest(client, model, 
 
 def test_classify_many_on_the_dataset_val_list(client, model, dataset):
   r = client.post('/models/images/classification/classify_many.json', headers=client.bearer,
-                  data={'job_id': model, 'dataset_list': 'val', 'num_test_images': '4'})
+                  data={'job_id': model, 'dataset_list': 'val', 'num_test_images': '4', 'async': '1'})
   assert r.status_code == 200, r.text
+  assert 'classifications' not in r.json() and r.json()['url'] == f'/classifications/{r.json()["job_id"]}'
   view = _wait_job(client, r.json()['job_id'])
   assert view['status'] == 'done' and view['accuracy']['count'] == 4
 
@@ -787,3 +808,83 @@ def test_jobs_json_of_any_job(client, model, dataset):
   assert client.get(f'/jobs/{model}.json').json()['kind'] == 'model'
   assert client.get(f'/jobs/{dataset}.json').json()['state'] == 'done'
   assert client.get('/jobs/20990101-000000-zzzz.json').status_code == 404
+
+
+# ---- DIGITS' GPU Usage panel (gpu_usage.py), with a fake NVML -------------------------------------------
+
+def _fake_nvml(failing=()):
+  fake = types.ModuleType('pynvml')
+
+  class NVMLError(Exception):
+    pass
+
+  def handle(i):
+    if i in failing:
+      raise NVMLError('GPU is lost')
+    return i
+
+  fake.NVMLError, fake.NVML_TEMPERATURE_GPU = NVMLError, 0
+  fake.nvmlInit = lambda: None
+  fake.nvmlDeviceGetCount = lambda: 2
+  fake.nvmlDeviceGetHandleByIndex = handle
+  fake.nvmlDeviceGetName = lambda h: [b'NVIDIA H100 80GB HBM3', 'NVIDIA A10'][h]   # old bindings: bytes
+  fake.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=(h + 1) * 10 * 2**30, total=80 * 2**30)
+  fake.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=97 - h, memory=40 + h)
+  fake.nvmlDeviceGetTemperature = lambda h, sensor: 60 + h + sensor
+  return fake
+
+
+def test_gpu_usage_panel_while_a_job_runs(client, model, monkeypatch):
+  from alexnet_jax.dashboard import gpu_usage
+  dash = client.app.state.dash
+  real_row = dash.row
+  devices = ['gpu1']
+  monkeypatch.setattr(dash, 'row', lambda job_id: {**real_row(job_id), 'state': 'running', 'devices': devices}
+                      if job_id == model else real_row(job_id))
+  monkeypatch.setitem(sys.modules, 'pynvml', _fake_nvml())
+  gpu_usage.reset()
+  try:
+    view = client.get(f'/models/{model}.json').json()
+    # The job holds gpu1: only NVML's GPU 1, with DIGITS' four columns.
+    assert view['gpus'] == [{'index': 1, 'name': 'NVIDIA A10', 'memory_used': 20 * 2**30,
+                             'memory_total': 80 * 2**30, 'utilization': 96, 'memory_utilization': 41,
+                             'temperature': 61}]
+    page = client.get(f'/models/{model}').text
+    assert 'GPU Usage' in page and '<div id="gpu-usage" >' in page
+    assert '#1 NVIDIA A10' in page and '20.00 / 80.00 GiB (25%)' in page and '96%' in page and '61 °C' in page
+    devices[:] = ['cpu']                       # a job that names no GPU slot: every GPU
+    assert [g['name'] for g in client.get(f'/models/{model}.json').json()['gpus']] == [
+        'NVIDIA H100 80GB HBM3', 'NVIDIA A10']
+    monkeypatch.setitem(sys.modules, 'pynvml', _fake_nvml(failing={0}))
+    gpu_usage.reset()                          # a GPU whose query fails is left out, not an error
+    assert [g['index'] for g in client.get(f'/models/{model}.json').json()['gpus']] == [1]
+    monkeypatch.setitem(sys.modules, 'pynvml', None)     # nvidia-ml-py not installed: no panel
+    gpu_usage.reset()
+    assert client.get(f'/models/{model}.json').json()['gpus'] == []
+    assert '<div id="gpu-usage" hidden>' in client.get(f'/models/{model}').text
+  finally:
+    gpu_usage.reset()
+  monkeypatch.undo()
+  assert client.get(f'/models/{model}.json').json()['gpus'] == []       # done: no panel
+
+
+# ---- New Model shows the chosen dataset; the model page its form values (issue 20, item 4) ---------------
+
+def test_new_model_shows_the_dataset_and_the_model_page_its_form(client, model, dataset):
+  page = client.get('/models/images/classification/new', params={'dataset': dataset}).text
+  info = client.get(f'/datasets/{dataset}.json').json()
+  summary = page[page.index('id="dataset-summary"'):page.index('</dl>', page.index('id="dataset-summary"'))]
+  for name, value in (('Image size', '72 x 72'), ('Image type', 'Color'), ('Resize mode', 'squash'),
+                      ('Encoding', 'jpg'), ('Classes', '3'), ('Test images', '0'), ('Status', 'done')):
+    assert f'<dt>{name}</dt><dd>{value}</dd>' in summary, (name, summary)
+  train = client.app.state.dash.dataset_info(dataset)['counts']['train']
+  assert f'<dt>Train images</dt><dd>{train}</dd>' in summary and train > 0
+  assert f'<dt>Created</dt><dd>{info["submitted"]}</dd>' in summary and info['submitted']
+  assert '<dt>Image size</dt>' not in client.get('/models/images/classification/new').text   # none chosen
+  # The model page: every field exactly as the form sent it (the strings, not the parsed values).
+  form = _model_form(dataset)
+  view = client.get(f'/models/{model}.json').json()
+  assert dict(view['form_fields']) == form
+  model_page = client.get(f'/models/{model}').text
+  for k, v in form.items():
+    assert f'<tr><th>{k}</th><td>{v}</td></tr>' in model_page

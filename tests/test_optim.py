@@ -115,6 +115,26 @@ def test_cosine_with_warmup():
   assert float(optim.make_lr_schedule(c, 10)(0)) == pytest.approx(0.1)
 
 
+def test_a_warmup_not_shorter_than_the_run_is_clipped_and_said(caplog):
+  # The demo's 1-epoch warmup with --config.num_epochs=1 (a quick try): clipped to half the run.
+  c = _config(policy='cosine', num_epochs=1, learning_rate=0.1, warmup_epochs=1.0)
+  updates, note = optim.warmup_updates(c, 10)
+  assert updates == 5
+  assert '--config.lr.warmup_epochs=1.0' in note and 'clipped to half the run, 5 updates' in note
+  with caplog.at_level('WARNING'):
+    s = optim.make_lr_schedule(c, 10)
+  assert 'clipped to half the run' in caplog.text
+  assert float(s(0)) == pytest.approx(0.1 / 5)
+  assert float(s(4)) == pytest.approx(0.1)          # the ramp ends at the base rate ...
+  assert 0 < float(s(7)) < 0.1                      # ... and the cosine decay follows
+  assert float(s(10)) == pytest.approx(0.0, abs=1e-9)
+  c.lr.warmup_epochs = 0.5                          # shorter than the run: kept, no note
+  assert optim.warmup_updates(c, 10) == (5, None)
+  c.lr.warmup_epochs = -1.0
+  with pytest.raises(ValueError, match='--config.lr.warmup_epochs=-1.0'):
+    optim.make_lr_schedule(c, 10)
+
+
 def test_bad_fields_name_the_flag():
   with pytest.raises(ValueError, match='config.lr.policy'):
     optim.make_lr_schedule(_config(policy='linear'), 10)

@@ -13,6 +13,7 @@
     GET  /models/images/classification/new          New Model form (?clone=<id>, ?dataset=<id>)
     POST /models/images/classification.json         create a model job, or one per sweep point
     GET  /models/<id>                               Model job page                     /models/<id>.json
+                                                    (DIGITS' snapshots: [epoch, ...]; GPU Usage while it runs)
     GET  /models/<id>/stream                        live curves: server-sent events
     GET  /models/lr_curve.json                      Visualize LR
     GET  /compare?ids=a,b                           several models' curves on one chart
@@ -63,6 +64,7 @@ from alexnet_jax import fileio
 from alexnet_jax.run import listing as listing_lib   # discovery and rows: status files only, no JAX
 from alexnet_jax.dashboard import checker as checker_lib
 from alexnet_jax.dashboard import forms
+from alexnet_jax.dashboard import gpu_usage
 from alexnet_jax.dashboard import inference_pages
 from alexnet_jax.dashboard import jobs as jobs_lib
 from alexnet_jax.dashboard import runner as runner_lib
@@ -245,6 +247,26 @@ def _plain(value: Any) -> Any:
 
 
 
+def _form_fields(doc: dict[str, Any]) -> list[list[str]]:
+  """A model job's New Model form, ``[[field, value], ...]`` as submitted (as parsed, for jobs made
+  before the submitted fields were kept), for the model page's "Form values"."""
+  fields = doc.get('form_fields')
+  if not isinstance(fields, dict):
+    fields = {k: v for k, v in (doc.get('form') or {}).items() if v is not None}
+  return [[str(k), v if isinstance(v, str) else json.dumps(v)] for k, v in sorted(fields.items())]
+
+
+def digits_epochs(rows: list[dict[str, Any]]) -> list[Any]:
+  """The snapshots' epochs as DIGITS lists them: a whole epoch as an int (14, shown "Epoch #14"), a
+  fractional one as a float; a snapshot whose epoch is unknown is left out."""
+  out = []
+  for r in rows:
+    epoch = r.get('epoch')
+    if isinstance(epoch, (int, float)):
+      out.append(int(epoch) if float(epoch).is_integer() else epoch)
+  return out
+
+
 def _job_fields(job_id: str, row: dict[str, Any]) -> dict[str, Any]:
   """What every job page shows of a job's row (name, state, progress, times)."""
   return {
@@ -386,7 +408,7 @@ class Dashboard:
               'encoding': stats.get('encoding') or form.get('encoding'),
               'output': job.tool_dir, 'num_classes': len(stats.get('classes') or []) or None,
               'counts': {s: sum(c.values()) for s, c in (stats.get('counts') or {}).items()},
-              'external': False}
+              'external': False, 'created': job.doc.get('created')}
     if job is None and jobs_lib.valid_id(job_id) and '..' not in job_id:
       path = os.path.join(self.jobs_dir, job_id.replace('~', os.sep))
       stats = fileio.read_json(os.path.join(path, 'stats.json'))
@@ -449,6 +471,8 @@ class Dashboard:
         latest[record['split']] = record
     log_name = 'train.log' if os.path.isfile(os.path.join(workdir, 'train.log')) else runner_lib.OUTPUT_LOG
     hardware = _hardware(status.get('pid'), self._hw_cache) if row['state'] == 'running' else {}
+    # DIGITS' GPU Usage panel while the job runs (NVML when installed; [] on a CPU host or without it).
+    gpus = gpu_usage.read(gpu_usage.job_gpu_indices(row.get('devices') or [])) if row['state'] == 'running' else []
     dataset = None
     if job is not None and job.doc.get('dataset'):
       dataset = self.dataset_info(job.doc['dataset'])
@@ -464,11 +488,12 @@ class Dashboard:
         'error': row.get('error'), 'log_name': log_name,
         'log_tail': jobs_lib.tail(os.path.join(workdir, log_name), 30)
         if row['state'] in ('failed', 'interrupted') else [],
-        'files': sorted(self.job_files(job_id)), 'hardware': hardware,
+        'files': sorted(self.job_files(job_id)), 'hardware': hardware, 'gpus': gpus,
         'command': status_lib.command_string(job.doc['argv']) if job else row.get('command'),
         'devices': row.get('devices') or [], 'size_bytes': row.get('size_bytes'),
         'wait_reason': row.get('wait_reason'),
         'classifications': self.classification_rows(job_id),
+        'form_fields': _form_fields(job.doc) if job is not None else [],
     }
     c = config if isinstance(config, dict) else {}
     model, lr = c.get('model') or {}, c.get('lr') or {}
@@ -790,7 +815,13 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
 
   @app.get('/index.json')
   def index_json():
-    return dash.index()
+    """DIGITS' ``{datasets: [{id, name, status}, ...], models: [...]}`` (digits/views.py) and our fields;
+    DIGITS' ``dataset_id`` of each model and the ``version`` are added beside ours."""
+    index = dash.index()
+    for m in index['models']:
+      m['dataset_id'] = m.get('dataset')
+    index['version'] = _package_version('alexnet_jax')
+    return index
 
   # -- New Dataset -----------------------------------------------------------------------------------
 
@@ -881,7 +912,18 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
 
   @app.get('/datasets/{job_id}.json')
   def dataset_json(job_id: str):
-    return dash.dataset_view(job_id)
+    """Our dataset view, plus DIGITS' verbose ``ParseFolderTasks`` and ``CreateDbTasks`` (digits/dataset/
+    job.py ``json_dict(True)``: counts per split, and per split database its entries and image shape)."""
+    view = dash.dataset_view(job_id)
+    sizes = view.get('split_sizes') or {}
+    width, height = (list(view.get('image_size') or []) + [None, None])[:2]
+    view['ParseFolderTasks'] = [{'name': 'Parse Folder', 'label_count': len(view.get('classes') or []),
+                                 **{f'{s}_count': sizes.get(s, 0) for s in ('train', 'val', 'test')}}]
+    view['CreateDbTasks'] = [{'name': f'Create DB ({s})', 'entries': n, 'image_width': width,
+                              'image_height': height, 'image_channels': view.get('channels'),
+                              'backend': 'files', 'encoding': view.get('encoding'), 'compression': 'none'}
+                             for s, n in sizes.items() if n]
+    return view
 
   @app.get('/datasets/{job_id}', response_class=HTMLResponse, include_in_schema=False)
   def dataset_page(request: Request, job_id: str):
@@ -982,7 +1024,8 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
       job = dash.manager.create(
           'model', name=name, group=parsed['group'], notes=parsed['notes'], dataset=parsed['dataset'],
           devices_needed=need, argv=[], form=form,
-          extra={'dataset_external': dataset.get('external', False), 'dataset_path': dataset['output']},
+          extra={'dataset_external': dataset.get('external', False), 'dataset_path': dataset['output'],
+                 'form_fields': dict(fields)},   # exactly as submitted, for the model page
           argv_for=lambda jobdir, o=overrides: forms.train_argv(experiments[parsed['experiment']], jobdir, o))
       created.append({'id': job.id, 'name': name, 'status': job.state, 'url': f'/models/{job.id}'})
     return created[0] if len(created) == 1 else created
@@ -1015,8 +1058,15 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
 
   @app.get('/models/{job_id}.json')
   def model_json(job_id: str):
+    """DIGITS' ``{id, name, status, dataset_id, directory, snapshots: [epoch, ...]}`` (digits/model/job.py
+    ``json_dict``), so a script can post ``snapshots[-1]`` as ``snapshot_epoch``; every other key is ours.
+    The richer rows ({step, epoch, val_top1}) are under ``snapshot_details``."""
     view = dash.model_view(job_id)
-    view['snapshots_epochs'] = [s['epoch'] for s in view['snapshots']]
+    view['snapshot_details'] = view['snapshots']
+    view['snapshots'] = view['snapshots_epochs'] = digits_epochs(view['snapshots'])
+    job = dash.manager.get(job_id)
+    view['dataset_id'] = job.doc.get('dataset') if job is not None else None
+    view['directory'] = job.dir if job is not None else dash.row(job_id).get('path')
     return view
 
   @app.get('/models/{job_id}', response_class=HTMLResponse, include_in_schema=False)
@@ -1058,7 +1108,7 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
         yield ServerSentEvent(event='status', data=dict({k: view[k] for k in (
             'status', 'status_text', 'progress', 'eta_seconds', 'elapsed_seconds', 'step', 'total_steps',
             'epoch', 'images_per_sec', 'best_val_top1', 'best_epoch', 'snapshots', 'error', 'hardware',
-            'log_tail', 'history')}, devices=dash.manager.device_summary()))
+            'gpus', 'log_tail', 'history')}, devices=dash.manager.device_summary()))
       last_state = state
       await asyncio.sleep(STREAM_POLL_S if last_state in ('running', 'queued') else STREAM_IDLE_POLL_S)
 

@@ -14,7 +14,9 @@ Routes (the JSON twins keep DIGITS' field names, so its REST clients keep workin
          layout, top_k          -> {"predictions": [[label, percent], ...], "visualizations": [...], ...}
     POST /models/images/classification/classify_many.json
          job_id, image_list (upload) | image_list_path | dataset_list (val|test|train), image_folder,
-         num_test_images, snapshot_epoch | step, layout, top_k, top_n   -> {"job_id": ...}
+         num_test_images, snapshot_epoch | step, layout, top_k, top_n, async
+         -> DIGITS' {"classifications": {path: [[label, percent], ...], ...}} once the job is done, with
+            its "job_id", "url", "accuracy" beside; async=1 answers at once with {"job_id", "url", ...}
     GET  /jobs/<id>.json                              any job's status; a classify job's result too
     GET  /classifications/<id>                        the Classify Many page
     GET  /models/<id>/download.<tar.gz|zip>?epoch=N   the snapshot as a bundle (cached)
@@ -69,6 +71,7 @@ RESULT_FILE = 'classifications.json'
 CSV_FILE = 'classifications.csv'
 LIST_FILE = 'images.txt'
 PROBLEMS_FILE = 'list_problems.json'
+SYNC_POLL_S = 0.2                 # how often a waiting classify_many.json looks at its job
 _NAME_RE = re.compile(r'^[A-Za-z0-9_.-]+$')
 
 
@@ -470,6 +473,26 @@ class InferencePages:
                          if n.endswith(('.json', '.csv', '.png', '.txt')) and n != jobs_lib.JOB_FILE}
     return view
 
+  async def classify_many_answer(self, request: Request, job_id: str, started: dict[str, Any]):
+    """DIGITS' answer to ``classify_many.json``: waits for the job, then
+    ``{"classifications": {path: [[label, percent], ...], ...}}`` (the job's fields beside it). A client
+    that hangs up leaves the job running; a failed job answers 500 with ``errors`` and the job's id."""
+    while True:
+      job = self.dash.manager.get(job_id)
+      if job is None:
+        return _errors('classify', f'the job {job_id} was deleted before it finished', 500)
+      if job.state not in ('queued', 'running'):
+        break
+      if await request.is_disconnected():
+        return started
+      await anyio.sleep(SYNC_POLL_S)
+    view = await _in_thread(self.classify_view, job)
+    if job.state != 'done' or 'classifications' not in view:
+      reason = view.get('error') or f'the job is {job.state}; its page has the log'
+      return JSONResponse({'errors': {'classify': reason}, **started, 'status': job.state}, status_code=500)
+    return {'classifications': view['classifications'], **started, 'status': job.state,
+            'accuracy': view.get('accuracy'), 'image_errors': view.get('errors') or []}
+
   def classes_or_empty(self, workdir: str) -> list[str]:
     try:
       return self.classes(workdir)
@@ -558,8 +581,11 @@ class InferencePages:
         job = await _in_thread(dash.classify_many, fields, uploads)
       except FormError as e:
         return _errors(e.field, str(e), e.status)
-      return {'job_id': job.id, 'url': f'/classifications/{job.id}', 'images': job.doc.get('images'),
-              'list_problems': job.doc.get('problems')}
+      started = {'job_id': job.id, 'url': f'/classifications/{job.id}', 'images': job.doc.get('images'),
+                 'list_problems': job.doc.get('problems')}
+      if _bool_field(fields, 'async'):
+        return started
+      return await dash.classify_many_answer(request, job.id, started)
 
     @app.get('/jobs/{job_id}.json')
     def job_json(job_id: str):

@@ -115,12 +115,23 @@
 
     const summary = document.getElementById('dataset-summary');
     const select = document.getElementById('dataset-select');
+    // DIGITS' dataset summary on New Model (the same rows as new_model.html renders for a preselection).
     const showDataset = () => {
       const d = (page.datasets || {})[select.value];
-      if (!d) { summary.textContent = ''; return; }
-      const counts = Object.entries(d.counts || {}).map(([s, n]) => `${s} ${n}`).join(', ');
-      summary.textContent = `${d.image_size.join('x')} ${d.channels === 1 ? 'grayscale' : 'color'}, ` +
-        `${d.resize_mode}, ${d.num_classes || '?'} classes${counts ? ` (${counts})` : ''} · ${d.state}`;
+      summary.textContent = '';
+      if (!d) return;
+      const counts = d.counts || {};
+      const rows = [['Image size', d.image_size.join(' x ')], ['Image type', d.channels === 1 ? 'Grayscale' : 'Color'],
+        ['Resize mode', d.resize_mode], ['Encoding', d.encoding || ''], ['Classes', d.num_classes || '?'],
+        ['Train images', counts.train || 0], ['Val images', counts.val || 0], ['Test images', counts.test || 0],
+        ['Created', d.created || ''], ['Status', d.state]];
+      for (const [name, value] of rows) {
+        const dt = document.createElement('dt');
+        dt.textContent = name;
+        const dd = document.createElement('dd');
+        dd.textContent = String(value);
+        summary.append(dt, dd);
+      }
       if (!f.crop_size.value && d.image_size) f.crop_size.placeholder = `${d.image_size[0]} (no crop)`;
     };
     select.addEventListener('change', showDataset);

@@ -62,6 +62,26 @@
     requestAnimationFrame(() => { pending = false; draw(); });
   }
 
+  // DIGITS' GPU Usage panel (gpu_usage.py): one row per GPU the job holds, while it runs.
+  function gpuUsage(gpus) {
+    const box = document.getElementById('gpu-usage');
+    box.hidden = !gpus.length;
+    const body = box.querySelector('tbody');
+    body.textContent = '';
+    const gib = (b) => (b / 2 ** 30).toFixed(2);
+    for (const g of gpus) {
+      const tr = document.createElement('tr');
+      const share = g.memory_total ? Math.round(100 * g.memory_used / g.memory_total) : 0;
+      for (const text of [`#${g.index} ${g.name}`, `${gib(g.memory_used)} / ${gib(g.memory_total)} GiB (${share}%)`,
+                          `${g.utilization}%`, `${g.temperature} °C`]) {
+        const td = document.createElement('td');
+        td.textContent = text;
+        tr.appendChild(td);
+      }
+      body.appendChild(tr);
+    }
+  }
+
   function status(v) {
     Dash.setStatus(document.getElementById('status'), v.status_text, v.status);
     Dash.setProgress(document.getElementById('progress'), v.progress, v.status);
@@ -75,11 +95,12 @@
     const hw = v.hardware || {};
     document.getElementById('hardware').textContent = hw.pid
       ? `process ${hw.pid}: CPU ${hw.cpu_percent === null ? '-' : `${hw.cpu_percent}%`}, memory ${(hw.rss_bytes / 2 ** 20).toFixed(0)} MiB` : '';
+    gpuUsage(v.gpus || []);
     const snaps = document.getElementById('snapshots');
     snaps.textContent = '';
     for (const s of v.snapshots || []) {
       const li = document.createElement('li');
-      li.textContent = `step ${s.step}${s.epoch === null ? '' : ` (epoch ${s.epoch})`}`;
+      li.textContent = `step ${s.step}${s.epoch === null ? '' : ` (epoch ${Number(s.epoch.toFixed(2))})`}`;
       snaps.appendChild(li);
     }
     const err = document.getElementById('error-box');

@@ -119,6 +119,7 @@
     const form = event.target;
     const data = requestOf(form, 'image_list');
     if (form.image_list.files.length || form.image_list_path.value.trim()) data.delete('dataset_list');
+    data.set('async', '1');   // the page follows the job's progress bar (a script gets DIGITS' answer)
     showError('classify-many', null);
     const r = await Dash.send('POST', '/models/images/classification/classify_many.json', data);
     if (!r.ok) { showError('classify-many', r.data.errors || {request: `HTTP ${r.status}`}); return; }
