@@ -167,6 +167,12 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_snapshot(folder, 
   with pytest.raises(trainer.NonFiniteLossError) as err:
     trainer.train_and_evaluate(config, str(workdir))
   assert 'at step' in str(err.value) and 'learning_rate' in str(err.value)
+  # The steps run ahead of the metrics' reads, yet the message names the first bad step, as the loop
+  # that read every step's loss at once (device_prefetch=0) does.
+  config.data.device_prefetch = 0
+  with pytest.raises(trainer.NonFiniteLossError) as step_by_step:
+    trainer.train_and_evaluate(config, str(tmp_path / 'nan_step_by_step'))
+  assert str(err.value) == str(step_by_step.value)
   record = status.read_status(str(workdir))   # the failure is recorded where `runs` reads it
   assert record['state'] == 'failed' and 'NonFiniteLossError' in record['error']
   assert status.effective_state(record) == 'failed'
