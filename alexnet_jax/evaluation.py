@@ -10,6 +10,10 @@ four corner and the centre crops and their mirrors.
 A checkpoint restores into any layout (its arrays are ``[tower, ...]`` whatever wrote them), so a run
 trained with the towers on two devices evaluates on one, and the reverse; only the parameters are read,
 read-only (``run/workdir.py``), so evaluating a live run does not disturb it.
+
+The batches are placed on the devices ahead of the eval step (``data.DevicePrefetch``) and a batch's
+logits are read back once ``config.data.device_prefetch`` later batches are dispatched, so the device
+does not wait for the host's scoring.
 """
 
 from __future__ import annotations

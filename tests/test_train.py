@@ -267,3 +267,15 @@ def test_the_loop_reads_nothing_from_the_device_between_log_points(folder, tmp_p
   records = metrics_writer.read_metrics(tmp_path / 'run', split='train')
   assert [r['step'] for r in records] == [5, 10, 12]
   assert all(np.isfinite(r['loss']) and 0 < r['lr'] for r in records)
+
+
+def test_a_dataset_smaller_than_the_batch_trains_and_says_so(folder, tmp_path):
+  """18 training images and a batch of 32 (DIGITS' 69 images at "network defaults" 128): one step per
+  epoch whose batch wraps around the split, as Caffe cycled through a small database."""
+  workdir = tmp_path / 'small'
+  results = trainer.train_and_evaluate(tiny_config(folder, batch_size=32, num_epochs=2),
+                                       str(workdir))
+  assert results['step'] == 2 and np.isfinite(results['train']['loss'])
+  assert [r['step'] for r in metrics_writer.read_metrics(workdir, split='val')] == [1, 2]
+  log = (workdir / status.LOG_FILE).read_text()
+  assert '18 images, fewer than one global batch of 32' in log and 'wraps around' in log
