@@ -231,6 +231,7 @@ def problems(config: ml_collections.ConfigDict | Any) -> list[str]:
   c.integer('data.num_threads', lo=1)
   c.integer('data.worker_count', lo=0, note=' (0: threads only)')
   c.integer('data.prefetch', lo=1)
+  c.integer('data.device_prefetch', lo=0, note=' (0: no prefetch, metrics read every step)')
   c.integer('data.mean_max_images', lo=0, note=' (0: all training images)')
 
   # Solver.

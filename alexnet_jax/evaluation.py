@@ -10,10 +10,15 @@ four corner and the centre crops and their mirrors.
 A checkpoint restores into any layout (its arrays are ``[tower, ...]`` whatever wrote them), so a run
 trained with the towers on two devices evaluates on one, and the reverse; only the parameters are read,
 read-only (``run/workdir.py``), so evaluating a live run does not disturb it.
+
+The batches are placed on the devices ahead of the eval step (``data.DevicePrefetch``) and a batch's
+logits are read back once ``config.data.device_prefetch`` later batches are dispatched, so the device
+does not wait for the host's scoring.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 from typing import Any
 
@@ -37,25 +42,61 @@ def evaluate_split(eval_step, params, dataset, data_config, split: str, *, batch
   iterator = data.eval_iterator(dataset, data_config, split, global_batch_size=batch_size,
                                 ten_crop=ten_crop, shard_index=jax.process_index(),
                                 shard_count=jax.process_count())
-  sharding = layout.batch_sharding(mesh)
   acc = metrics.EvalAccumulator(dataset.num_classes, dataset.classes)
   num_batches = -(-len(dataset.split(split)) // batch_size)
   failed = 0
+  lag = device_prefetch(data_config)
+  pending = collections.deque()   # (logits on the device, this process's host fields), oldest first
+
+  def score_oldest() -> None:
+    nonlocal failed
+    logits, host = pending.popleft()
+    labels = gather_to_host_rows(host['label'])
+    mask = gather_to_host_rows(host['mask'])
+    failed += int(gather_to_host_rows(host['replaced']).sum())
+    acc.update_from_logits(gather_to_host(logits), labels, mask)
+    bar.update(1)
+
+  # The batches are placed on the devices ahead (data.DevicePrefetch), and a batch's logits are read
+  # back only once `lag` later batches are dispatched, so the device never waits for the host's
+  # scoring; with data.device_prefetch=0, each batch is read, run and scored in turn, as before.
   with Progress(num_batches, f'eval {split}', unit='batch', tty=None if show_progress else False,
-                log_every_secs=30.0 if show_progress else None) as bar:
-    for batch in iterator:
-      images = jax.make_array_from_process_local_data(sharding, batch['image'])
-      logits = gather_to_host(eval_step(params, images, ten_crop=ten_crop))
-      labels = gather_to_host_rows(batch['label'])
-      mask = gather_to_host_rows(batch['mask'])
-      failed += int(gather_to_host_rows(batch['replaced']).sum())
-      acc.update_from_logits(logits, labels, mask)
-      bar.update(1)
+                log_every_secs=30.0 if show_progress else None) as bar, \
+      data.DevicePrefetch(iter(iterator), batch_placer(layout.batch_sharding(mesh), ('image',)),
+                          size=lag) as batches:
+    for device_batch, host in batches:
+      logits = eval_step(params, device_batch['image'], ten_crop=ten_crop)
+      if lag and logits.is_fully_addressable:
+        logits.copy_to_host_async()   # starts the copy; read when scored
+      pending.append((logits, host))
+      while len(pending) > lag:
+        score_oldest()
+    while pending:
+      score_oldest()
   summary = acc.summary()
   summary['failed_to_decode'] = failed
   summary['split'] = split
   summary['ten_crop'] = bool(ten_crop)
   return summary
+
+
+def device_prefetch(data_config) -> int:
+  """``config.data.device_prefetch`` (2 for a run's config.json written before the field existed)."""
+  value = getattr(data_config, 'device_prefetch', None)
+  return 2 if value is None else int(value)
+
+
+def batch_placer(sharding, fields: tuple[str, ...]):
+  """``place(batch) -> (device_batch, host_batch)`` for ``data.DevicePrefetch``: the ``fields`` of a
+  batch of this process's rows become global arrays with ``sharding`` (each process contributes its own
+  share, ``jax.make_array_from_process_local_data``); the other fields stay on the host."""
+
+  def place(batch):
+    device = {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in fields
+              if k in batch}
+    return device, {k: v for k, v in batch.items() if k not in device}
+
+  return place
 
 
 def gather_to_host(x: jax.Array) -> np.ndarray:

@@ -258,6 +258,8 @@ class Model:
           fill()
         rows += [blank] * (size - len(rows))  # pad: one compiled shape for every batch
         logits = self._dispatch(np.stack(rows))
+        if logits.is_fully_addressable:
+          logits.copy_to_host_async()   # read back while the next batch is decoded and dispatched
         if in_flight is not None:  # dispatch is asynchronous: fetch the previous batch meanwhile
           yield from finish(in_flight)
         in_flight = (indices, errors, logits)

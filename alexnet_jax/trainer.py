@@ -11,6 +11,13 @@ shapes and the layout are checked before anything compiles), the update step (``
 jitted once, state donated, dropout from ``fold_in(rng, step)``), the restore (the newest snapshot that
 restores), and the loop, where one ``Cadence`` decides when to log, validate and snapshot. The workdir
 keeps a live ``status.json`` and ``train.log``, and one trainer at a time holds it (``run/lock.py``).
+
+The loop keeps the device busy (issue 23): the next batches are read and placed on the devices in a
+background thread (``data.DevicePrefetch``, ``config.data.device_prefetch`` of them), and the host reads
+the steps' metrics only where it needs them -- log lines, validation, snapshots, the end -- all at once,
+so it dispatches step N+1 while step N runs. ``device_prefetch=0`` is the loop of before (each batch read
+when needed, every step's metrics read at once), kept to measure the difference
+(``benchmarks/train_loop.py``).
 """
 
 from __future__ import annotations
@@ -101,6 +108,9 @@ def _train(config, workdir, status, is_main):
       config.get('profile_steps', ''), os.path.join(workdir, 'profile'), enabled=is_main)
   tx = optim.build_optimizer(config, steps_per_epoch)
   logging.info('dataset: %r', dataset)
+  wrapping = data.wrap_note(dataset, config.batch_size)
+  if wrapping:
+    logging.warning('%s', wrapping)
   logging.info('network %s: %s classes; layout %s on mesh data=%d x model=%d; %d steps/epoch',
                network.name, dataset.num_classes, layout.name, layout.data, layout.model,
                steps_per_epoch)
@@ -119,9 +129,15 @@ def _loop(config, workdir, status, is_main, ckpt, dataset, data_config, network,
   plateau = (optim.PlateauController.from_config(config) if config.lr.policy == 'plateau'
              else None)
   meta: dict[str, Any] = {}
+  # The batches are read and placed on the devices ahead of the steps (data.DevicePrefetch); its state,
+  # saved in every snapshot, is that of the batches the steps consumed, so a resume reads the rest.
+  sharding = layout.batch_sharding(mesh)
+  prefetch = evaluation.device_prefetch(config.data)
+  batches = data.DevicePrefetch(train_iter, evaluation.batch_placer(sharding, step_lib.BATCH_FIELDS),
+                                size=prefetch)
   if ckpt.all_steps():
     abstract = step_lib.abstract_train_state(network, layout, mesh, tx, image_shape=image_shape)
-    state, meta, skipped = ckpt.restore_latest(abstract, data_iterator=train_iter)
+    state, meta, skipped = ckpt.restore_latest(abstract, data_iterator=batches)
     logging.info('resumed from snapshot %d in %s%s', int(state.step), ckpt.directory,
                  f' (skipped: {"; ".join(skipped)})' if skipped else '')
   else:
@@ -149,7 +165,6 @@ def _loop(config, workdir, status, is_main, ckpt, dataset, data_config, network,
       augment=device_augment.TrainAugment.from_dataset(dataset, data_config, seed=config.seed))
   eval_step = step_lib.make_eval_step(network, layout, mesh,
                                       crops=device_augment.EvalCrops.from_contract(dataset.contract))
-  sharding = layout.batch_sharding(mesh)
 
   def snapshot(at_step: int) -> None:
     info = {'window': window.state_dict(), 'best_top1': best['top1'], 'best_step': best['step'],
@@ -158,7 +173,7 @@ def _loop(config, workdir, status, is_main, ckpt, dataset, data_config, network,
     if plateau is not None:
       info['plateau'] = plateau.state_dict()
     top1 = None if last_val is None else last_val.get('top1')
-    ckpt.save(at_step, state, data_iterator=train_iter, meta=info,
+    ckpt.save(at_step, state, data_iterator=batches, meta=info,
               metrics=None if top1 is None else {'top1': top1})
     # Finished snapshots only: this one is written in the background and listed from the next.
     status.update(force=True, snapshots=ckpt.finished_on_disk(), saving=at_step)
@@ -174,38 +189,58 @@ def _loop(config, workdir, status, is_main, ckpt, dataset, data_config, network,
                   val=last_val, best_val_top1=best['top1'], best_step=best['step'],
                   best_epoch=None if best['step'] is None else cadence.epoch(best['step']))
 
+  # ---- Metrics: read at log points, not every step ------------------------------------------------
+  # A step's metrics stay on the device until a log line, a validation, a snapshot or the end needs
+  # them; then the steps since the last read come back in one transfer, so the host dispatches step
+  # N+1 while step N runs. The finite-loss check stays exact: the steps are checked in order, and the
+  # first bad one is named (no snapshot is written before its steps are checked, so the last snapshot
+  # is a good one). With data.device_prefetch=0, every step is read at once, as before.
+  pending: list[tuple[int, Any, int]] = []   # (step, metrics on the device, replaced examples)
+
+  def read_metrics(with_lr: bool = False) -> tuple[dict[str, float] | None, float | None]:
+    """Fetches the pending steps' metrics (and the learning rate); adds them to the window in step
+    order; returns the last step's values and the learning rate."""
+    if not pending and not with_lr:
+      return None, None
+    lr_array = optim.get_learning_rate(state.opt_state) if with_lr else None
+    fetched, lr = jax.device_get(([m for _, m, _ in pending], lr_array))
+    done = list(pending)
+    pending.clear()
+    values = None
+    for (at, _, replaced), step_values in zip(done, fetched):
+      values = {k: float(v) for k, v in step_values.items()}
+      if not math.isfinite(values['loss']):
+        raise NonFiniteLossError(
+            f'the loss became {values["loss"]} at step {at} (epoch {cadence.epoch(at):.2f}); '
+            f'the last good snapshot is step {ckpt.latest_step()}. Lower the learning rate '
+            f'(--config.learning_rate={config.learning_rate / 10:g}) or check the data.')
+      window.add(values, replaced)
+    return values, None if lr is None else float(lr)
+
   started, first_step = time.monotonic(), step
   report(force=True)
   # One progress line per run: the other processes keep quiet.
   quiet = {'log_every_secs': 30.0} if is_main else {'tty': False, 'log_every_secs': None}
-  with stopping.StopRequest() as stop, profiler, \
+  with stopping.StopRequest() as stop, profiler, batches, \
       Progress(cadence.total_steps, 'train', initial=step, **quiet) as bar:
     say = bar.write if is_main else (lambda message: None)
     while step < cadence.total_steps:
       profiler.step(step)
-      batch = next(train_iter)
-      replaced = int(np.sum(batch['replaced']))
-      device_batch = {k: jax.make_array_from_process_local_data(sharding, batch[k])
-                      for k in step_lib.BATCH_FIELDS if k in batch}
+      device_batch, host_batch = next(batches)
       state, step_metrics = train_step(state, device_batch)
       step += 1
-      values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-      if not math.isfinite(values['loss']):
-        raise NonFiniteLossError(
-            f'the loss became {values["loss"]} at step {step} (epoch {cadence.epoch(step):.2f}); '
-            f'the last good snapshot is step {ckpt.latest_step()}. Lower the learning rate '
-            f'(--config.learning_rate={config.learning_rate / 10:g}) or check the data.')
-      window.add(values, replaced)
+      pending.append((step, step_metrics, int(np.sum(host_batch['replaced']))))
       epoch = cadence.epoch(step)
-
+      shown = {}
+      if cadence.log(step) or prefetch == 0:
+        values, lr = read_metrics(with_lr=cadence.log(step))
+        shown = {'loss': f'{values["loss"]:.4f}', 'top1': f'{values["top1"]:.3f}'}
       if cadence.log(step):
-        lr = float(jax.device_get(optim.get_learning_rate(state.opt_state)))
         last_train = writer.write('train', step, epoch, **window.means(), lr=lr,
                                   images_per_sec=window.images_per_sec(config.batch_size),
                                   replaced=window.replaced)
         window = TrainWindow()
-      bar.update(1, epoch=f'{epoch:.2f}', loss=f'{values["loss"]:.4f}',
-                 top1=f'{values["top1"]:.3f}')
+      bar.update(1, epoch=f'{epoch:.2f}', **shown)
 
       if cadence.validate(step) and dataset.has_split('val'):
         summary = evaluation.evaluate_split(
@@ -238,6 +273,7 @@ def _loop(config, workdir, status, is_main, ckpt, dataset, data_config, network,
       # snapshot below -- a collective -- is entered by all of them together.
       signalled = stop.should_stop(step)
       if cadence.snapshot(step) or stopped or signalled:
+        read_metrics()   # the window saved with the snapshot, and its steps' losses checked
         snapshot(step)
       if signalled and step < cadence.total_steps:
         stopped = f'{signalled} at step {step}; run the same command to resume'

@@ -1,6 +1,9 @@
 """The grain pipelines: determinism, exact resumption (also through orbax), sharding, bad records, eval."""
 
+import json
 import os
+import threading
+import types
 
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ from alexnet_jax import configs
 from alexnet_jax import data
 from alexnet_jax.data import pipeline
 from alexnet_jax.data import synthetic
+from alexnet_jax.run import checkpoints
 
 
 def _cfg(source, **kw):
@@ -190,7 +194,100 @@ def test_worker_processes_give_the_same_batches(dataset):
   _assert_batches_equal(_take(it, 2), threads)
 
 
-def test_too_small_for_a_batch(dataset):
-  ds, _ = dataset
-  with pytest.raises(data.DataError, match='fewer than one global batch'):
-    data.steps_per_epoch(ds, 64)
+def test_a_split_smaller_than_the_batch_wraps_around(dataset):
+  ds, cfg = dataset                                        # 18 training images
+  assert data.steps_per_epoch(ds, 64) == 1 and data.wrap_note(ds, 4) is None
+  note = data.wrap_note(ds, 64)
+  assert '18 images' in note and 'one global batch of 64' in note and '3-4 times' in note
+  kw = dict(global_batch_size=64, seed=0, num_epochs=2)
+  batches = list(data.train_iterator(ds, cfg, **kw))
+  assert len(batches) == 2 and all(b['image'].shape == (64, 24, 24, 3) for b in batches)
+  fn = pipeline.TrainExample(ds, cfg, seed=0, global_batch_size=64, shard_index=0, shard_count=1)
+  records = [fn.locate(i)[2] for i in range(64)]
+  assert records == [int(fn.permutation(0)[g % 18]) for g in range(64)]
+  np.testing.assert_array_equal(batches[0]['label'], ds.split('train').labels[records])
+  # the repeats of an image are augmented differently (their draws are keyed on the repeat)
+  first, again = batches[0]['image'][0], batches[0]['image'][18]
+  assert records[0] == records[18] and not np.array_equal(first, again)
+  # and each process takes its share of the wrapped batch; a resume yields the rest
+  shards = [list(data.train_iterator(ds, cfg, shard_index=i, shard_count=2, **kw)) for i in range(2)]
+  np.testing.assert_array_equal(np.concatenate([shards[0][1]['image'], shards[1][1]['image']]),
+                                batches[1]['image'])
+  it = data.train_iterator(ds, cfg, **kw)
+  next(it)
+  resumed = data.train_iterator(ds, cfg, **kw)
+  resumed.set_state(it.get_state())
+  _assert_batches_equal(list(resumed), batches[1:])
+
+
+def test_an_empty_training_split_is_refused():
+  with pytest.raises(data.DataError, match='no images'):
+    data.steps_per_epoch(types.SimpleNamespace(split=lambda name: []), 4)
+
+
+class _Placements:
+  """A `DevicePrefetch` place function that records how far ahead of the consumer it was called."""
+
+  def __init__(self, read_ahead_to: int):
+    self.placed, self.consumed, self.most_ahead = 0, 0, 0
+    self.read_ahead = threading.Event()
+    self.read_ahead_to = read_ahead_to
+
+  def __call__(self, batch):
+    self.placed += 1
+    self.most_ahead = max(self.most_ahead, self.placed - self.consumed)
+    if self.placed >= self.read_ahead_to:
+      self.read_ahead.set()
+    return {'image': batch['image']}, {k: v for k, v in batch.items() if k != 'image'}
+
+
+def _join(device, host):
+  return {**device, **host}
+
+
+def test_device_prefetch_saves_the_state_of_the_batches_consumed(dataset, tmp_path):
+  ds, cfg = dataset
+  kw = dict(global_batch_size=4, seed=1, num_epochs=2)
+  full = list(data.train_iterator(ds, cfg, **kw))
+  place = _Placements(read_ahead_to=5)
+  with data.DevicePrefetch(data.train_iterator(ds, cfg, **kw), place, size=2) as batches:
+    consumed = []
+    for _ in range(3):
+      consumed.append(_join(*next(batches)))
+      place.consumed += 1
+    assert place.read_ahead.wait(timeout=60)               # 5 batches read: 2 ahead of the 3 consumed
+    state = batches.get_state()
+    rest = []
+    for b in batches:
+      rest.append(_join(*b))
+      place.consumed += 1
+  _assert_batches_equal(consumed + rest, full)             # nothing lost or repeated by the read-ahead
+  assert place.most_ahead <= 2 + 1                          # bounded: 2 slots (+1 handed over)
+  resumed = data.train_iterator(ds, cfg, **kw)
+  resumed.set_state(json.loads(state))
+  _assert_batches_equal(list(resumed), full[3:])           # the state is the consumed batches'
+  # through a snapshot (grain's checkpoint handler), into a fresh prefetcher
+  with checkpoints.Checkpointer(tmp_path) as ckpt, \
+      data.DevicePrefetch(data.train_iterator(ds, cfg, **kw), place, size=2) as batches:
+    for _ in range(3):
+      next(batches)
+    ckpt.save(3, {'x': np.zeros(1)}, data_iterator=batches)
+    ckpt.wait()
+    again = data.DevicePrefetch(data.train_iterator(ds, cfg, **kw), place, size=2)
+    ckpt.restore(3, data_iterator=again)
+    _assert_batches_equal([_join(*b) for b in again], full[3:])
+  # without prefetching (size 0): the same batches, each read when asked for
+  direct = data.DevicePrefetch(data.train_iterator(ds, cfg, **kw), place, size=0)
+  _assert_batches_equal([_join(*b) for b in direct], full)
+
+
+def test_device_prefetch_raises_the_readers_error_in_the_consumer(dataset):
+  ds, cfg = dataset
+
+  def place(batch):
+    raise ValueError('cannot place this batch')
+
+  with data.DevicePrefetch(data.train_iterator(ds, cfg, global_batch_size=4, seed=1, num_epochs=1),
+                           place, size=2) as batches:
+    with pytest.raises(ValueError, match='cannot place'):
+      next(batches)

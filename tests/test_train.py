@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -166,6 +167,12 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_snapshot(folder, 
   with pytest.raises(trainer.NonFiniteLossError) as err:
     trainer.train_and_evaluate(config, str(workdir))
   assert 'at step' in str(err.value) and 'learning_rate' in str(err.value)
+  # The steps run ahead of the metrics' reads, yet the message names the first bad step, as the loop
+  # that read every step's loss at once (device_prefetch=0) does.
+  config.data.device_prefetch = 0
+  with pytest.raises(trainer.NonFiniteLossError) as step_by_step:
+    trainer.train_and_evaluate(config, str(tmp_path / 'nan_step_by_step'))
+  assert str(err.value) == str(step_by_step.value)
   record = status.read_status(str(workdir))   # the failure is recorded where `runs` reads it
   assert record['state'] == 'failed' and 'NonFiniteLossError' in record['error']
   assert status.effective_state(record) == 'failed'
@@ -207,3 +214,68 @@ def test_cadence_counts_the_last_step():
   assert [s for s in range(1, 26) if cadence.validate(s)] == [10, 20, 25]
   assert [s for s in range(1, 26) if cadence.snapshot(s)] == [20, 25]
   assert cadence.log(10) and cadence.log(8) and not cadence.log(9)
+
+
+class _HostTransfers:
+  """Counts the jax.Arrays turned into host values on the main thread, by the number of train steps
+  dispatched when it happened. Every route to the host (np.asarray, float(), jax.device_get, .item())
+  reads ``ArrayImpl._value``; JAX's transfer guard does not fire on the CPU backend, so it is wrapped."""
+
+  def __init__(self, monkeypatch):
+    from jax._src import array as array_lib   # pylint: disable=g-import-not-at-top
+    from alexnet_jax.parallel import step as step_lib   # pylint: disable=g-import-not-at-top
+    self.steps, self.at = 0, {}
+    value = array_lib.ArrayImpl._value
+
+    def counted(array):
+      if threading.current_thread() is threading.main_thread():
+        self.at[self.steps] = self.at.get(self.steps, 0) + 1
+      return value.fget(array)
+
+    monkeypatch.setattr(array_lib.ArrayImpl, '_value', property(counted))
+    make_train_step = step_lib.make_train_step
+
+    def counting_make_train_step(*args, **kwargs):
+      step = make_train_step(*args, **kwargs)
+
+      def counting_step(state, batch):
+        self.steps += 1
+        return step(state, batch)
+
+      return counting_step
+
+    monkeypatch.setattr(step_lib, 'make_train_step', counting_make_train_step)
+
+
+@pytest.mark.parametrize('device_prefetch', [2, 0])
+def test_the_loop_reads_nothing_from_the_device_between_log_points(folder, tmp_path, monkeypatch,
+                                                                  device_prefetch):
+  """Steps 1-4, 6-9 and 11 of 12 (log every 5, validation and snapshot at the end) transfer nothing to
+  the host: each is dispatched while the one before runs. ``device_prefetch=0`` is the loop of before,
+  which reads every step's metrics; it is the proof that the count sees a per-step sync."""
+  transfers = _HostTransfers(monkeypatch)
+  config = tiny_config(folder, num_epochs=3, log_every_steps=5, val_interval=3.0,
+                       snapshot_interval=3.0, **{'data.device_prefetch': device_prefetch})
+  results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert results['step'] == transfers.steps == 12
+  synced = sorted(step for step in transfers.at if step > 0)
+  if device_prefetch:
+    assert synced == [5, 10, 12]                            # the log points, one read each...
+    assert transfers.at[5] == transfers.at[10]              # ...of the same size
+  else:
+    assert synced == list(range(1, 13))
+  records = metrics_writer.read_metrics(tmp_path / 'run', split='train')
+  assert [r['step'] for r in records] == [5, 10, 12]
+  assert all(np.isfinite(r['loss']) and 0 < r['lr'] for r in records)
+
+
+def test_a_dataset_smaller_than_the_batch_trains_and_says_so(folder, tmp_path):
+  """18 training images and a batch of 32 (DIGITS' 69 images at "network defaults" 128): one step per
+  epoch whose batch wraps around the split, as Caffe cycled through a small database."""
+  workdir = tmp_path / 'small'
+  results = trainer.train_and_evaluate(tiny_config(folder, batch_size=32, num_epochs=2),
+                                       str(workdir))
+  assert results['step'] == 2 and np.isfinite(results['train']['loss'])
+  assert [r['step'] for r in metrics_writer.read_metrics(workdir, split='val')] == [1, 2]
+  log = (workdir / status.LOG_FILE).read_text()
+  assert '18 images, fewer than one global batch of 32' in log and 'wraps around' in log

@@ -13,7 +13,8 @@ Modules, one job each:
     statistics.py  mean image and RGB covariance of the training split
     contract.py    PreprocessContract (saved with a run) and preprocess_for_eval (eval == classify)
     dataset.py     load_dataset(config.data) -> Dataset
-    pipeline.py    train_iterator (resumable, all epochs) and eval_iterator (exact coverage, padded)
+    pipeline.py    train_iterator (resumable, all epochs) and eval_iterator (exact coverage, padded);
+                   DevicePrefetch (batches placed ahead by a caller's function, exact resume)
     records.py     the prepared-dataset record format (ArrayRecord)
     preparation.py prepare_dataset: DIGITS' "New Dataset" job (python -m alexnet_jax.prepare)
     reports.py     histogram.png, contact sheets, mean.png
@@ -36,17 +37,19 @@ from alexnet_jax.data.dataset import load_dataset
 from alexnet_jax.data.decode import IMAGE_EXTENSIONS
 from alexnet_jax.data.errors import DataError
 from alexnet_jax.data.errors import DecodeError
+from alexnet_jax.data.pipeline import DevicePrefetch
 from alexnet_jax.data.pipeline import eval_iterator
 from alexnet_jax.data.pipeline import steps_per_epoch
 from alexnet_jax.data.pipeline import train_dataset
 from alexnet_jax.data.pipeline import train_iterator
+from alexnet_jax.data.pipeline import wrap_note
 from alexnet_jax.data.resize import RESIZE_MODES
 from alexnet_jax.data.resize import resize_image
 from alexnet_jax.data.sources import display_name
 from alexnet_jax.data.transforms import MEAN_MODES
 
 __all__ = [
-    'DataError', 'Dataset', 'DecodeError', 'IMAGE_EXTENSIONS', 'MEAN_MODES', 'PreprocessContract',
+    'DataError', 'Dataset', 'DecodeError', 'DevicePrefetch', 'IMAGE_EXTENSIONS', 'MEAN_MODES', 'PreprocessContract',
     'RESIZE_MODES', 'display_name', 'eval_iterator', 'load_contract', 'load_dataset', 'preprocess_for_eval',
-    'resize_image', 'steps_per_epoch', 'train_dataset', 'train_iterator',
+    'resize_image', 'steps_per_epoch', 'train_dataset', 'train_iterator', 'wrap_note',
 ]

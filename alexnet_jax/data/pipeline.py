@@ -22,7 +22,8 @@ Position i of the run belongs to epoch `i // (steps * B_local)`; inside the epoc
 s, i.e. global position `g = s * B_global + shard_index * B_local + r`, and the record at g is
 `perm_epoch[g]` with `perm_epoch = default_rng([seed, tag, epoch]).permutation(n)`: every epoch is reshuffled,
 deterministically, the same way on every host, and each host (shard) takes its own slice of every global
-batch. The remainder of each epoch (n mod B_global records) is dropped. Because each element is a pure
+batch. The remainder of each epoch (n mod B_global records) is dropped; a split smaller than one global
+batch wraps around instead (`wrap_note`: one step per epoch, as Caffe cycled through a small database). Because each element is a pure
 function of its position, the iterator state is just grain's `{'next_index': k}` and a restored iterator
 yields exactly the remaining batches -- through orbax too (`grain.checkpoint.CheckpointSave/Restore`).
 
@@ -89,16 +90,32 @@ def augments_on_device(data_config) -> bool:
 
 
 def steps_per_epoch(dataset, global_batch_size: int) -> int:
-  """Full global batches per epoch over the training split (the remainder is dropped)."""
+  """Full global batches per epoch over the training split (the remainder is dropped); 1 when the split
+  is smaller than one global batch (its batch wraps around the split: `wrap_note`)."""
   n = len(dataset.split('train'))
   if global_batch_size <= 0:
     raise errors.DataError(f'global batch size {global_batch_size} must be positive')
-  steps = n // global_batch_size
-  if steps == 0:
-    raise errors.DataError(
-        f'the training split has {n} images, fewer than one global batch of {global_batch_size}; '
-        'lower the batch size')
-  return steps
+  if n == 0:
+    raise errors.DataError('the training split has no images')
+  return max(1, n // global_batch_size)
+
+
+def wrap_note(dataset, global_batch_size: int) -> str | None:
+  """What happens to a training split smaller than one global batch (None when it is not).
+
+  Caffe, and so DIGITS, trained such a dataset: its data layer cycles through the database, so one
+  iteration's batch holds some images twice. We do the same, keeping the batch's shape (one compiled
+  step, the layouts' equal numbers, an exact resume): an epoch is one step whose batch takes the epoch's
+  shuffled order and wraps around it, each repeat of an image with its own augmentation (its draws are
+  keyed on the repeat too).
+  """
+  n = len(dataset.split('train'))
+  if n == 0 or n >= global_batch_size:
+    return None
+  return (f'the training split has {n} images, fewer than one global batch of {global_batch_size}: '
+          f'each epoch is one step whose batch wraps around the split (every image '
+          f'{global_batch_size // n}-{-(-global_batch_size // n)} times, each with its own '
+          'augmentation), as Caffe cycled through a small database')
 
 
 def _local_batch(global_batch_size: int, shard_index: int, shard_count: int) -> int:
@@ -167,7 +184,7 @@ class TrainExample:
     epoch, j = divmod(int(i), per_epoch)
     s, r = divmod(j, self.local_batch)
     g = s * self.global_batch + self.shard_index * self.local_batch + r
-    return epoch, g, int(self.permutation(epoch)[g])
+    return epoch, g, int(self.permutation(epoch)[g % self.n])   # g >= n only when wrapping
 
   def _noise_rng(self, record: int):
     return loading.record_noise_rng(self.seed, record) if self.pads else None
@@ -199,12 +216,16 @@ class TrainExample:
   def __call__(self, i: int) -> dict:
     """One example, still uint8 (on the host path `TrainBatch` does the float work once per batch)."""
     epoch, g, record = self.locate(i)
+    # A split smaller than the batch wraps around (`wrap_note`): the k-th repeat of an image keys its
+    # draws with attempt + k * MAX_ATTEMPTS, so repeats are augmented differently (k = 0 otherwise).
+    repeat = g // self.n
     for attempt in range(MAX_ATTEMPTS):
       try:
+        key = attempt + repeat * MAX_ATTEMPTS
         if self.on_device:
-          ex = self._stored_example(record, epoch, attempt)
+          ex = self._stored_example(record, epoch, key)
         else:
-          ex = self._example(record, epoch, attempt)
+          ex = self._example(record, epoch, key)
         ex.update(label=np.int32(self.labels[record]), replaced=attempt > 0)
         return ex
       except errors.DecodeError as e:
@@ -349,3 +370,129 @@ def eval_iterator(dataset, data_config, split: str, *, global_batch_size: int, t
                    on_device=augments_on_device(data_config))
   num_batches = -(-fn.n // global_batch_size)
   return _finish(grain.MapDataset.range(num_batches * fn.local_batch).map(fn), data_config, fn.local_batch)
+
+
+class DevicePrefetch:
+  """Reads the next batches of ``iterator`` and places them on the devices in a background thread.
+
+  ``place(batch) -> (device_batch, host_batch)`` does the copy (the trainer's: each process's rows into
+  the layout's global arrays with ``jax.make_array_from_process_local_data``; what stays on the host,
+  such as the 'replaced' flags, comes back in ``host_batch``). At most ``size`` batches are read ahead
+  of the consumer (a semaphore of ``size`` slots: bounded host and device memory); ``size=0`` reads and
+  places each batch in the caller's thread when it is asked for, as the loop did before prefetching.
+
+  **Exact resume.** ``get_state()`` is the state of ``iterator`` after the last batch *handed out*, not
+  after the last one read ahead: every batch is read together with the state that follows it, so a
+  snapshot records the batches the steps consumed and a resumed run reads the prefetched ones again.
+  ``set_state()`` stops the reader, drops what it read ahead and repositions ``iterator``. The states are
+  grain's (a dict for a ``DatasetIterator``); ``grain.checkpoint.CheckpointSave/Restore`` see this object
+  as a ``DataLoader``-like iterator, whose state is bytes: the same JSON text that grain writes for the
+  ``DatasetIterator`` itself, so snapshots written before prefetching restore, and the reverse.
+  """
+
+  _END = object()
+
+  def __init__(self, iterator, place, size: int = 2):
+    if size < 0:
+      raise ValueError(f'prefetch size {size} must be >= 0')
+    self._iterator, self._place, self.size = iterator, place, int(size)
+    self._state = iterator.get_state()
+    self._thread = None
+    self._queue = None
+    self._slots = None
+    self._stop = threading.Event()
+    self._finished = False
+
+  # -- the reader ---------------------------------------------------------------------------------
+  def _read_one(self):
+    batch = next(self._iterator)      # StopIteration ends the stream
+    state = self._iterator.get_state()
+    device_batch, host_batch = self._place(batch)
+    return device_batch, host_batch, state
+
+  def _run(self, queue, slots, stop) -> None:
+    try:
+      while not stop.is_set():
+        while not slots.acquire(timeout=0.1):
+          if stop.is_set():
+            return
+        if stop.is_set():
+          return
+        try:
+          item = self._read_one()
+        except StopIteration:
+          queue.put(self._END)
+          return
+        queue.put(item)
+    except BaseException as e:  # pylint: disable=broad-except  # handed to the consumer, raised there
+      queue.put(e)
+
+  def _start(self) -> None:
+    import queue as queue_lib  # pylint: disable=g-import-not-at-top
+    self._stop = threading.Event()
+    self._queue = queue_lib.Queue()
+    self._slots = threading.Semaphore(self.size)
+    self._thread = threading.Thread(target=self._run, args=(self._queue, self._slots, self._stop),
+                                    name='device-prefetch', daemon=True)
+    self._thread.start()
+
+  def close(self) -> None:
+    """Stops the reader (what it read ahead is dropped); the iterator keeps its consumed state."""
+    if self._thread is not None:
+      self._stop.set()
+      self._thread.join()
+      self._thread = self._queue = self._slots = None
+
+  # -- the consumer -------------------------------------------------------------------------------
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    """(device_batch, host_batch) of the next batch."""
+    if self._finished:
+      raise StopIteration
+    if self.size == 0:
+      try:
+        device_batch, host_batch, state = self._read_one()
+      except StopIteration:
+        self._finished = True
+        raise
+    else:
+      if self._thread is None:
+        self._start()
+      item = self._queue.get()
+      if item is self._END:
+        self._finished = True
+        self.close()
+        raise StopIteration
+      if isinstance(item, BaseException):
+        self._finished = True
+        self.close()
+        raise item
+      self._slots.release()
+      device_batch, host_batch, state = item
+    self._state = state
+    return device_batch, host_batch
+
+  def get_state(self) -> bytes:
+    import json  # pylint: disable=g-import-not-at-top
+    return json.dumps(self._state, indent=4).encode()
+
+  def set_state(self, state) -> None:
+    import json  # pylint: disable=g-import-not-at-top
+    self.close()
+    if isinstance(state, (bytes, str)):
+      state = json.loads(state)
+    self._iterator.set_state(state)
+    self._state = self._iterator.get_state()
+    self._finished = False
+
+  def start_prefetch(self) -> None:
+    """Called by grain's checkpoint handler after a restore; reading starts at the first ``next``."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+

@@ -31,7 +31,8 @@ SYNTHETIC_SOURCE = 'synthetic'
 
 # Fields that may differ when a run resumes: they change neither the numbers nor the order of batches.
 RESUMABLE_CHANGES = ('num_epochs', 'log_every_steps', 'keep_snapshots', 'snapshot_interval',
-                     'data.num_threads', 'data.worker_count', 'data.prefetch', 'profile_steps')
+                     'data.num_threads', 'data.worker_count', 'data.prefetch',
+                     'data.device_prefetch', 'profile_steps')
 # Fields added after runs existed, with the value that reproduces a run whose config.json lacks them.
 # (data.augment_on is *not* resumable: the host and device draws differ.)
 VALUES_BEFORE_FIELDS_EXISTED = {'data.augment_on': 'host'}
