@@ -19,13 +19,18 @@ from alexnet_jax import configs
 def get_config():
   c = configs.default_config()
   c.layout = 'model'
+  # DIGITS' standard AlexNet starts as its alexnet.prototxt says (models/alexnet.py), not as the paper.
+  c.model.name = 'alexnet'
+  c.model.weight_init = 'digits'  # gaussian 0.01; fc6/fc7 0.005
+  c.model.bias_init = 'digits'    # 0.1 in conv2/4/5, fc6/fc7; 0 elsewhere
+  c.model.lrn = 'caffe'           # Caffe's LRN: k=1, alpha/n
   c.data.source = ''
   c.data.image_size = 256
   c.data.crop_size = 224
   c.data.resize_mode = 'squash'
   c.data.val_percent = 25.0
   c.num_epochs = 30
-  c.batch_size = 100
+  c.batch_size = 128              # alexnet.prototxt's training batch (DIGITS' "network defaults")
   c.optimizer = 'sgd'
   c.learning_rate = 0.01
   c.lr.policy = 'step'

@@ -22,7 +22,9 @@ def get_config():
   c.layout = 'model'
   c.model.name = 'alexnet'
   c.model.width = 1.0
-  c.model.bias_init = 'paper'
+  c.model.weight_init = 'paper'   # section 5: N(0, 0.01^2) in every layer
+  c.model.bias_init = 'paper'     # section 5: 1 in conv2, conv4, conv5, fc6, fc7
+  c.model.lrn = 'paper'           # section 3.3: k=2, alpha=1e-4 on the sum of squares
   c.data.source = 'tfds:imagenet2012'
   c.data.val_source = ''          # tfds: the 'validation' split is used when val_percent is 0
   c.data.val_percent = 0.0
