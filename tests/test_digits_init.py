@@ -77,3 +77,24 @@ def test_digits_fillers_follow_alexnet_prototxt():
     np.testing.assert_allclose(np.std(np.asarray(params[name]['kernel'])), std, rtol=0.1, err_msg=name)
   for name, value in want_bias.items():
     np.testing.assert_array_equal(np.asarray(params[name]['bias']), np.float32(value), err_msg=name)
+
+
+def test_digits_experiments_start_as_digits_and_paper_as_the_paper():
+  from experiments import digits_exercise, paper, paper_single
+  c = digits_exercise.get_config()
+  assert (c.model.weight_init, c.model.bias_init, c.model.lrn, c.batch_size) == ('digits', 'digits', 'caffe', 128)
+  for module in (paper, paper_single):
+    c = module.get_config()
+    assert (c.model.weight_init, c.model.bias_init, c.model.lrn) == ('paper', 'paper', 'paper')
+
+
+def test_dashboard_network_defaults_batch_is_the_prototxts_training_batch():
+  """A blank batch size on New Model means DIGITS' "network defaults": each prototxt's training batch."""
+  from alexnet_jax.dashboard import forms
+  dataset = {'state': 'done', 'image_size': [28, 28], 'channels': 1, 'resize_mode': 'squash',
+             'output': '/data/ds', 'num_classes': 3}
+  for network, batch in (('alexnet', 128), ('googlenet', 32), ('lenet', 64)):
+    parsed = forms.parse_model_form({'model_name': 'm', 'dataset': 'ds1', 'standard_networks': network,
+                                     'batch_size': ''}, datasets={'ds1': dataset}, previous={},
+                                    experiments=['digits_exercise'])
+    assert f'--config.batch_size={batch}' in parsed['points'][0], network

@@ -38,10 +38,32 @@ lists the neurons per layer as 253,440-186,624-64,896-64,896-43,264-4096-4096-10
 match the shapes (27*27*256, 13*13*384, 13*13*384, 13*13*256); conv1 has 55*55*96 = **290,400** neurons,
 not 253,440 -- a known erratum of the paper (tests/test_models.py checks the true figures).
 
-Initialization follows section 5: weights ~ N(0, 0.01^2); biases 1 in conv2, conv4, conv5, fc6, fc7 (to
-give the ReLUs positive inputs early on) and 0 in the other layers. ``bias_init='small'`` uses 0.1 instead
-of 1, the common fallback when a bias of 1 stalls the start; ``weight_init='he'`` replaces N(0, 0.01^2)
-by Kaiming-normal weights, which narrow copies of the network (the CPU demo) need to train at all.
+Initialization: two starts, chosen by ``weight_init`` and ``bias_init`` (with ``lrn`` for the LRN constants).
+
+* ``'paper'`` (section 5; ``experiments/paper.py``): weights ~ N(0, 0.01^2); biases 1 in conv2, conv4,
+  conv5, fc6, fc7 ("to give the ReLUs positive inputs early on"), 0 elsewhere; the paper's LRN (k = 2,
+  alpha = 1e-4 on the sum of squares).
+* ``'digits'`` (DIGITS' standard network, ``digits/standard-networks/caffe/alexnet.prototxt``, the same
+  fillers as Caffe's bvlc_alexnet; ``experiments/digits_exercise.py`` and the dashboard): gaussian 0.01
+  in the convolutions and fc8, 0.005 in fc6 and fc7; biases 0.1 in the same five layers; with
+  ``lrn='caffe'`` (k = 1, alpha / 5).
+
+Under DIGITS' solver (SGD 0.01, momentum 0.9) the paper's start collapses at full width, and the bias
+of 1 is the cause (``benchmarks/init_scales.py``; 224x224 generated three-class images, batch 32, one
+CPU device). fc7's 4096 outputs start at O(1) (bias 1; 87% of its ReLUs on), and one SGD step on fc8
+moves a logit by about lr * sum_j h_j^2 * (p - y) ~ 0.01 * 4096 * 1 * 1/3: fc8's first update is a third
+of its weight norm (lr |g| / |w| = 0.33, then 0.67), the logits' spread goes 0.64 -> 22 and the loss
+1.63 -> 22.8 -> 36.2 in two steps -- the 36 of issue 20's first epoch, after which that run sat at
+chance. DIGITS' start on the same batch: fc7's outputs ~0.1, fc8's update ratio 0.011 (30x smaller),
+loss 1.096 -> 1.088 -> 1.046 -> 0.992, every layer's ReLUs 48-99% alive. The paper's weights with
+biases 0.1 and Caffe's LRN also train (1.105 -> 0.69 in four steps), so the biases decide it, not
+fc6/fc7's 0.005 or the LRN constants. (Why the same start worked on ImageNet, an estimate not measured
+here: with 1000 classes a logit's (p - y) is ~1/1000 for all but the few examples of its class, so the
+same step moves it far less.) ``tests/test_digits_init.py`` checks both starts at 64x64 inputs, where
+fc7 is still 4096 wide.
+``bias_init='small'`` is the earlier name of ``'digits'``. ``weight_init='he'`` replaces the fixed
+spreads by Kaiming-normal weights, which narrow copies of the network (the CPU demo) need to train at
+all.
 
 ``width`` scales every layer's channels (and the fully-connected widths), so tests and the CPU demo run a
 narrow copy of the same code. This module never mentions devices: how the towers map onto devices is the
