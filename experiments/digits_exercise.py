@@ -22,7 +22,7 @@ Measured (issue 20; ``python -m benchmarks.digits_exercise --mode=cli``: three g
 epoch; a 2-core KVM Xeon, CPU only, shared with other jobs at load ~20, so times are rough):
 * this start, 6 epochs (12 steps): training loss 1.10 -> 1.11 (no blow-up), validation top-1 33.3% for
   epochs 1-5 and 52.3% at epoch 6; 433 s of wall time. 15 epochs (30 steps, the learning rate x0.1
-  after epochs 5 and 10): validation loss 1.098-1.102 and top-1 33.3% at every epoch, ~14 min. So at
+  after epochs 5 and 10): validation loss 1.098-1.102 and top-1 33.3% at every epoch, 360 s. So at
   this scale the start is stable but has not begun to learn: 30 updates, 10 of them at 0.01, are far
   fewer than the lab's 120 (4 steps x 30 epochs, 40 at 0.01). Whether it reaches the lab's accuracy at
   full scale is for ``benchmarks/digits_exercise.py`` on a real size (not run here).
