@@ -22,10 +22,12 @@ Measured (issue 20; ``python -m benchmarks.digits_exercise --mode=cli``: three g
 epoch; a 2-core KVM Xeon, CPU only, shared with other jobs at load ~20, so times are rough):
 * this start, 6 epochs (12 steps): training loss 1.10 -> 1.11 (no blow-up), validation top-1 33.3% for
   epochs 1-5 and 52.3% at epoch 6; 433 s of wall time. 15 epochs (30 steps, the learning rate x0.1
-  after epochs 5 and 10): validation loss 1.098-1.102 and top-1 33.3% at every epoch, 360 s. So at
-  this scale the start is stable but has not begun to learn: 30 updates, 10 of them at 0.01, are far
-  fewer than the lab's 120 (4 steps x 30 epochs, 40 at 0.01). Whether it reaches the lab's accuracy at
-  full scale is for ``benchmarks/digits_exercise.py`` on a real size (not run here).
+  after epochs 5 and 10): validation loss 1.098-1.102 and top-1 33.3% at every epoch, 360 s. 30 epochs
+  (60 steps): 33.3% to epoch 19, 47.8% at 20, 57.7% at 22 (best), 55.9% at 30; validation loss only
+  1.0986 -> 1.0903; 433 s. So at this scale the start is stable but learns slowly: the logits start with
+  std 0.04 and fc6/fc7 carry little signal (benchmarks/init_scales.py), and 60 updates, 20 of them at
+  0.01, are half the lab's 120. Far from DIGITS' 96-97%; whether it gets there at the lab's scale is
+  for ``benchmarks/digits_exercise.py`` at 256x256 (not run here).
 * the paper's start (``--config.model.weight_init=paper --config.model.bias_init=paper
   --config.model.lrn=paper``), same run: training loss 1.52 at step 1, 31.4 at step 3, validation loss
   29.1 after epoch 1, validation top-1 33.3% (chance) at every epoch; 408 s. That is issue 20's collapse
