@@ -35,14 +35,14 @@ from alexnet_jax.data import dataset as dataset_lib
 from alexnet_jax.data import pipeline as pipeline_lib
 from alexnet_jax.data import resize as resize_lib
 from alexnet_jax.data import transforms as transforms_lib
-from alexnet_jax.models.alexnet import WEIGHT_INITS
+from alexnet_jax.models.alexnet import BIAS_VALUES, WEIGHT_INITS
 from alexnet_jax.models import custom as custom_lib
 from alexnet_jax.models.towers import TowerModule, TowerNetwork
 from alexnet_jax.parallel import layouts
 
 # Sets that their modules test inline, without a constant to import:
 LRN_CONVENTIONS = ('paper', 'caffe', 'none')   # models/layers.py: local_response_norm(convention=)
-BIAS_INITS = ('paper', 'small')                # models/alexnet.py: AlexNetTower.setup
+BIAS_INITS = tuple(sorted(BIAS_VALUES))         # models/alexnet.py: bias_initializer
 CHANNELS = (1, 3)                              # data/dataset.py: _check_config
 
 _MISSING = object()

@@ -31,9 +31,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.name = 'alexnet'        # alexnet | alexnet_owt (registry in alexnet_jax/models)
   c.model.width = 1.0             # channel multiplier; 1.0 is the paper's network
   c.model.dropout = 0.5
-  c.model.lrn = 'paper'           # paper: k + alpha*sum(a^2); caffe: k + alpha/n*sum(a^2); none
-  c.model.bias_init = 'paper'     # paper: 1 in conv2/4/5, fc6/7 and 0 elsewhere; 'small': 0.1 instead of 1
-  c.model.weight_init = 'paper'   # paper: N(0, 0.01^2); he: Kaiming-normal (for narrow copies)
+  # How the two-tower AlexNet ('alexnet') starts. The 2012 paper's start is the default;
+  # DIGITS' standard AlexNet (experiments/digits_exercise.py) is weight_init='digits', bias_init='digits',
+  # lrn='caffe'. With SGD at 0.01 the paper's biases of 1 blow up full-width training in its first steps
+  # (loss 1.1 -> 36 and stuck at chance; models/alexnet.py says why); DIGITS' start trains. LeNet and
+  # GoogLeNet always start from their DIGITS prototxt's fillers and ignore weight_init/bias_init;
+  # alexnet_owt (not a DIGITS network) starts as torchvision's and has no LRN.
+  c.model.lrn = 'paper'           # paper: k=2 + alpha*sum(a^2); caffe: k=1 + alpha/n*sum(a^2); none
+  c.model.bias_init = 'paper'     # paper: 1 in conv2/4/5, fc6/7, 0 elsewhere; digits (or small): 0.1
+  c.model.weight_init = 'paper'   # paper: N(0, 0.01^2); digits: fc6/fc7 0.005; he: Kaiming (narrow copies)
   c.model.dtype = 'float32'       # compute dtype: float32 | bfloat16 (parameters stay float32)
 
   # ---- Data (DIGITS' "New Image Classification Dataset") ---------------------------------------------

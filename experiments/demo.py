@@ -34,7 +34,7 @@ def get_config():
   c.layout = 'model'
   c.model.width = 0.25
   c.model.weight_init = 'paper'
-  c.model.bias_init = 'small'
+  c.model.bias_init = 'digits'    # 0.1 (DIGITS' alexnet.prototxt) instead of the paper's 1
   c.data.source = 'synthetic'
   c.data.image_size = 72
   c.data.crop_size = 64

@@ -13,7 +13,8 @@ flips in training (centre crop for validation), 25% held out for validation; Goo
 auxiliary classifiers), whose two auxiliary losses are added with weight 0.3 in training and which are
 dropped for validation and inference; the train log reports top-1/top-5 of each head (``aux1_top1`` ...).
 Solver: DIGITS' defaults (SGD with momentum 0.9, base learning rate 0.01, step-down x0.1 every 33% of
-training, 30 epochs) with batches of 32 (the batch size of DIGITS' googlenet.prototxt) and weight decay
+training, 30 epochs) with batches of 32 (the training batch of DIGITS' googlenet.prototxt, its "network
+defaults"; it validates in 16s) and weight decay
 2e-4 (bvlc_googlenet's solver); main-classifier dropout 0.4 (the paper). No PCA lighting (the paper
 used other photometric distortions; DIGITS uses none).
 

@@ -10,8 +10,9 @@ As DIGITS sets it up: "New Image Classification Dataset" with grayscale 28x28 im
 mean image subtracted; "New Image Classification Model" with LeNet (``alexnet_jax/models/lenet.py``:
 the mean-subtracted pixels scaled by 0.0125, conv 20 -> pool -> conv 50 -> pool -> fc 500 -> ReLU -> fc),
 no crops or flips (LeNet's inputs are the whole 28x28 image), SGD with momentum 0.9 at base learning
-rate 0.01, step-down x0.1 every 33% of training, 30 epochs of batches of 64 (the prototxt's batch size),
-a snapshot and a validation every epoch, in the one-device layout.
+rate 0.01, step-down x0.1 every 33% of training, 30 epochs of batches of 64 (the prototxt's training
+batch, DIGITS' "network defaults"; its validation batch is 32), a snapshot and a validation every
+epoch, in the one-device layout.
 
 Expected: on MNIST, DIGITS' LeNet reaches ~99% validation accuracy in 30 epochs (the figure of
 NVIDIA's DIGITS walkthrough); **not measured here** (no MNIST copy on this machine).

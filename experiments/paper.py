@@ -7,7 +7,10 @@ Krizhevsky, Sutskever & Hinton (NIPS 2012), section 5: batch 128, SGD with momen
 decay 5e-4, learning rate 0.01 divided by 10 when the validation error stops improving (three times over
 the run), about 90 epochs; images resized to 256x256 (shorter side, centre crop), random 224x224 crops
 with horizontal flips and PCA colour augmentation (section 4.1); test-time prediction averaged over
-10 crops (4 corners, centre, and their mirrors).
+10 crops (4 corners, centre, and their mirrors). The network starts as section 5 says (weights
+N(0, 0.01^2), biases 1 in conv2/4/5 and fc6/7, the paper's LRN), not as DIGITS' AlexNet: on a three-class
+folder with SGD 0.01 that start blows up in its first steps (loss 1.6 -> 36; ``models/alexnet.py``,
+``experiments/digits_exercise.py``), which is why the DIGITS experiments start as DIGITS does.
 
 Expected: top-1 / top-5 error 40.7% / 18.2% on ILSVRC-2012 validation for one network, as published
 (the paper's GTX 580 pair took five to six days). Not reproduced on this project's CPU machines; run it
@@ -22,7 +25,9 @@ def get_config():
   c.layout = 'model'
   c.model.name = 'alexnet'
   c.model.width = 1.0
-  c.model.bias_init = 'paper'
+  c.model.weight_init = 'paper'   # section 5: N(0, 0.01^2) in every layer
+  c.model.bias_init = 'paper'     # section 5: 1 in conv2, conv4, conv5, fc6, fc7
+  c.model.lrn = 'paper'           # section 3.3: k=2, alpha=1e-4 on the sum of squares
   c.data.source = 'tfds:imagenet2012'
   c.data.val_source = ''          # tfds: the 'validation' split is used when val_percent is 0
   c.data.val_percent = 0.0

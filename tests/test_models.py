@@ -92,7 +92,7 @@ def test_lrn_follows_the_papers_formula_and_the_caffe_convention():
   paper = np.asarray(layers.local_response_norm(jnp.asarray(x)))
   np.testing.assert_allclose(paper, reference_lrn(x, 2.0, 5, 1e-4, 0.75), rtol=1e-5)
   caffe = np.asarray(layers.local_response_norm(jnp.asarray(x), convention='caffe'))
-  np.testing.assert_allclose(caffe, reference_lrn(x, 2.0, 5, 1e-4 / 5, 0.75), rtol=1e-5)
+  np.testing.assert_allclose(caffe, reference_lrn(x, 1.0, 5, 1e-4 / 5, 0.75), rtol=1e-5)  # Caffe's k=1
   assert not np.allclose(paper, caffe)
   np.testing.assert_array_equal(layers.local_response_norm(jnp.asarray(x), convention='none'), x)
   with pytest.raises(ValueError, match='convention'):

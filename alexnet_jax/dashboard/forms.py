@@ -37,6 +37,9 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.ppm', '.pgm', '.t
 ENCODINGS = {'jpg': 'jpg', 'png': 'png', 'raw': 'raw', 'none': 'raw'}   # DIGITS said 'none' for raw
 RESIZE_MODES = ('squash', 'crop', 'fill', 'half_crop')
 NETWORKS = {'lenet': 'lenet', 'alexnet': 'alexnet', 'alexnet_owt': 'alexnet_owt', 'googlenet': 'googlenet'}
+# A blank batch size means DIGITS' "network defaults": the training batch of the network's prototxt
+# (digits/standard-networks/caffe/*.prototxt); alexnet_owt, not a DIGITS network, takes AlexNet's.
+NETWORK_BATCH_SIZES = {'lenet': 64, 'alexnet': 128, 'alexnet_owt': 128, 'googlenet': 32}
 SOLVERS = {'sgd': 'sgd', 'nesterov': 'nesterov', 'adagrad': 'adagrad', 'rmsprop': 'rmsprop',
            'adadelta': 'adadelta', 'adam': 'adam', 'adamw': 'adamw'}
 LAYOUTS = ('single', 'model', 'data', 'hybrid', 'weird_trick', 'auto')
@@ -510,7 +513,8 @@ def parse_model_form(form: Mapping[str, Any], *, datasets: Mapping[str, dict[str
 
   # Sweeps: a comma list in batch_size or learning_rate is one job per combination.
   sizes: list[int] = []
-  for text in _split_list(r.raw('batch_size') or '128'):
+  default_batch = NETWORK_BATCH_SIZES[clean['standard_networks']]
+  for text in _split_list(r.raw('batch_size') or str(default_batch)):
     try:
       value = int(text)
       if not 1 <= value <= 1_000_000:
@@ -527,7 +531,7 @@ def parse_model_form(form: Mapping[str, Any], *, datasets: Mapping[str, dict[str
       rates.append(value)
     except ValueError:
       r.errors['learning_rate'] = f'{text!r}: a number > 0, or a comma list of them (a sweep)'
-  points = list(itertools.product(sizes or [128], rates or [0.01]))
+  points = list(itertools.product(sizes or [default_batch], rates or [0.01]))
   if len(points) > MAX_SWEEP:
     r.errors['learning_rate'] = f'a sweep of {len(points)} jobs; at most {MAX_SWEEP}'
   clean['batch_size'] = ','.join(str(s) for s in sizes)

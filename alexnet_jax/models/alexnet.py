@@ -38,10 +38,32 @@ lists the neurons per layer as 253,440-186,624-64,896-64,896-43,264-4096-4096-10
 match the shapes (27*27*256, 13*13*384, 13*13*384, 13*13*256); conv1 has 55*55*96 = **290,400** neurons,
 not 253,440 -- a known erratum of the paper (tests/test_models.py checks the true figures).
 
-Initialization follows section 5: weights ~ N(0, 0.01^2); biases 1 in conv2, conv4, conv5, fc6, fc7 (to
-give the ReLUs positive inputs early on) and 0 in the other layers. ``bias_init='small'`` uses 0.1 instead
-of 1, the common fallback when a bias of 1 stalls the start; ``weight_init='he'`` replaces N(0, 0.01^2)
-by Kaiming-normal weights, which narrow copies of the network (the CPU demo) need to train at all.
+Initialization: two starts, chosen by ``weight_init`` and ``bias_init`` (with ``lrn`` for the LRN constants).
+
+* ``'paper'`` (section 5; ``experiments/paper.py``): weights ~ N(0, 0.01^2); biases 1 in conv2, conv4,
+  conv5, fc6, fc7 ("to give the ReLUs positive inputs early on"), 0 elsewhere; the paper's LRN (k = 2,
+  alpha = 1e-4 on the sum of squares).
+* ``'digits'`` (DIGITS' standard network, ``digits/standard-networks/caffe/alexnet.prototxt``, the same
+  fillers as Caffe's bvlc_alexnet; ``experiments/digits_exercise.py`` and the dashboard): gaussian 0.01
+  in the convolutions and fc8, 0.005 in fc6 and fc7; biases 0.1 in the same five layers; with
+  ``lrn='caffe'`` (k = 1, alpha / 5).
+
+Under DIGITS' solver (SGD 0.01, momentum 0.9) the paper's start collapses at full width, and the bias
+of 1 is the cause (``benchmarks/init_scales.py``; 224x224 generated three-class images, batch 32, one
+CPU device). fc7's 4096 outputs start at O(1) (bias 1; 87% of its ReLUs on), and one SGD step on fc8
+moves a logit by about lr * sum_j h_j^2 * (p - y) ~ 0.01 * 4096 * 1 * 1/3: fc8's first update is a third
+of its weight norm (lr |g| / |w| = 0.33, then 0.67), the logits' spread goes 0.64 -> 22 and the loss
+1.63 -> 22.8 -> 36.2 in two steps -- the 36 of issue 20's first epoch, after which that run sat at
+chance. DIGITS' start on the same batch: fc7's outputs ~0.1, fc8's update ratio 0.011 (30x smaller),
+loss 1.096 -> 1.088 -> 1.046 -> 0.992, every layer's ReLUs 48-99% alive. The paper's weights with
+biases 0.1 and Caffe's LRN also train (1.105 -> 0.69 in four steps), so the biases decide it, not
+fc6/fc7's 0.005 or the LRN constants. (Why the same start worked on ImageNet, an estimate not measured
+here: with 1000 classes a logit's (p - y) is ~1/1000 for all but the few examples of its class, so the
+same step moves it far less.) ``tests/test_digits_init.py`` checks both starts at 64x64 inputs, where
+fc7 is still 4096 wide.
+``bias_init='small'`` is the earlier name of ``'digits'``. ``weight_init='he'`` replaces the fixed
+spreads by Kaiming-normal weights, which narrow copies of the network (the CPU demo) need to train at
+all.
 
 ``width`` scales every layer's channels (and the fully-connected widths), so tests and the CPU demo run a
 narrow copy of the same code. This module never mentions devices: how the towers map onto devices is the
@@ -59,16 +81,37 @@ from alexnet_jax.models.towers import Stage, TowerModule, TowerNetwork
 # Channels of each layer in the whole network (both towers), Figure 2.
 PAPER_CHANNELS = {'conv1': 96, 'conv2': 256, 'conv3': 384, 'conv4': 384, 'conv5': 256,
                   'fc6': 4096, 'fc7': 4096}
-# Section 5: weights ~ N(0, 0.01^2). 'he' (Kaiming-normal, fan-in) is offered for narrow copies of the
-# network, where a fixed 0.01 shrinks the signal through eight layers until training stalls.
+# Weights. 'paper' (section 5): N(0, 0.01^2) in every layer. 'digits': the fillers of DIGITS' standard
+# AlexNet (digits/standard-networks/caffe/alexnet.prototxt, as Caffe's bvlc_alexnet): gaussian std 0.01
+# in the convolutions and fc8, 0.005 in fc6 and fc7. 'he' (Kaiming-normal, fan-in) is offered for narrow
+# copies of the network, where a fixed 0.01 shrinks the signal through eight layers until training stalls.
 # He et al. assume unit-variance inputs; the network reads pixels on the paper's 0..255 scale (minus the
 # mean, std ~ 64), so with 'he' the input is divided by 64 before conv1. (Scaling conv1's weights down
 # instead gives the same function at init but gradients 64^2 too large for conv1: SGD diverges.)
 PIXEL_STD = 64.0
-WEIGHT_INITS = {'paper': nn.initializers.normal(stddev=0.01),
-                'he': nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')}
-# Section 5: biases of 1 in these layers, 0 elsewhere.
-ONE_BIAS_LAYERS = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
+WEIGHT_STDS = {'paper': {}, 'digits': {'fc6': 0.005, 'fc7': 0.005}}   # layer -> std where not 0.01
+WEIGHT_INITS = ('digits', 'he', 'paper')
+# Biases: these layers start positive (to give their ReLUs positive inputs early on), the others at 0.
+# 'paper' (section 5): 1. 'digits' (alexnet.prototxt): 0.1. 'small' is the earlier name of 'digits'.
+POSITIVE_BIAS_LAYERS = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
+BIAS_VALUES = {'paper': 1.0, 'digits': 0.1, 'small': 0.1}
+
+
+def weight_initializer(kind: str, layer: str):
+  """The kernel initializer of ``layer`` under ``weight_init=kind`` (see ``WEIGHT_STDS``)."""
+  if kind not in WEIGHT_INITS:
+    raise ValueError(f'weight_init must be one of {sorted(WEIGHT_INITS)}, got {kind!r}')
+  if kind == 'he':
+    return nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+  return nn.initializers.normal(stddev=WEIGHT_STDS[kind].get(layer, 0.01))
+
+
+def bias_initializer(kind: str, layer: str):
+  """The bias initializer of ``layer`` under ``bias_init=kind`` (see ``BIAS_VALUES``)."""
+  if kind not in BIAS_VALUES:
+    raise ValueError(f'bias_init must be one of {sorted(BIAS_VALUES)}, got {kind!r}')
+  return nn.initializers.constant(BIAS_VALUES[kind] if layer in POSITIVE_BIAS_LAYERS else 0.0)
+
 
 STAGES = (
     Stage('conv12', 'concat', feeds='conv3'),     # conv1..pool2 (tower-local)
@@ -96,26 +139,17 @@ class AlexNetTower(TowerModule):
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    if self.weight_init not in WEIGHT_INITS:
-      raise ValueError(f'weight_init must be one of {sorted(WEIGHT_INITS)}, got {self.weight_init!r}')
-    weight_init = WEIGHT_INITS[self.weight_init]
-    one = 0.1 if self.bias_init == 'small' else 1.0
-    if self.bias_init not in ('paper', 'small'):
-      raise ValueError(f"bias_init must be 'paper' or 'small', got {self.bias_init!r}")
-
     def ch(name):
       return scaled(PAPER_CHANNELS[name], self.width, self.num_towers)
 
-    def bias(name):
-      return nn.initializers.constant(one if name in ONE_BIAS_LAYERS else 0.0)
-
     def conv(name, kernel, stride=1, padding='SAME'):
       return nn.Conv(ch(name), (kernel, kernel), strides=stride, padding=padding, name=name,
-                     kernel_init=weight_init, bias_init=bias(name), dtype=self.dtype)
+                     kernel_init=weight_initializer(self.weight_init, name),
+                     bias_init=bias_initializer(self.bias_init, name), dtype=self.dtype)
 
     def dense(name, features):
-      return nn.Dense(features, name=name, kernel_init=weight_init, bias_init=bias(name),
-                      dtype=self.dtype)
+      return nn.Dense(features, name=name, kernel_init=weight_initializer(self.weight_init, name),
+                      bias_init=bias_initializer(self.bias_init, name), dtype=self.dtype)
 
     self.conv1 = conv('conv1', 11, stride=4, padding='VALID')  # padded by hand: see conv12()
     self.conv2 = conv('conv2', 5)
@@ -125,8 +159,8 @@ class AlexNetTower(TowerModule):
     self.fc6 = dense('fc6', ch('fc6'))
     self.fc7 = dense('fc7', ch('fc7'))
     # fc8's bias is not split between towers: it lives in the network's head (towers.TowerNetwork).
-    self.fc8 = nn.Dense(self.num_classes, use_bias=False, name='fc8', kernel_init=weight_init,
-                        dtype=self.dtype)
+    self.fc8 = nn.Dense(self.num_classes, use_bias=False, name='fc8',
+                        kernel_init=weight_initializer(self.weight_init, 'fc8'), dtype=self.dtype)
 
   def conv12(self, x, *, train, example_keys):
     """conv1 -> ReLU -> LRN -> pool -> conv2 -> ReLU -> LRN -> pool, on this tower's maps only."""

@@ -44,6 +44,10 @@ Caffe's ``bvlc_googlenet`` (and DIGITS' ``googlenet.prototxt``, which is that ne
   the classifiers' (0). The paper trained with asynchronous SGD (momentum 0.9, lr -4% every 8 epochs),
   which ``config`` expresses; the network does not.
 * **Inputs** are mean-subtracted pixels on the 0..255 scale, as in Caffe.
+* **DIGITS' start.** DIGITS' googlenet.prototxt has the same fillers (xavier; its ``std`` values are
+  ignored by Caffe's xavier filler) and constants (0.2; 0 for the three classifiers), and trains
+  batches of 32 (validation 16): its "network defaults" (``experiments/googlenet_digits.py``). So
+  ``config.model.weight_init`` / ``bias_init`` do not apply here; this network always starts so.
 
 ``width`` scales every channel and unit count (not the classes), for quick tests at small sizes.
 ``config.model.dropout`` is the main classifier's dropout (the paper: 0.4; set it in the experiment);

@@ -19,9 +19,11 @@ import jax.numpy as jnp
 
 # Section 3.3: k = 2, n = 5, alpha = 1e-4, beta = 0.75.
 LRN_K, LRN_N, LRN_ALPHA, LRN_BETA = 2.0, 5, 1e-4, 0.75
+# Caffe's LRN layer: k defaults to 1 (caffe.proto's LRNParameter), and no DIGITS network sets it.
+CAFFE_LRN_K = 1.0
 
 
-def local_response_norm(x: jax.Array, *, convention: str = 'paper', k: float = LRN_K,
+def local_response_norm(x: jax.Array, *, convention: str = 'paper', k: float | None = None,
                         n: int = LRN_N, alpha: float = LRN_ALPHA, beta: float = LRN_BETA) -> jax.Array:
   """Local response normalization across channels (the last axis of NHWC).
 
@@ -30,16 +32,20 @@ def local_response_norm(x: jax.Array, *, convention: str = 'paper', k: float = L
   Only the maps present in ``x`` take part: applied inside a tower, it normalizes over that tower's own
   maps, as each GPU did in cuda-convnet.
 
-  ``convention='caffe'`` divides ``alpha`` by ``n`` first: ``k + (alpha / n) * sum(a_j^2)``. That is the
-  formula of Caffe's LRN layer and of PyTorch's ``nn.LocalResponseNorm``, so Caffe's bvlc_alexnet (which
-  writes alpha=1e-4 with this convention) normalizes five times more weakly than the paper. To reproduce
-  the paper with Caffe or PyTorch, set their alpha to ``n * 1e-4 = 5e-4``; to reproduce Caffe here, pass
+  ``convention='caffe'`` divides ``alpha`` by ``n`` first: ``k + (alpha / n) * sum(a_j^2)``, with Caffe's
+  default ``k = 1`` unless ``k`` is given. That is the formula of Caffe's LRN layer and of PyTorch's
+  ``nn.LocalResponseNorm``, so DIGITS' and Caffe's AlexNet (which write local_size 5, alpha 1e-4, beta
+  0.75 and leave k at 1) normalize five times more weakly than the paper and do not shrink small
+  activities (the paper's k = 2 divides them by 2^0.75 = 1.68 at every LRN). To reproduce the paper with
+  Caffe or PyTorch, set their alpha to ``n * 1e-4 = 5e-4`` and k to 2; to reproduce Caffe here, pass
   ``convention='caffe'``. ``convention='none'`` returns ``x`` unchanged (an ablation).
   """
   if convention == 'none':
     return x
   if convention not in ('paper', 'caffe'):
     raise ValueError(f"LRN convention must be 'paper', 'caffe' or 'none', got {convention!r}")
+  if k is None:
+    k = CAFFE_LRN_K if convention == 'caffe' else LRN_K
   scale = alpha / n if convention == 'caffe' else alpha
   # The sum of squares is taken in float32 even for a bfloat16 network: it is a small reduction
   # whose cancellation-free accuracy matters more than its cost.

@@ -13,7 +13,9 @@ How it matches the prototxt:
 * **Input scaling.** DIGITS subtracts the dataset's mean image in the data layer, then a ``Power`` layer
   multiplies by 0.0125 ("1/(standard deviation on MNIST dataset)", about 1/80). Our pipeline hands the
   network mean-subtracted pixels on the 0..255 scale (``config.data.mean``), so the network's first
-  operation is the same multiplication.
+  operation is the same multiplication. (0.0125 is DIGITS' value since its PR #976, 2016, in every
+  version of lenet.prototxt read for issue 20; the 1/256 = 0.00390625 often quoted is Caffe's MNIST
+  example, which scales raw pixels to [0, 1) without a mean, and DIGITS' Torch LeNet before that PR.)
 * **No ReLU after the convolutions**, only after ip1: the Caffe example has none there, and DIGITS kept it.
 * **Pooling.** Caffe rounds pooled sizes up (``ceil``); with 2x2 windows, stride 2 and the even map sizes
   of 28x28 inputs (24, 8) that is the same as rounding down, which Flax does. Other input sizes work too
@@ -26,7 +28,8 @@ How it matches the prototxt:
   (``params['head']['bias']``), as fc8's is for AlexNet (``towers.py``), so ip2 itself has no bias.
 
 Caffe's ``lr_mult: 2`` on biases (DIGITS' prototxt has it) is a solver setting, not part of the network;
-it is not reproduced here.
+it is not reproduced here. The prototxt's batch sizes, DIGITS' "network defaults", are 64 for training
+and 32 for validation (``experiments/lenet_digits.py``; the dashboard's blank batch size).
 
 As a ``TowerNetwork`` it has one tower and two stages (convolutions, classifier); ``width`` scales the
 channel and unit counts (20, 50, 500) for experiments with narrower or wider copies.
