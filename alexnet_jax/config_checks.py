@@ -243,6 +243,7 @@ def problems(config: ml_collections.ConfigDict | Any) -> list[str]:
   c.number('rms_decay', 0, 1, hi_open=True)
   c.number('weight_decay', 0)
   c.boolean('decay_biases')
+  c.number('bias_lr_mult', 0, lo_open=True)
   c.number('learning_rate', 0, lo_open=True)
   policy = c.choice('lr.policy', optim.POLICIES)
   if policy == 'plateau':   # the factor of each drop (optim.PlateauController)

@@ -86,7 +86,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.momentum = 0.9                # sgd/nesterov momentum; adam/adamw beta1; adadelta rho (as Caffe)
   c.rms_decay = 0.99              # rmsprop (Caffe's rms_decay default)
   c.weight_decay = 5e-4
-  c.decay_biases = True
+  c.decay_biases = True           # False: no weight decay on biases (Caffe's decay_mult: 0, DIGITS' nets)
+  c.bias_lr_mult = 1.0            # biases learn this many times faster (Caffe's lr_mult: 2 in DIGITS' nets)
   c.learning_rate = 0.01
   c.lr = ml_collections.ConfigDict()
   c.lr.policy = 'step'            # fixed | step | multistep | exp | inv | poly | sigmoid | plateau | cosine

@@ -50,6 +50,11 @@ Where it follows DIGITS / Caffe / the paper, and why:
 * **decay_biases=False** masks out parameters named `bias`/`scale` and every parameter of rank <= 1, as
   Caffe's `decay_mult: 0` on bias blobs in DIGITS' standard AlexNet. Matching by name matters here:
   a tower-split bias is stored `[2, C]` (DESIGN.md), so a rank test alone would decay it.
+* **bias_lr_mult** multiplies the biases' updates, as Caffe's `lr_mult: 2` on every bias blob of DIGITS'
+  standard networks (AlexNet, LeNet, GoogLeNet: `param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2
+  decay_mult: 0 }`). Caffe scales the local rate (`lr * lr_mult`) before the momentum accumulation; the
+  trace is linear and the multiplier constant, so scaling the final update is the same for SGD and is
+  Caffe's rule for the adaptive solvers. The biases are the leaves `decay_mask` excludes.
 * **Batch accumulation** uses `optax.MultiSteps` (gradients averaged over `batch_accumulation`
   mini-batches, as Caffe's `iter_size` normalizes by it).
 """
@@ -321,13 +326,22 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
+def scale_biases(mult: float) -> optax.GradientTransformation:
+  """Multiplies the updates of the biases (the leaves `decay_mask` excludes) by `mult`."""
+  def update_fn(updates, state, params=None):
+    del params
+    keep = decay_mask(updates)
+    return jax.tree_util.tree_map(lambda u, weight: u if weight else u * mult, updates, keep), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def make_optimizer(config: ml_collections.ConfigDict,
                    lr_schedule: Optional[Schedule | float] = None) -> optax.GradientTransformation:
   """Builds `config.optimizer` with an injected learning rate.
 
   Args:
     config: uses `optimizer`, `momentum`, `rms_decay`, `weight_decay`, `decay_biases`,
-      `batch_accumulation` and `learning_rate` (when `lr_schedule` is None).
+      `bias_lr_mult`, `batch_accumulation` and `learning_rate` (when `lr_schedule` is None).
     lr_schedule: `step -> lr` from `make_lr_schedule` (evaluated on the optimizer's own update count,
       inside jit), a float, or None for `config.learning_rate` as a host-settable value (the 'plateau'
       policy; change it with `set_learning_rate`).
@@ -369,8 +383,13 @@ def make_optimizer(config: ml_collections.ConfigDict,
     decoupled = [optax.add_decayed_weights(wd, mask=mask)] if wd > 0 else []
     return optax.chain(optax.scale_by_adam(b1=momentum, b2=0.999, eps=1e-8), *decoupled, lr)
 
+  bias_mult = float(config.get('bias_lr_mult', 1.0))
+  if not bias_mult > 0:
+    raise ValueError(f'--config.bias_lr_mult={bias_mult} must be > 0')
   learning_rate = float(config.learning_rate) if lr_schedule is None else lr_schedule
   tx = optax.inject_hyperparams(factory)(learning_rate=learning_rate)
+  if bias_mult != 1.0:
+    tx = optax.chain(tx, scale_biases(bias_mult))
   k = int(config.batch_accumulation)
   if k < 1:
     raise ValueError(f'--config.batch_accumulation={k} must be >= 1')

@@ -47,6 +47,8 @@ def get_config():
   c.momentum = 0.9
   c.weight_decay = 2e-4
   c.learning_rate = 0.01
+  c.bias_lr_mult = 2.0            # googlenet.prototxt: biases lr_mult 2, decay_mult 0
+  c.decay_biases = False
   c.lr.policy = 'step'
   c.lr.step_percent = 33.0
   c.lr.gamma = 0.1

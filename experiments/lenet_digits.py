@@ -47,6 +47,7 @@ def get_config():
   c.optimizer = 'sgd'
   c.momentum = 0.9
   c.learning_rate = 0.01
+  c.bias_lr_mult = 2.0            # lenet.prototxt: biases lr_mult 2 (and decayed: no decay_mult)
   c.lr.policy = 'step'
   c.lr.step_percent = 33.0
   c.lr.gamma = 0.1

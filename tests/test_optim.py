@@ -17,7 +17,7 @@ def _config(**lr_fields):
   c = configs.default_config()
   for k, v in lr_fields.items():
     if k in ('num_epochs', 'learning_rate', 'optimizer', 'weight_decay', 'momentum',
-             'decay_biases', 'batch_accumulation'):
+             'decay_biases', 'batch_accumulation', 'bias_lr_mult'):
       setattr(c, k, v)
     else:
       setattr(c.lr, k, v)
@@ -224,6 +224,30 @@ def test_sgd_is_the_papers_rule_lr_inside_momentum():
     updates, state = tx.update({'w': jnp.asarray(g, jnp.float32)}, state, params)
     params = optax.apply_updates(params, updates)
   np.testing.assert_allclose(params['w'], w_ref, rtol=1e-6)
+
+
+def test_bias_lr_mult_is_caffes_lr_mult_on_biases_through_momentum_and_a_drop():
+  """Caffe: history = m * history + lr * lr_mult * (g + wd * decay_mult * w), per blob. With
+  bias_lr_mult=2 and decay_biases=False (DIGITS' prototxts) the tower-split [2, C] bias and the head's
+  bias follow that rule with lr_mult 2, decay 0; the kernels keep lr_mult 1 and their decay."""
+  c = _config(optimizer='sgd', momentum=0.9, weight_decay=5e-4, learning_rate=0.01,
+              decay_biases=False, bias_lr_mult=2.0)
+  tx = optim.make_optimizer(c, None)
+  params = _params()
+  state = tx.init(params)
+  ref = jax.tree.map(lambda p: np.array(p, np.float64), params)
+  hist = jax.tree.map(np.zeros_like, ref)
+  mult = {'conv1': {'kernel': 1.0, 'bias': 2.0}, 'fc8': {'kernel': 1.0}, 'head': {'bias': 2.0}}
+  decay = {'conv1': {'kernel': 5e-4, 'bias': 0.0}, 'fc8': {'kernel': 5e-4}, 'head': {'bias': 0.0}}
+  for step, eps in enumerate([0.01, 0.01, 0.001]):
+    state = optim.set_learning_rate(state, eps)
+    grads = jax.tree.map(lambda p: np.full(p.shape, 0.1 * (step + 1), np.float32), params)
+    hist = jax.tree.map(lambda h, g, w, m, d: 0.9 * h + eps * m * (g + d * w), hist, grads, ref, mult, decay)
+    ref = jax.tree.map(lambda w, h: w - h, ref, hist)
+    updates, state = tx.update(jax.tree.map(jnp.asarray, grads), state, params)
+    params = optax.apply_updates(params, updates)
+  jax.tree.map(lambda p, r: np.testing.assert_allclose(p, r, rtol=1e-5), params, ref)
+  assert float(optim.get_learning_rate(state)) == pytest.approx(0.001)
 
 
 @pytest.mark.parametrize('name', optim.OPTIMIZERS)
