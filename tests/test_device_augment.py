@@ -30,7 +30,7 @@ def _flags(random_crop=True, flip=True, pca=True, channels=3):
 
 def _augment(mean, flags, seed=0):
   return device_augment.TrainAugment(mean=mean, eigval=transforms.IMAGENET_EIGVAL,
-                                     eigvec=transforms.IMAGENET_EIGVEC, crop_size=CROP, flags=flags,
+                                     eigvec=transforms.IMAGENET_EIGVEC, crop=CROP, flags=flags,
                                      seed=seed)
 
 
@@ -106,6 +106,52 @@ def test_eval_crops_on_the_device_equal_preprocess_for_eval(ten_crop, resize_mod
   resized = np.stack([contract_lib.resize_for_eval(p, contract) for p in photos])
   crops = device_augment.EvalCrops.from_contract(contract)
   got = np.asarray(jax.jit(crops, static_argnums=2)(crops.constants, resized, ten_crop))
+  for k, photo in enumerate(photos):
+    np.testing.assert_array_equal(got[k], contract_lib.preprocess_for_eval(photo, contract, ten_crop))
+
+
+# ---- DIGITS' W x H images: a square crop in both axes, or crop "none" -----------------------------------
+
+H, W = 8, 12   # a 12 x 8 (W x H) stored image
+
+
+@pytest.mark.parametrize('crop', [(6, 6), (H, W)], ids=['square-crop', 'no-crop'])
+def test_a_rectangle_on_the_device_gives_the_host_pixels(crop):
+  """Random offsets in both axes (each over its own span), mirror and lighting on a rectangular image:
+  given the draws, the host's pixels; the draws cover every offset of each axis."""
+  rng = np.random.default_rng(3)
+  mean = rng.uniform(0, 255, (H, W, 3)).astype(np.float32)
+  augment = device_augment.TrainAugment(mean=mean, eigval=transforms.IMAGENET_EIGVAL,
+                                        eigvec=transforms.IMAGENET_EIGVEC, crop=crop, flags=_flags(),
+                                        seed=0)
+  keys = jax.vmap(lambda r: device_augment.example_key(augment.base_key(), 0, r, 0))(np.arange(300))
+  draws = jax.vmap(augment.draw)(keys)
+  assert set(np.asarray(draws.y).tolist()) == set(range(H - crop[0] + 1))
+  assert set(np.asarray(draws.x).tolist()) == set(range(W - crop[1] + 1))
+  n = 12
+  images = rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8)
+  some = jax.tree.map(lambda a: np.asarray(a)[:n], draws)
+  got = np.asarray(jax.jit(jax.vmap(augment.apply, in_axes=(None, 0, 0)))(augment.constants, images, some))
+  assert got.shape == (n, *crop, 3)
+  subtract = transforms.MeanSubtractor(mean)
+  for k in range(n):
+    y, x = int(some.y[k]), int(some.x[k])
+    shift = transforms.pca_shift(some.alpha[k], transforms.IMAGENET_EIGVAL, transforms.IMAGENET_EIGVEC)
+    want = subtract(images[k, y:y + crop[0], x:x + crop[1]], y, x, mirror=bool(some.mirror[k]), shift=shift)
+    np.testing.assert_allclose(got[k], want, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize('ten_crop', [False, True])
+@pytest.mark.parametrize('crop', [6, 0], ids=['square-crop', 'no-crop'])
+def test_eval_crops_of_a_rectangle_on_the_device_equal_preprocess_for_eval(crop, ten_crop):
+  mean = np.random.default_rng(2).uniform(0, 255, (H, W, 3)).astype(np.float32)
+  contract = contract_lib.PreprocessContract((W, H), crop, 'fill', 3, 'image', mean)
+  photos = [synthetic.photo_like(np.random.default_rng(i), 17 + 9 * i, 13) for i in range(3)]
+  resized = np.stack([contract_lib.resize_for_eval(p, contract) for p in photos])
+  assert resized.shape == (3, H, W, 3)
+  crops = device_augment.EvalCrops.from_contract(contract)
+  got = np.asarray(jax.jit(crops, static_argnums=2)(crops.constants, resized, ten_crop))
+  assert got.shape == (3,) + ((10,) if ten_crop else ()) + contract.input_shape
   for k, photo in enumerate(photos):
     np.testing.assert_array_equal(got[k], contract_lib.preprocess_for_eval(photo, contract, ten_crop))
 
