@@ -153,7 +153,8 @@ def initialize_from(spec: str, network: models.TowerNetwork, layout: layouts.Lay
     details = [text for _, text in problems]
     raise ValueError(
         f'--config.init_from={spec}: the earlier model ({about["network"]}, {old_k} classes, '
-        f'{about["input_size"]} inputs) does not fit this run\'s network ({network.name}, {new_k} classes) in layer(s) '
+        f'{about["input_size"]} inputs) does not fit this run\'s network ({network.name}, {new_k} classes) '
+        f'in layer(s) '
         f'{", ".join(bad_layers)}: ' + '; '.join(details[:12]) + (' ...' if len(details) > 12 else '')
         + '. Use the same --config.model (name, width) and the same input size as the earlier run '
         f'(--config.data.image_size and --config.data.crop_size giving {about["input_size"]} inputs: '

@@ -51,5 +51,6 @@ from alexnet_jax.data.transforms import MEAN_MODES
 __all__ = [
     'DataError', 'Dataset', 'DecodeError', 'IMAGE_EXTENSIONS', 'MEAN_MODES', 'PreprocessContract',
     'RESIZE_MODES', 'display_name', 'eval_iterator', 'input_hw', 'load_contract', 'load_dataset',
-    'parse_image_size', 'preprocess_for_eval', 'resize_image', 'steps_per_epoch', 'train_dataset', 'train_iterator',
+    'parse_image_size', 'preprocess_for_eval', 'resize_image', 'steps_per_epoch', 'train_dataset',
+    'train_iterator',
 ]

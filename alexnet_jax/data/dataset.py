@@ -115,7 +115,8 @@ class Dataset:
 
   def __repr__(self):
     return (f'Dataset({self.description!r}, {self.num_classes} classes, {self.split_sizes}, '
-            f'{sizes.describe(*self.image_size)}px {self.contract.resize_mode}, mean={self.contract.mean_mode})')
+            f'{sizes.describe(*self.image_size)}px {self.contract.resize_mode}, '
+            f'mean={self.contract.mean_mode})')
 
 
 def _get(cfg, name: str, default: Any) -> Any:

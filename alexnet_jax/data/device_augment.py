@@ -8,8 +8,8 @@ then do what ``transforms.py`` does on the host, with the same arithmetic:
   run seed, epoch, record, attempt), so an example's augmentation depends on neither the batch size, the
   layout, the number of hosts nor a resume. From it: the crop offsets y in [0, H - crop], x in
   [0, W - crop] (Caffe's ``Rand(H - crop + 1)``, ``Rand(W - crop + 1)``; the centre crop when
-  ``random_crop`` is off; (0, 0) for DIGITS' crop "none", where the crop is the whole H x W image), a mirror coin with
-  p = 1/2, and the PCA lighting coefficients alpha ~ N(0, pca_std) [3]. The example becomes
+  ``random_crop`` is off; (0, 0) for DIGITS' crop "none", where the crop is the whole H x W image), a
+  mirror coin with p = 1/2, and the PCA lighting coefficients alpha ~ N(0, pca_std) [3]. The example becomes
   ``float32(crop) - mean[y:y+c, x:x+c]`` (Caffe's order: the mean at the crop's source position), mirrored
   if the coin says so, plus ``255 * eigvec @ (alpha * eigval)`` on every pixel (the paper's section 4.1,
   RGB only). The per-example function is ``vmap``-ed over the batch with ``lax.dynamic_slice`` crops, and
