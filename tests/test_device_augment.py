@@ -191,6 +191,30 @@ def _augmented_by_example(ds, config, *, batch, shard_index=0, shard_count=1, st
   return out
 
 
+@pytest.mark.parametrize('crop', [16, 0], ids=['square-crop', 'no-crop'])
+def test_a_rectangular_dataset_through_both_pipelines(folder, crop):
+  """A 40 x 24 (W x H) dataset: the mean image is H x W; the device path stores H x W images and the host
+  path makes crops of the input's shape; evaluation batches cut on the device equal the host's."""
+  config = tiny_experiment.override(tiny_experiment.get_config(), **{
+      'data.source': str(folder), 'data.image_size': (40, 24), 'data.crop_size': crop})
+  ds = data.load_dataset(config.data, seed=0)
+  hw = (24, 40) if crop == 0 else (crop, crop)
+  assert ds.mean_image.shape == (24, 40, 3) and ds.contract.input_hw == hw
+  stored = next(data.train_iterator(ds, config.data, global_batch_size=4, seed=0, num_epochs=1))
+  assert stored['image'].shape == (4, 24, 40, 3) and stored['image'].dtype == np.uint8
+  augment = device_augment.TrainAugment.from_dataset(ds, config.data, seed=0)
+  assert np.asarray(jax.jit(augment)(augment.constants, stored)).shape == (4, *hw, 3)
+  host = tiny_experiment.override(tiny_experiment.get_config(), **{
+      'data.source': str(folder), 'data.image_size': (40, 24), 'data.crop_size': crop,
+      'data.augment_on': 'host'})
+  crops = next(data.train_iterator(ds, host.data, global_batch_size=4, seed=0, num_epochs=1))
+  assert crops['image'].shape == (4, *hw, 3) and crops['image'].dtype == np.float32
+  on_device = next(iter(data.eval_iterator(ds, config.data, 'val', global_batch_size=3, ten_crop=True)))
+  on_host = next(iter(data.eval_iterator(ds, host.data, 'val', global_batch_size=3, ten_crop=True)))
+  cut = device_augment.EvalCrops.from_contract(ds.contract)
+  np.testing.assert_array_equal(np.asarray(cut(cut.constants, on_device['image'], True)), on_host['image'])
+
+
 def test_an_example_is_augmented_alike_in_any_batch_size_and_on_any_host(dataset):
   ds, config = dataset
   by_four = _augmented_by_example(ds, config, batch=4, steps=4)

@@ -304,7 +304,8 @@ def network_shape(request: dict) -> dict[str, Any]:
       raise UserError(one_line(e)) from None
     h, w = files.contract.input_hw
     return {'model': files.config.model.to_dict(), 'num_classes': len(files.classes),
-            'crop_size': files.contract.crop_size, 'input_size': [w, h], 'channels': files.contract.channels}
+            'crop_size': files.contract.crop_size, 'input_size': [w, h],
+            'channels': files.contract.channels}
   net = request.get('network')
   if not isinstance(net, dict):
     raise UserError('give a workdir or a network')
