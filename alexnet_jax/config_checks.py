@@ -5,7 +5,7 @@ Two checks, both raising ``ValueError`` with messages that name the flag as the 
 line tools print them as one ``error:`` line each (``cli.py``):
 
 * ``validate(config)``: every field of ``configs.default_config()`` that has a range or a set of
-  choices, and the relations between fields (``crop_size <= image_size``, ``val_percent + test_percent
+  choices, and the relations between fields (``crop_size`` within ``image_size``, ``val_percent + test_percent
   < 100``, ...). All the problems are reported together, one per line. It reads nothing from disk and
   builds nothing; fields the config lacks (an older experiment) are skipped, extra fields are fine.
 * ``check_network(config, num_classes)``: builds ``config.model`` and computes every parameter's shape
@@ -34,6 +34,7 @@ from alexnet_jax import configs, models, optim, profiling
 from alexnet_jax.data import dataset as dataset_lib
 from alexnet_jax.data import pipeline as pipeline_lib
 from alexnet_jax.data import resize as resize_lib
+from alexnet_jax.data import sizes as sizes_lib
 from alexnet_jax.data import transforms as transforms_lib
 from alexnet_jax.models.alexnet import BIAS_VALUES, WEIGHT_INITS
 from alexnet_jax.models import custom as custom_lib
@@ -171,6 +172,20 @@ class _Checker:
     return _MISSING
 
 
+def _image_size(c: _Checker) -> Any:
+  """``data.image_size`` as (width, height), or ``_MISSING`` after reporting what is wrong with it."""
+  value = c.get('data.image_size')
+  if value is _MISSING:
+    return _MISSING
+  try:
+    return sizes_lib.parse_image_size(value)
+  except ValueError:
+    c.add('data.image_size', value, "must be WIDTH,HEIGHT with positive whole numbers (DIGITS' W x H "
+                                    'order, e.g. --config.data.image_size=300,200), or one number for a '
+                                    'square, e.g. --config.data.image_size=256')
+    return _MISSING
+
+
 def problems(config: ml_collections.ConfigDict | Any) -> list[str]:
   """Every problem ``validate`` would report, one line each (empty when the config is fine)."""
   c = _Checker(config)
@@ -215,11 +230,13 @@ def problems(config: ml_collections.ConfigDict | Any) -> list[str]:
     c.add('data.min_per_class', low, f'is more than --config.data.max_per_class={high}, so every '
                                      'class would be dropped; lower min_per_class or raise '
                                      'max_per_class')
-  size = c.integer('data.image_size', lo=1)
-  crop = c.integer('data.crop_size', lo=1)
-  if size is not _MISSING and crop is not _MISSING and crop > size:
-    c.add('data.crop_size', crop, f'must be <= --config.data.image_size={size} (crops are cut from '
-                                  'the resized image); lower crop_size or raise image_size')
+  size = _image_size(c)
+  crop = c.integer('data.crop_size', lo=0, note=' (0: none, the whole resized image is the input)')
+  if size is not _MISSING and crop is not _MISSING and crop > min(size):
+    w, h = size
+    c.add('data.crop_size', crop, f'must be 0 (none) or <= {min(size)}, the shorter side of '
+                                  f'--config.data.image_size={w},{h} (a square crop is cut from the '
+                                  'resized W x H image); lower crop_size or raise image_size')
   c.choice('data.resize_mode', resize_lib.RESIZE_MODES)
   c.choice('data.channels', CHANNELS, note=' (1: grayscale, 3: color)')
   c.choice('data.mean', transforms_lib.MEAN_MODES)
@@ -362,7 +379,8 @@ def _shape_problem(network: TowerNetwork, size: int, channels: int) -> tuple[Opt
     return network.tower.init_with_output(key, x, method='trace_all_stages')
 
   key = jax.eval_shape(lambda: jax.random.key(0))
-  x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+  height, width = sizes_lib.crop_hw(size)
+  x = jax.ShapeDtypeStruct((1, height, width, channels), jnp.float32)
   error = None
   output = variables = None
   try:
@@ -388,7 +406,7 @@ def _shape_problem(network: TowerNetwork, size: int, channels: int) -> tuple[Opt
   return None, None
 
 
-def _works(network: TowerNetwork, size: int, channels: int) -> bool:
+def _works(network: TowerNetwork, size, channels: int) -> bool:
   return _shape_problem(network, size, channels)[0] is None
 
 
@@ -431,10 +449,11 @@ def minimum_crop_size(model_config: ml_collections.ConfigDict, channels: int, nu
 
 
 def check_network(config: ml_collections.ConfigDict, num_classes: int) -> None:
-  """Refuses a network that cannot run on ``config.data.crop_size`` inputs, before anything compiles.
+  """Refuses a network that cannot run on the configured inputs, before anything compiles.
 
-  Builds ``models.build(config.model, num_classes)`` and computes one tower's parameter and output
-  shapes with ``jax.eval_shape`` at ``crop_size`` x ``crop_size`` x ``channels`` (no compile, no
+  The input is the ``crop_size`` x ``crop_size`` crop, or with ``crop_size`` 0 (DIGITS' "none") the whole
+  ``image_size`` W x H image. Builds ``models.build(config.model, num_classes)`` and computes one tower's
+  parameter and output shapes with ``jax.eval_shape`` at that height x width x ``channels`` (no compile, no
   device arrays; 0.03-0.1 s for the full-size AlexNet on a CPU). The verdict does not depend on
   ``num_classes`` for the standard networks.
 
@@ -448,21 +467,31 @@ def check_network(config: ml_collections.ConfigDict, num_classes: int) -> None:
   crop, channels = int(config.data.crop_size), int(config.data.channels)
   network = models.build(config.model, num_classes)
   flag = f'--config.data.crop_size={crop}'
-  if crop < 1:
-    raise ValueError(f'{flag}: must be an integer >= 1')
-  problem, error = _shape_problem(network, crop, channels)
+  if crop < 0:
+    raise ValueError(f'{flag}: must be 0 (none: the whole resized image) or an integer >= 1')
+  try:
+    width, height = sizes_lib.parse_image_size(config.data.get('image_size', 256))
+  except ValueError as e:
+    raise ValueError(f'--config.data.image_size={config.data.get("image_size")!r}: {e}') from None
+  hw = sizes_lib.input_hw(width, height, crop)
+  if crop == sizes_lib.NO_CROP:
+    flag = (f'--config.data.image_size={width},{height} with --config.data.crop_size=0 (none: the whole '
+            'image is the input)')
+  problem, error = _shape_problem(network, hw, channels)
   if problem is None:
     return
-  minimum = minimum_crop_size(config.model, channels, num_classes, start=crop + 1)
+  minimum = minimum_crop_size(config.model, channels, num_classes, start=min(hw) + 1)
   if minimum is None:
     if error is not None:
       raise error
     raise ValueError(f'{flag}: {network.name} does not work on any input size up to '
                      f'{MAX_SEARCH_SIZE}x{MAX_SEARCH_SIZE} ({problem})')
-  fix = f'use --config.data.crop_size>={minimum}'
-  image_size = config.data.get('image_size', None)
-  if isinstance(image_size, int) and image_size < minimum:
-    fix += (f' and --config.data.image_size>={minimum} (crops are cut from the '
-            f'{image_size}x{image_size} resized images)')
+  if crop == sizes_lib.NO_CROP:
+    fix = f'use --config.data.image_size with both sides >= {minimum}'
+  else:
+    fix = f'use --config.data.crop_size>={minimum}'
+    if min(width, height) < minimum:
+      fix += (f' and --config.data.image_size with both sides >= {minimum} (crops are cut from the '
+              f'{width}x{height} resized images)')
   raise ValueError(f'{flag}: {network.name} needs inputs of at least {minimum}x{minimum} '
                    f'({problem}); {fix}')

@@ -52,8 +52,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.test_percent = 0.0
   c.data.min_per_class = 2
   c.data.max_per_class = 0        # 0: no limit
-  c.data.image_size = 256         # stored/resized size (square), before cropping
-  c.data.crop_size = 224          # network input
+  # The resized size, before cropping: WIDTH,HEIGHT as DIGITS and `prepare` write it
+  # (--config.data.image_size=300,200), or one number for a square. A FieldReference of type object, so
+  # that the flag takes either form (data/sizes.py parses it).
+  c.data.image_size = ml_collections.FieldReference(256, field_type=object)
+  c.data.crop_size = 224          # the network input: a square crop's side; 0: none (the whole image)
   c.data.resize_mode = 'squash'   # squash | crop | fill | half_crop
   c.data.channels = 3             # 3 (color) or 1 (grayscale)
   c.data.mean = 'image'           # image | pixel | none

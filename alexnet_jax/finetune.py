@@ -72,7 +72,7 @@ def _replicated_layout(mesh: Mesh) -> layouts.Layout:
 
 def load_earlier(spec: str, mesh: Mesh) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """The earlier model's parameters as ``{'towers/conv1/kernel': numpy array}`` and a description
-  (``path``, ``kind``, ``step``, ``network``, ``num_classes``)."""
+  (``path``, ``kind``, ``step``, ``network``, ``num_classes``, ``input_size``: its input's 'WxH')."""
   path, step = parse_spec(spec)
   files = bundle.read_model_files(path)
   num_classes = len(files.classes)
@@ -86,8 +86,9 @@ def load_earlier(spec: str, mesh: Mesh) -> tuple[dict[str, np.ndarray], dict[str
     if step not in (*STEP_NAMES, str(number)):
       raise ValueError(f'--config.init_from={spec}: the bundle {path} holds step {number} only')
     host = bundle.flatten_params(files.params)
+  h, w = files.contract.input_hw
   about = {'path': path, 'kind': files.kind, 'step': number, 'network': network.name,
-           'num_classes': num_classes}
+           'num_classes': num_classes, 'input_size': f'{w}x{h}'}
   return host, about
 
 
@@ -151,10 +152,13 @@ def initialize_from(spec: str, network: models.TowerNetwork, layout: layouts.Lay
     bad_layers = sorted({_layer(name) for name, _ in problems})
     details = [text for _, text in problems]
     raise ValueError(
-        f'--config.init_from={spec}: the earlier model ({about["network"]}, {old_k} classes) does not '
-        f'fit this run\'s network ({network.name}, {new_k} classes) in layer(s) '
+        f'--config.init_from={spec}: the earlier model ({about["network"]}, {old_k} classes, '
+        f'{about["input_size"]} inputs) does not fit this run\'s network ({network.name}, {new_k} classes) '
+        f'in layer(s) '
         f'{", ".join(bad_layers)}: ' + '; '.join(details[:12]) + (' ...' if len(details) > 12 else '')
-        + '. Use the same --config.model (name, width) and --config.data.crop_size as the earlier run.')
+        + '. Use the same --config.model (name, width) and the same input size as the earlier run '
+        f'(--config.data.image_size and --config.data.crop_size giving {about["input_size"]} inputs: '
+        'fc6 takes what the convolutions leave of the input).')
 
   logging.info('init_from %s (%s, step %s): copied %d of %d parameters', about['path'], about['kind'],
                about['step'], len(copied), len(new))

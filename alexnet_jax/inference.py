@@ -148,7 +148,7 @@ class Model:
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
-    return (self.contract.crop_size, self.contract.crop_size, self.contract.channels)
+    return self.contract.input_shape
 
   def __repr__(self) -> str:
     return (f'Model({self.network.name} from {self.kind} {self.path!r}, step {self.step}, '
@@ -335,8 +335,7 @@ def load_from_files(files: ModelFiles, *, step: str | int = 'latest', layout: st
     if str(step) not in ('latest', 'best', str(files.info.get('step'))):
       raise ValueError(f'--step={step}: the bundle {files.path} holds step {files.info.get("step")} '
                        f'only')
-    image_shape = (files.contract.crop_size, files.contract.crop_size, files.contract.channels)
-    params = place_params(files.params, network, lay, mesh, image_shape=image_shape,
+    params = place_params(files.params, network, lay, mesh, image_shape=files.contract.input_shape,
                           name=files.path)
     files.params = None  # the device copy is the one in use
     number, step_metrics = int(files.info.get('step', 0)), files.info.get('metrics')

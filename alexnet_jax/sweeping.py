@@ -17,7 +17,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from alexnet_jax import fileio, plots, trainer
+from alexnet_jax import data, fileio, plots, trainer
 from alexnet_jax.run import metrics_writer, status as status_lib
 
 SUMMARY_JSON = 'sweep_summary.json'
@@ -78,6 +78,15 @@ def _convert(text: str, like: Any, flag: str) -> Any:
   raise ValueError(f'{flag}: fields of type {type(like).__name__} cannot be swept')
 
 
+def _image_size(text: str, flag: str) -> tuple[int, int]:
+  """A grid value of ``data.image_size``: ``300x200`` (W x H) or ``256`` -> (width, height)."""
+  try:
+    return data.parse_image_size(text)
+  except ValueError as e:
+    raise ValueError(f'{flag}: {e}; in a grid write a rectangle as WIDTHxHEIGHT, e.g. '
+                     '--grid=config.data.image_size=256,300x200') from None
+
+
 def parse_grid(entries: Sequence[str], config: ml_collections.ConfigDict) -> list[Axis]:
   """``['config.learning_rate=0.01,0.001', ...]`` -> one ``Axis`` per entry, checked against ``config``.
 
@@ -101,7 +110,10 @@ def parse_grid(entries: Sequence[str], config: ml_collections.ConfigDict) -> lis
     if any(a.key == key for a in axes):
       raise ValueError(f'{flag}: config.{key} is already swept by another --grid; give its values once')
     node, leaf = _field(config, key, flag)
-    values = tuple(_convert(t, node[leaf], flag) for t in texts)
+    if key == 'data.image_size':   # WxH (commas separate the grid's values) or one number, as DIGITS
+      values = tuple(_image_size(t, flag) for t in texts)
+    else:
+      values = tuple(_convert(t, node[leaf], flag) for t in texts)
     axes.append(Axis(key, texts, values))
   return axes
 
@@ -116,12 +128,18 @@ def make_points(config: ml_collections.ConfigDict, axes: Sequence[Axis]) -> list
   """The Cartesian product of the axes, in the order given (the last axis varies fastest)."""
   points = []
   for indices in itertools.product(*(range(len(a.values)) for a in axes)):
-    point_config = ml_collections.ConfigDict(config.to_dict())
+    # The values go into the plain dict before it becomes a ConfigDict: data.image_size may change
+    # from a number to a (W, H) pair, which a typed ConfigDict field would refuse.
+    point_dict = config.to_dict()
     values = {}
     for axis, i in zip(axes, indices):
-      node, leaf = _field(point_config, axis.key, f'--grid=config.{axis.key}')
+      *path, leaf = axis.key.split('.')
+      node = point_dict
+      for part in path:
+        node = node[part]
       node[leaf] = axis.values[i]
       values[axis.key] = axis.values[i]
+    point_config = ml_collections.ConfigDict(point_dict)
     points.append(Point(point_name(axes, indices), values, point_config))
   names = [p.name for p in points]
   if len(set(names)) != len(names):

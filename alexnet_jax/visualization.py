@@ -329,10 +329,7 @@ def _write_all(model: inference.Model, params: dict[str, Any], crop: Optional[np
 
   if crop is not None:
     # What the network saw: the centre crop plus the mean it had subtracted at that position.
-    contract = model.contract
-    off = (contract.image_size - contract.crop_size) // 2  # data.transforms.center_offsets
-    mean = np.asarray(contract.mean, np.float32)[off:off + contract.crop_size,
-                                                 off:off + contract.crop_size]
+    mean = model.contract.centre_mean()
     seen = np.uint8(np.clip(crop + mean, 0, 255).round())
     save_png(seen[..., 0] if seen.shape[-1] == 1 else seen, path('input.png'))
 

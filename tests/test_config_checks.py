@@ -80,8 +80,11 @@ BAD_VALUES = [
     ('data.test_percent', -1.0, 'must be a finite number in [0, 100]'),
     ('data.min_per_class', -1, 'must be an integer >= 0'),
     ('data.max_per_class', -1, 'must be an integer >= 0 (0: no limit)'),
-    ('data.image_size', 0, 'must be an integer >= 1'),
-    ('data.crop_size', 0, 'must be an integer >= 1'),
+    ('data.image_size', 0, 'must be WIDTH,HEIGHT with positive whole numbers'),
+    ('data.image_size', '300,0', 'must be WIDTH,HEIGHT with positive whole numbers'),
+    ('data.image_size', 'wide', 'e.g. --config.data.image_size=300,200'),
+    ('data.image_size', (300, 200, 3), 'one number for a square'),
+    ('data.crop_size', -1, 'must be an integer >= 0 (0: none, the whole resized image is the input)'),
     ('data.channels', 2, 'must be one of 1 | 3 (1: grayscale, 3: color)'),
     ('data.resize_mode', 'stretch', 'must be one of squash | crop | fill | half_crop'),
     ('data.mean', 'dataset', 'must be one of image | pixel | none'),
@@ -165,7 +168,12 @@ def test_relations_between_fields():
   assert not config_checks.problems(config_with(**{
       'data.val_percent': 60.0, 'data.test_percent': 40.0, 'data.val_source': '/some/folder'}))
   assert one(**{'data.crop_size': 300}).startswith(
-      '--config.data.crop_size=300: must be <= --config.data.image_size=256')
+      '--config.data.crop_size=300: must be 0 (none) or <= 256, the shorter side of '
+      '--config.data.image_size=256,256')
+  # A rectangle: the square crop must fit the shorter side (the height of 300 x 200).
+  assert one(**{'data.image_size': (300, 200), 'data.crop_size': 227}).startswith(
+      '--config.data.crop_size=227: must be 0 (none) or <= 200, the shorter side of '
+      '--config.data.image_size=300,200')
   assert one(**{'data.min_per_class': 10, 'data.max_per_class': 5}).startswith(
       '--config.data.min_per_class=10: is more than --config.data.max_per_class=5')
   assert not config_checks.problems(config_with(**{'data.min_per_class': 10,
@@ -187,6 +195,11 @@ def test_accepted_edge_values():
         'model.name': 'my_models.small:SmallCNN', 'lr.multistep_percents': '10, 20.5,99',
         'data.crop_size': 256, 'learning_rate': 1}   # an int where a float is expected is fine
   assert config_checks.problems(config_with(**ok)) == []
+  # DIGITS' sizes: W,H in any of the forms a flag or a config file gives, and crop 0 = none.
+  for size in ((300, 200), [300, 200], '300,200', '300x200', 256, '256'):
+    assert config_checks.problems(config_with(**{'data.image_size': size, 'data.crop_size': 0})) == []
+  assert config_checks.problems(config_with(**{'data.image_size': '300,200',
+                                               'data.crop_size': 200})) == []
 
 
 def test_missing_fields_are_skipped_and_extra_fields_ignored():
@@ -250,11 +263,49 @@ def test_the_reported_alexnet_case():
     config_checks.check_network(network_config('alexnet', 40, image_size=48), 3)
   assert str(e.value) == (
       '--config.data.crop_size=40: alexnet needs inputs of at least 64x64 (fc6 would have 0 inputs); '
-      'use --config.data.crop_size>=64 and --config.data.image_size>=64 (crops are cut from the '
-      '48x48 resized images)')
+      'use --config.data.crop_size>=64 and --config.data.image_size with both sides >= 64 (crops are '
+      'cut from the 48x48 resized images)')
   with pytest.raises(ValueError, match=r'lenet needs inputs of at least 16x16 \(conv2 would '
                                        r'output 0x0 maps\)'):
     config_checks.check_network(network_config('lenet', 8, channels=1), 10)
+
+
+def test_no_crop_checks_the_whole_rectangle():
+  """crop_size=0 (DIGITS' "none"): the network takes the whole W x H image, and too small a side is
+  refused naming image_size, not a crop."""
+  config_checks.check_network(network_config('alexnet', 0, image_size=(300, 200)), 3)
+  config_checks.check_network(network_config('alexnet', 0, image_size='64,300'), 3)
+  with pytest.raises(ValueError) as e:
+    config_checks.check_network(network_config('alexnet', 0, image_size=(300, 60)), 3)
+  assert str(e.value).startswith(
+      '--config.data.image_size=300,60 with --config.data.crop_size=0 (none: the whole image is the '
+      'input): alexnet needs inputs of at least 64x64 (')
+  assert str(e.value).endswith('use --config.data.image_size with both sides >= 64')
+
+
+def test_image_size_flags_take_width_height_or_one_number():
+  """The command line's forms: WIDTH,HEIGHT (DIGITS' and prepare's order), one number, crop 0."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import data  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.run import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  parsed = {}
+  for argv, want_size, want_input in (
+      (['--config.data.image_size=300,200', '--config.data.crop_size=0'], (300, 200), (200, 300, 3)),
+      (['--config.data.image_size=300x200', '--config.data.crop_size=150'], (300, 200), (150, 150, 3)),
+      (['--config.data.image_size=256'], (256, 256), (64, 64, 3)),
+      ([], (72, 72), (64, 64, 3))):
+    values = flags.FlagValues()
+    argv = ['prog', f'--config={os.path.join(REPO, "tests", "tiny_experiment.py")}', *argv]
+    config_flags.DEFINE_config_file('config', flag_values=values, sys_argv=argv)   # (finds the overrides)
+    values(argv)
+    argv = argv[2:]
+    config = values.config
+    config_checks.validate(config)
+    assert data.parse_image_size(config.data.image_size) == want_size, argv
+    assert workdir_lib.image_shape_of(config) == want_input, argv
+    parsed[tuple(argv)] = config.data.image_size
+  assert parsed[('--config.data.image_size=300,200', '--config.data.crop_size=0')] == (300, 200)
 
 
 def test_narrow_copies_and_the_test_experiment_pass():

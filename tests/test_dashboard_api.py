@@ -349,7 +349,7 @@ def test_explore_filters_by_class(client, dataset):
     ({'experiment': 'mine'}, 'experiment', 'choose one of'),
     ({'width': '0'}, 'width', 'must be > 0'),
     # The library's own checks (config_checks in the worker), mapped back to DIGITS' fields:
-    ({'crop_size': '80'}, 'crop_size', 'must be <= --config.data.image_size=72'),
+    ({'crop_size': '80'}, 'crop_size', 'the shorter side of --config.data.image_size=72,72'),
     ({'crop_size': '32'}, 'crop_size', 'needs inputs of at least'),
     ({'standard_networks': 'lenet', 'layout': 'model'}, 'layout', 'one tower per device'),
     ({'lr_policy': 'step', 'lr_step_gamma': '0'}, 'lr_step_gamma', 'gamma'),
@@ -888,3 +888,24 @@ def test_new_model_shows_the_dataset_and_the_model_page_its_form(client, model, 
   model_page = client.get(f'/models/{model}').text
   for k, v in form.items():
     assert f'<tr><th>{k}</th><td>{v}</td></tr>' in model_page
+
+
+def test_new_model_takes_a_300x200_dataset_and_a_blank_crop_is_none():
+  """The seed's lab: a 300 x 200 dataset, crop size blank (DIGITS: none). The form passes W,H and crop 0;
+  the worker's own checks (the real flag parsing and check_network) accept them for the full AlexNet,
+  and a crop larger than the shorter side is named on the crop field."""
+  from alexnet_jax.dashboard import worker  # pylint: disable=g-import-not-at-top
+  datasets = {'lab': {'state': 'done', 'image_size': [300, 200], 'channels': 3, 'resize_mode': 'squash',
+                      'output': '/data/lab', 'num_classes': 3}}
+  form = _model_form('lab', crop_size='', width='1', experiment=forms.DEFAULT_EXPERIMENT)
+  parsed = forms.parse_model_form(form, datasets=datasets, previous={},
+                                  experiments=[forms.DEFAULT_EXPERIMENT])
+  point = parsed['points'][0]
+  assert '--config.data.image_size=300,200' in point and '--config.data.crop_size=0' in point
+  assert 'crop_size' not in parsed['form']   # the form shows the blank it was given
+  assert worker.check(parsed['experiment'], point, 3)['problems'] == []
+  big = forms.parse_model_form(dict(form, crop_size='227'), datasets=datasets, previous={},
+                               experiments=[forms.DEFAULT_EXPERIMENT])
+  problems = worker.check(big['experiment'], big['points'][0], 3)['problems']
+  assert forms.map_problems(problems).keys() == {'crop_size'}
+  assert 'or <= 200, the shorter side of --config.data.image_size=300,200' in problems[0]

@@ -63,7 +63,7 @@ def test_mean_cached_in_metadata_dir(folder, tmp_path, monkeypatch):
   assert (tmp_path / 'labels.txt').read_text().split() == ds.classes
   contract = json.loads((tmp_path / 'preprocess.json').read_text())
   assert {k: contract[k] for k in ('image_size', 'crop_size', 'resize_mode', 'channels', 'mean')} == {
-      'image_size': 32, 'crop_size': 28, 'resize_mode': 'squash', 'channels': 3, 'mean': 'image'}
+      'image_size': [32, 32], 'crop_size': 28, 'resize_mode': 'squash', 'channels': 3, 'mean': 'image'}
   monkeypatch.setattr(statistics, 'compute_moments', lambda *a, **k: pytest.fail('mean should be cached'))
   again = data.load_dataset(cfg, seed=0, metadata_dir=str(tmp_path))
   np.testing.assert_array_equal(again.mean_image, ds.mean_image)

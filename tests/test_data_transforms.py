@@ -98,4 +98,62 @@ def test_preprocess_for_eval_on_array_and_saved_contract(tmp_path):
   assert again.shape == (10, 6, 6, 3)
   np.testing.assert_array_equal(again[4], out)
   loaded = contract.load_contract(str(tmp_path))
-  assert (loaded.image_size, loaded.crop_size, loaded.mean_mode) == (8, 6, 'pixel')
+  assert (loaded.image_size, loaded.crop_size, loaded.mean_mode) == ((8, 8), 6, 'pixel')
+
+
+# ---- DIGITS' W x H images and crop "none" ----------------------------------------------------------------
+
+def test_crops_of_a_rectangle_and_of_no_crop():
+  """A 12 x 8 (W x H) image: the square crop's centre and corners, and crop 'none' = the whole image."""
+  img = _image(8, 12)
+  mean = np.random.default_rng(4).uniform(0, 255, (8, 12, 3)).astype(np.float32)
+  sub = transforms.MeanSubtractor(mean)
+  ten = transforms.crops_from_resized(img, sub, 6, ten_crop=True)
+  expected = [(0, 0), (0, 6), (2, 0), (2, 6), (1, 3)]     # TL TR BL BR C as (y, x)
+  assert transforms.ten_crop_offsets(8, 12, 6) == expected
+  for k, (y, x) in enumerate(expected):
+    np.testing.assert_array_equal(ten[k], img[y:y + 6, x:x + 6] - mean[y:y + 6, x:x + 6])
+    np.testing.assert_array_equal(ten[k + 5], ten[k][:, ::-1])
+  whole = transforms.crops_from_resized(img, sub, (8, 12), ten_crop=True)
+  assert whole.shape == (10, 8, 12, 3)
+  for k in range(5):
+    np.testing.assert_array_equal(whole[k], img - mean)
+    np.testing.assert_array_equal(whole[k + 5], (img - mean)[:, ::-1])
+  rng = np.random.default_rng(0)
+  assert {transforms.random_offsets(rng, 8, 12, (8, 12)) for _ in range(20)} == {(0, 0)}
+  with pytest.raises(ValueError, match='crop 6x9 larger than the image 12x8'):
+    transforms.crops_from_resized(img, sub, (9, 6), ten_crop=False)
+
+
+@pytest.mark.parametrize('crop', [0, 6])
+def test_a_rectangular_contract_round_trips_with_width_and_height(tmp_path, crop):
+  mean = np.random.default_rng(5).uniform(0, 255, (8, 12, 3)).astype(np.float32)   # H x W
+  c = contract.PreprocessContract((12, 8), crop, 'squash', 3, 'image', mean)
+  assert (c.width, c.height) == (12, 8)
+  assert c.input_shape == ((8, 12, 3) if crop == 0 else (6, 6, 3))
+  photo = _image(30, 40)           # squashed to 12 x 8
+  out = contract.preprocess_for_eval(photo, c)
+  assert out.shape == c.input_shape
+  resized = contract.resize_for_eval(photo, c)
+  assert resized.shape == (8, 12, 3)
+  y, x = transforms.center_offsets(8, 12, c.input_hw)
+  np.testing.assert_array_equal(out, resized[y:y + c.input_hw[0], x:x + c.input_hw[1]] - c.centre_mean())
+  c.save(str(tmp_path))
+  import json  # pylint: disable=g-import-not-at-top
+  with open(tmp_path / contract.CONTRACT_FILE, encoding='utf-8') as f:
+    saved = json.load(f)
+  assert saved['image_size'] == [12, 8] and saved['crop_size'] == crop
+  assert saved['input_size'] == ([12, 8] if crop == 0 else [6, 6])
+  loaded = contract.load_contract(str(tmp_path))
+  assert (loaded.image_size, loaded.crop_size, loaded.input_shape) == ((12, 8), crop, c.input_shape)
+  np.testing.assert_array_equal(contract.preprocess_for_eval(photo, str(tmp_path), ten_crop=True)[4], out)
+
+
+def test_contract_refuses_a_crop_larger_than_the_shorter_side_and_a_wrong_mean():
+  mean = np.zeros((8, 12, 3), np.float32)
+  with pytest.raises(contract.errors.DataError, match='crop_size=9 must be 0 .none. or in 1..8, the '
+                                                      'shorter side of the 12x8 images'):
+    contract.PreprocessContract((12, 8), 9, 'squash', 3, 'image', mean)
+  with pytest.raises(contract.errors.DataError, match=r'mean image of shape \(8, 12, 3\), expected '
+                                                      r'\(12, 8, 3\)'):
+    contract.PreprocessContract((8, 12), 0, 'squash', 3, 'image', mean)

@@ -30,7 +30,7 @@ def _flags(random_crop=True, flip=True, pca=True, channels=3):
 
 def _augment(mean, flags, seed=0):
   return device_augment.TrainAugment(mean=mean, eigval=transforms.IMAGENET_EIGVAL,
-                                     eigvec=transforms.IMAGENET_EIGVEC, crop_size=CROP, flags=flags,
+                                     eigvec=transforms.IMAGENET_EIGVEC, crop=CROP, flags=flags,
                                      seed=seed)
 
 
@@ -110,6 +110,52 @@ def test_eval_crops_on_the_device_equal_preprocess_for_eval(ten_crop, resize_mod
     np.testing.assert_array_equal(got[k], contract_lib.preprocess_for_eval(photo, contract, ten_crop))
 
 
+# ---- DIGITS' W x H images: a square crop in both axes, or crop "none" -----------------------------------
+
+H, W = 8, 12   # a 12 x 8 (W x H) stored image
+
+
+@pytest.mark.parametrize('crop', [(6, 6), (H, W)], ids=['square-crop', 'no-crop'])
+def test_a_rectangle_on_the_device_gives_the_host_pixels(crop):
+  """Random offsets in both axes (each over its own span), mirror and lighting on a rectangular image:
+  given the draws, the host's pixels; the draws cover every offset of each axis."""
+  rng = np.random.default_rng(3)
+  mean = rng.uniform(0, 255, (H, W, 3)).astype(np.float32)
+  augment = device_augment.TrainAugment(mean=mean, eigval=transforms.IMAGENET_EIGVAL,
+                                        eigvec=transforms.IMAGENET_EIGVEC, crop=crop, flags=_flags(),
+                                        seed=0)
+  keys = jax.vmap(lambda r: device_augment.example_key(augment.base_key(), 0, r, 0))(np.arange(300))
+  draws = jax.vmap(augment.draw)(keys)
+  assert set(np.asarray(draws.y).tolist()) == set(range(H - crop[0] + 1))
+  assert set(np.asarray(draws.x).tolist()) == set(range(W - crop[1] + 1))
+  n = 12
+  images = rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8)
+  some = jax.tree.map(lambda a: np.asarray(a)[:n], draws)
+  got = np.asarray(jax.jit(jax.vmap(augment.apply, in_axes=(None, 0, 0)))(augment.constants, images, some))
+  assert got.shape == (n, *crop, 3)
+  subtract = transforms.MeanSubtractor(mean)
+  for k in range(n):
+    y, x = int(some.y[k]), int(some.x[k])
+    shift = transforms.pca_shift(some.alpha[k], transforms.IMAGENET_EIGVAL, transforms.IMAGENET_EIGVEC)
+    want = subtract(images[k, y:y + crop[0], x:x + crop[1]], y, x, mirror=bool(some.mirror[k]), shift=shift)
+    np.testing.assert_allclose(got[k], want, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize('ten_crop', [False, True])
+@pytest.mark.parametrize('crop', [6, 0], ids=['square-crop', 'no-crop'])
+def test_eval_crops_of_a_rectangle_on_the_device_equal_preprocess_for_eval(crop, ten_crop):
+  mean = np.random.default_rng(2).uniform(0, 255, (H, W, 3)).astype(np.float32)
+  contract = contract_lib.PreprocessContract((W, H), crop, 'fill', 3, 'image', mean)
+  photos = [synthetic.photo_like(np.random.default_rng(i), 17 + 9 * i, 13) for i in range(3)]
+  resized = np.stack([contract_lib.resize_for_eval(p, contract) for p in photos])
+  assert resized.shape == (3, H, W, 3)
+  crops = device_augment.EvalCrops.from_contract(contract)
+  got = np.asarray(jax.jit(crops, static_argnums=2)(crops.constants, resized, ten_crop))
+  assert got.shape == (3,) + ((10,) if ten_crop else ()) + contract.input_shape
+  for k, photo in enumerate(photos):
+    np.testing.assert_array_equal(got[k], contract_lib.preprocess_for_eval(photo, contract, ten_crop))
+
+
 # ---- The pipeline's stored batches; draws keyed on the example alone ----------------------------------
 
 @pytest.fixture(scope='module')
@@ -143,6 +189,30 @@ def _augmented_by_example(ds, config, *, batch, shard_index=0, shard_count=1, st
     for i, key in enumerate(zip(*(b[k].tolist() for k in device_augment.KEY_FIELDS))):
       out[key] = pixels[i]
   return out
+
+
+@pytest.mark.parametrize('crop', [16, 0], ids=['square-crop', 'no-crop'])
+def test_a_rectangular_dataset_through_both_pipelines(folder, crop):
+  """A 40 x 24 (W x H) dataset: the mean image is H x W; the device path stores H x W images and the host
+  path makes crops of the input's shape; evaluation batches cut on the device equal the host's."""
+  config = tiny_experiment.override(tiny_experiment.get_config(), **{
+      'data.source': str(folder), 'data.image_size': (40, 24), 'data.crop_size': crop})
+  ds = data.load_dataset(config.data, seed=0)
+  hw = (24, 40) if crop == 0 else (crop, crop)
+  assert ds.mean_image.shape == (24, 40, 3) and ds.contract.input_hw == hw
+  stored = next(data.train_iterator(ds, config.data, global_batch_size=4, seed=0, num_epochs=1))
+  assert stored['image'].shape == (4, 24, 40, 3) and stored['image'].dtype == np.uint8
+  augment = device_augment.TrainAugment.from_dataset(ds, config.data, seed=0)
+  assert np.asarray(jax.jit(augment)(augment.constants, stored)).shape == (4, *hw, 3)
+  host = tiny_experiment.override(tiny_experiment.get_config(), **{
+      'data.source': str(folder), 'data.image_size': (40, 24), 'data.crop_size': crop,
+      'data.augment_on': 'host'})
+  crops = next(data.train_iterator(ds, host.data, global_batch_size=4, seed=0, num_epochs=1))
+  assert crops['image'].shape == (4, *hw, 3) and crops['image'].dtype == np.float32
+  on_device = next(iter(data.eval_iterator(ds, config.data, 'val', global_batch_size=3, ten_crop=True)))
+  on_host = next(iter(data.eval_iterator(ds, host.data, 'val', global_batch_size=3, ten_crop=True)))
+  cut = device_augment.EvalCrops.from_contract(ds.contract)
+  np.testing.assert_array_equal(np.asarray(cut(cut.constants, on_device['image'], True)), on_host['image'])
 
 
 def test_an_example_is_augmented_alike_in_any_batch_size_and_on_any_host(dataset):

@@ -8,6 +8,7 @@ import tarfile
 import zipfile
 
 import numpy as np
+import PIL.Image
 import pytest
 
 from alexnet_jax import bundle as bundle_lib, cli, exporting, inference
@@ -165,3 +166,49 @@ def test_export_to_an_unwritable_place_names_the_output(run_dir, tmp_path, where
   message = cli.user_message(err.value)
   assert message.startswith(f'cannot write {where}') and '.tmp' not in message, message
   assert not os.path.exists(where)
+
+
+# ---- A rectangular model: DIGITS' W x H dataset with crop "none" -----------------------------------------
+
+RECT_W, RECT_H = 96, 72   # W x H; the whole image is the input (crop_size=0)
+
+
+@pytest.fixture(scope='module')
+def rect_run(tmp_path_factory):
+  from tests.test_classify import tiny_config  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import trainer  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('rect_run')
+  trainer.train_and_evaluate(tiny_config(image_folder(tmp_path_factory), layout='single',
+                                         **{'data.image_size': (RECT_W, RECT_H), 'data.crop_size': 0}),
+                             str(workdir))
+  return workdir
+
+
+def test_a_rectangular_model_evaluates_exports_and_classifies(rect_run, images, tmp_path):
+  """Trained on 96 x 72 images with no crop: classify agrees with evaluate (centre and 10 crops), the
+  bundle records W x H and gives the same probabilities elsewhere, and visualize draws its input."""
+  from alexnet_jax import classification, evaluation, visualization  # pylint: disable=g-import-not-at-top
+  from tests.test_classify import val_entries  # pylint: disable=g-import-not-at-top
+  model = inference.load(str(rect_run), layout='single')
+  assert model.image_shape == (RECT_H, RECT_W, 3)
+  for ten_crop in (False, True):
+    results = classification.classify_entries(model, val_entries(rect_run), ten_crop=ten_crop,
+                                              progress=False)
+    _, summary = evaluation.run_evaluation(str(rect_run), split='val', ten_crop=ten_crop,
+                                           layout_name='single')
+    assert results.accuracy['confusion'] == summary['confusion']
+    assert results.accuracy['loss'] == pytest.approx(summary['loss'], abs=1e-5)
+  reference = model.probabilities(images)
+  made, info = exporting.export_model(str(rect_run), tmp_path / 'rect.tar.gz')
+  assert info['preprocess']['image_size'] == [RECT_W, RECT_H]
+  assert info['preprocess']['input_size'] == [RECT_W, RECT_H] and info['preprocess']['crop_size'] == 0
+  elsewhere = tmp_path / 'elsewhere'
+  elsewhere.mkdir()
+  moved = shutil.move(made, elsewhere / 'rect.tar.gz')
+  bundled = inference.load(str(moved), layout='model')   # the towers on two devices
+  assert bundled.image_shape == (RECT_H, RECT_W, 3)
+  np.testing.assert_allclose(bundled.probabilities(images), reference, atol=1e-5, rtol=0)
+  assert bundled.predict(images[0], top_k=1)[0][0] == model.classes[int(np.argmax(reference[0]))]
+  stats = visualization.visualize(bundled, str(tmp_path / 'vis'), image=images[0])
+  seen = np.asarray(PIL.Image.open(tmp_path / 'vis' / 'input.png'))
+  assert seen.shape[:2] == (RECT_H, RECT_W) and stats

@@ -120,6 +120,21 @@ def test_other_shapes_stop_with_the_layers_named(earlier):
     finetune.initialize_from(str(earlier), network, layout, mesh, params)
 
 
+def test_another_input_shape_stops_at_ip1_naming_the_sizes(earlier):
+  """The same LeNet on 40 x 28 inputs (a W x H dataset, crop none): ip1's fan-in follows the input, so
+  only ip1 differs, and the message says which input the earlier model took and which flags set it."""
+  network, layout, mesh, _ = fresh_params(3)
+  params = step_lib.create_train_state(network, layout, mesh, optax.sgd(0.1), seed=0,
+                                       image_shape=(SIZE, 40, 1)).params
+  with pytest.raises(ValueError) as e:
+    finetune.initialize_from(str(earlier), network, layout, mesh, params)
+  message = str(e.value)
+  assert 'in layer(s) towers/ip1: towers/ip1/kernel: (1, 800, 500) in the earlier model, (1, 1400, 500) here' \
+      in message
+  assert '(lenet, 3 classes, 28x28 inputs)' in message
+  assert '--config.data.image_size and --config.data.crop_size giving 28x28 inputs' in message
+
+
 def test_bad_specs(earlier, tmp_path):
   network, layout, mesh, params = fresh_params(3)
   with pytest.raises(FileNotFoundError, match='no such workdir or bundle'):

@@ -9,6 +9,7 @@ import pytest
 from alexnet_jax import models
 from alexnet_jax.models import layers
 from alexnet_jax.models.alexnet import AlexNetTower
+from alexnet_jax.parallel import forward
 
 PAPER_SHAPES = {  # per tower, Figure 2
     'conv1': (11, 11, 3, 48), 'conv2': (5, 5, 48, 128), 'conv3': (3, 3, 256, 192),
@@ -180,6 +181,50 @@ def test_dropout_masks_are_per_example_and_independent_of_batch_split():
 def test_convnet_padding_gives_55_on_224_and_none_on_227():
   assert layers.convnet_padding(224, 11, 4) == (0, 3)
   assert layers.convnet_padding(227, 11, 4) == (0, 0)
+
+
+# ---- Rectangular inputs (DIGITS' W x H datasets with crop "none") -------------------------------------
+
+def _pool(n):   # 3/2 max pooling, no padding
+  return (n - 3) // 2 + 1
+
+
+CONV1 = {'alexnet': lambda n: 1 + -(-(n - 11) // 4),    # cuda-convnet: the last window runs past the edge
+         'alexnet_owt': lambda n: (n + 2 * 2 - 11) // 4 + 1}   # torchvision: padding 2
+
+
+@pytest.mark.parametrize('hw', [(200, 300), (256, 256), (67, 120)], ids=lambda hw: f'{hw[1]}x{hw[0]}')
+@pytest.mark.parametrize('name', ['alexnet', 'alexnet_owt'])
+def test_fc6_fan_in_follows_each_axis_of_the_input(name, hw):
+  """conv1's padding and the three pools act on each axis on its own; fc6 takes what they leave
+  (H' x W' x all of conv5's maps), as Caffe's InnerProduct infers its fan-in from its input."""
+  network = models.REGISTRY[name](10, width=0.25)
+  towers = abstract_params(network, (*hw, 3))['towers']
+  conv5 = towers['conv5']['kernel'].shape   # [tower, 3, 3, in, out]
+  maps = conv5[0] * conv5[-1]               # fc6 sees both towers' conv5 maps
+  rows, cols = (_pool(_pool(_pool(CONV1[name](n)))) for n in hw)
+  assert rows > 0 and cols > 0
+  assert towers['fc6']['kernel'].shape[1] == rows * cols * maps
+  if hw[0] != hw[1]:   # a rectangle is not its transpose: the axes are not mixed up
+    transposed = abstract_params(network, (hw[1], hw[0], 3))['towers']['fc6']['kernel'].shape[1]
+    assert transposed == towers['fc6']['kernel'].shape[1]   # (same count, swapped factors)
+  logits = jax.eval_shape(lambda p, x: forward.run_local_towers(network, p, x, None, train=False),
+                          abstract_params(network, (*hw, 3)), jax.ShapeDtypeStruct((2, *hw, 3), jnp.float32))
+  assert logits.shape == (2, 10)
+
+
+def test_lenet_and_googlenet_take_rectangles():
+  """LeNet: ip1's fan-in follows both axes (two VALID 5x5 convs and 2/2 pools); GoogLeNet: the global
+  average pool makes the classifier's fan-in independent of the input's shape."""
+  lenet = models.lenet(10)
+  for h, w in ((28, 28), (28, 40)):
+    ip1 = abstract_params(lenet, (h, w, 1))['towers']['ip1']['kernel'].shape
+    assert ip1[1] == ((h - 4) // 2 - 4) // 2 * (((w - 4) // 2 - 4) // 2) * 50
+  googlenet = models.googlenet(10, width=0.125)
+  square = abstract_params(googlenet, (224, 224, 3))
+  wide = abstract_params(googlenet, (200, 300, 3))
+  assert (jax.tree.map(lambda a: a.shape, wide['towers']['loss3_classifier'])
+          == jax.tree.map(lambda a: a.shape, square['towers']['loss3_classifier']))
 
 
 def test_registry_builds_by_name_and_rejects_unknown_names():

@@ -120,6 +120,20 @@ def test_grid_values_take_the_fields_types():
   assert config.learning_rate == 0.01  # the base config is not changed
 
 
+def test_a_grid_sweeps_image_shapes():
+  """DIGITS' W x H sizes: WIDTHxHEIGHT in a grid (its commas separate values), or one number."""
+  config = configs.default_config()
+  axes = sweeping.parse_grid(['config.data.image_size=256,300x200', 'config.data.crop_size=0,128'], config)
+  assert axes[0].values == ((256, 256), (300, 200))
+  points = sweeping.make_points(config, axes)
+  assert [p.name for p in points][2] == 'data.image_size=300x200,data.crop_size=0'
+  assert points[2].config.data.image_size == (300, 200) and points[2].config.data.crop_size == 0
+  with pytest.raises(ValueError, match=r"--grid=config.data.image_size=300x0: '300x0': both sides must "
+                                       r'be positive whole numbers; in a grid write a rectangle as '
+                                       r'WIDTHxHEIGHT'):
+    sweeping.parse_grid(['config.data.image_size=300x0'], config)
+
+
 @pytest.mark.parametrize('grid,message', [
     ([], 'give at least one'),
     (['config.learning_rate'], 'the form is'),

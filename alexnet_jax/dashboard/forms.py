@@ -452,13 +452,9 @@ def parse_model_form(form: Mapping[str, Any], *, datasets: Mapping[str, dict[str
     overrides.append(f'--config.{MODEL_FIELDS[field]}={_fmt(value)}')
     clean[field] = value
 
-  image_size = None
   if dataset is not None:
-    w, h = dataset['image_size']
-    if w != h:
-      r.errors['dataset'] = f'{dataset_id} is {w}x{h}: training needs a square dataset (width = height)'
-    image_size = w
-    overrides += [f'--config.data.source={dataset["output"]}', f'--config.data.image_size={w}',
+    w, h = dataset['image_size']   # any W x H, as DIGITS: the networks size fc6 from the input
+    overrides += [f'--config.data.source={dataset["output"]}', f'--config.data.image_size={w},{h}',
                   f'--config.data.channels={dataset["channels"]}',
                   f'--config.data.resize_mode={dataset["resize_mode"]}']
   epochs = r.integer('train_epochs', 30, 1, 100000)
@@ -486,10 +482,10 @@ def parse_model_form(form: Mapping[str, Any], *, datasets: Mapping[str, dict[str
       else:
         add(field, r.number(field, None))
   crop = r.integer('crop_size', None, 1, MAX_SIZE)
-  if crop is None and image_size is not None:
-    crop = image_size             # DIGITS: blank = no cropping
   if crop is not None:
     add('crop_size', crop)
+  else:   # DIGITS: blank = no cropping, the whole W x H image is the input (the form keeps the blank)
+    overrides.append(f'--config.{MODEL_FIELDS["crop_size"]}=0')
   add('use_mean', r.choice('use_mean', MEAN_MODES, 'image'))
   method = r.choice('method', ('standard', 'previous'), 'standard')
   add('standard_networks', r.choice('standard_networks', NETWORKS, 'alexnet'))

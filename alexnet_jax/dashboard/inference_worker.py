@@ -54,7 +54,6 @@ import optax
 from alexnet_jax import bundle, configs, data, devices, exporting, fileio, inference, metrics, models
 from alexnet_jax import visualization
 from alexnet_jax.dashboard.worker_process import one_line, serve
-from alexnet_jax.data import transforms
 from alexnet_jax.parallel import census as census_lib, compare, layouts, step as step_lib
 from alexnet_jax.run import checkpoints, listing, status
 from alexnet_jax.run import workdir as workdir_lib
@@ -192,12 +191,9 @@ def probabilities_of(model, crops) -> Any:
 
 
 def network_view(model, crops):
-  """The centre crop as the network sees it, before the mean is subtracted: uint8 [crop, crop, C]."""
+  """The centre crop as the network sees it, before the mean is subtracted: uint8 [h, w, C]."""
   centre = crops[4] if crops.ndim == 4 else crops   # ten crops: TL, TR, BL, BR, centre, mirrors
-  c = model.contract
-  y, x = transforms.center_offsets(c.image_size, c.image_size, c.crop_size)
-  mean = np.asarray(c.mean, np.float32)[y:y + c.crop_size, x:x + c.crop_size]
-  return np.uint8(np.clip(np.rint(centre + mean), 0, 255))
+  return np.uint8(np.clip(np.rint(centre + model.contract.centre_mean()), 0, 255))
 
 
 def _input_png_path(request: dict) -> Optional[str]:
@@ -296,14 +292,20 @@ def export(request: dict) -> dict[str, Any]:
 # ---- Layout and communication ---------------------------------------------------------------------------
 
 def network_shape(request: dict) -> dict[str, Any]:
-  """What the census depends on: the model config, the classes, the crop size and channels."""
+  """What the census depends on: the model config, the classes, the input's size and channels.
+
+  'input_size' is the network input's [W, H] (a rectangle when the crop is DIGITS' "none"); a request may
+  give it, or only 'crop_size' for a square.
+  """
   if request.get('workdir'):
     try:
       files = bundle.read_model_files(_workdir(request))
     except (FileNotFoundError, ValueError) as e:
       raise UserError(one_line(e)) from None
+    h, w = files.contract.input_hw
     return {'model': files.config.model.to_dict(), 'num_classes': len(files.classes),
-            'crop_size': files.contract.crop_size, 'channels': files.contract.channels}
+            'crop_size': files.contract.crop_size, 'input_size': [w, h],
+            'channels': files.contract.channels}
   net = request.get('network')
   if not isinstance(net, dict):
     raise UserError('give a workdir or a network')
@@ -312,8 +314,10 @@ def network_shape(request: dict) -> dict[str, Any]:
     model.update(dict(net.get('model') or {}))
     if models.is_custom_name(model.name):   # never import code named by a request
       raise ValueError(f'model.name={model.name!r}: choose one of {", ".join(models.REGISTRY)}')
+    crop = int(net.get('crop_size') or 224)
+    w, h = data.parse_image_size(net.get('input_size') or crop)
     return {'model': model.to_dict(), 'num_classes': int(net.get('num_classes') or 1000),
-            'crop_size': int(net.get('crop_size') or 224), 'channels': int(net.get('channels') or 3)}
+            'crop_size': crop, 'input_size': [w, h], 'channels': int(net.get('channels') or 3)}
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     raise UserError(f'network: {one_line(e)}') from None
 
@@ -388,7 +392,8 @@ def census(request: dict) -> dict[str, Any]:
     network = models.build(ml_collections.ConfigDict(shape['model']), shape['num_classes'])
   except (ValueError, TypeError) as e:
     raise UserError(one_line(e)) from None
-  image_shape = (shape['crop_size'], shape['crop_size'], shape['channels'])
+  w, h = shape.get('input_size') or (shape['crop_size'], shape['crop_size'])
+  image_shape = (h, w, shape['channels'])
   report = {'network': shape, 'batch': CENSUS_BATCH, 'devices': key['devices'],
             'platform': key['platform'], 'towers': network.num_towers,
             'layouts': [census_of_layout(network, name, image_shape) for name in names]}

@@ -135,7 +135,8 @@ class Predictor:
   def census(self, *, workdir: Optional[str] = None, network: Optional[dict[str, Any]] = None,
              layouts: Optional[Sequence[str]] = None, timeout: Optional[float] = None) -> dict:
     """What each layout communicates for the run's network (or ``network``: ``{"model": {...},
-    "num_classes", "crop_size", "channels"}``), computed once per network shape.
+    "num_classes", "crop_size", "channels"}``, and optionally ``"input_size": [W, H]`` for a rectangular
+    input, DIGITS' crop "none"), computed once per network shape.
 
     Returns ``{"network", "batch", "devices", "towers", "cached", "seconds", "layouts": [{"name",
     "available", "moves", "reason" (when not available) | "mesh", "devices", "param_count",

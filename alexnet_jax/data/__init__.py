@@ -6,6 +6,7 @@ Modules, one job each:
     splits.py      DIGITS' per-class train/val/test split, seeded; min/max per class
     decode.py      bytes -> Pillow image: DIGITS' mode rules, EXIF orientation, draft (reduced) JPEG decoding
     resize.py      DIGITS' resize_image: squash | crop | fill | half_crop, exact arithmetic
+    sizes.py       W x H image sizes and the crop (a square, or 0: none), parsed once
     transforms.py  random/center/10 crops, mirror, PCA lighting, mean image/pixel/none (Caffe's order)
     device_augment.py  the same on the accelerator, in the jitted steps (augment_on='device'; imports jax,
                    so it is not imported here)
@@ -45,11 +46,14 @@ from alexnet_jax.data.pipeline import train_iterator
 from alexnet_jax.data.pipeline import wrap_note
 from alexnet_jax.data.resize import RESIZE_MODES
 from alexnet_jax.data.resize import resize_image
+from alexnet_jax.data.sizes import input_hw
+from alexnet_jax.data.sizes import parse_image_size
 from alexnet_jax.data.sources import display_name
 from alexnet_jax.data.transforms import MEAN_MODES
 
 __all__ = [
-    'DataError', 'Dataset', 'DecodeError', 'DevicePrefetch', 'IMAGE_EXTENSIONS', 'MEAN_MODES', 'PreprocessContract',
-    'RESIZE_MODES', 'display_name', 'eval_iterator', 'load_contract', 'load_dataset', 'preprocess_for_eval',
-    'resize_image', 'steps_per_epoch', 'train_dataset', 'train_iterator', 'wrap_note',
+    'DataError', 'Dataset', 'DecodeError', 'DevicePrefetch', 'IMAGE_EXTENSIONS', 'MEAN_MODES',
+    'PreprocessContract', 'RESIZE_MODES', 'display_name', 'eval_iterator', 'input_hw', 'load_contract',
+    'load_dataset', 'parse_image_size', 'preprocess_for_eval', 'resize_image', 'steps_per_epoch',
+    'train_dataset', 'train_iterator', 'wrap_note',
 ]

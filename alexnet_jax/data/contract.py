@@ -25,6 +25,7 @@ from alexnet_jax import fileio
 from alexnet_jax.data import errors
 from alexnet_jax.data import loading
 from alexnet_jax.data import resize as resize_lib
+from alexnet_jax.data import sizes
 from alexnet_jax.data import transforms
 
 CONTRACT_FILE = 'preprocess.json'
@@ -39,15 +40,17 @@ class PreprocessContract:
   """What a network expects of its input (see the module docstring).
 
   Attributes:
-    image_size: the square size images are resized to (DIGITS' image size), before cropping.
-    crop_size: the network's input size.
+    image_size: (width, height) images are resized to (DIGITS' "Image size (Width x Height)"), before
+      cropping; one number is accepted for a square and stored as (n, n) (`sizes.parse_image_size`).
+    crop_size: the side of the square crop that is the network's input, or 0 (`sizes.NO_CROP`, DIGITS'
+      blank crop size): the whole resized image is the input.
     resize_mode: squash | crop | fill | half_crop.
     channels: 1 or 3.
     mean_mode: image | pixel | none.
-    mean_image: float32 [image_size, image_size, channels], the training split's mean image.
+    mean_image: float32 [height, width, channels], the training split's mean image.
     draft: whether draft (reduced-size) JPEG decoding is allowed.
   """
-  image_size: int
+  image_size: tuple[int, int]
   crop_size: int
   resize_mode: str
   channels: int
@@ -62,17 +65,51 @@ class PreprocessContract:
       raise errors.DataError(f'channels={self.channels}: expected 1 or 3')
     if self.mean_mode not in transforms.MEAN_MODES:
       raise errors.DataError(f'mean={self.mean_mode!r}: expected one of {transforms.MEAN_MODES}')
-    if not 0 < self.crop_size <= self.image_size:
-      raise errors.DataError(f'crop_size={self.crop_size} must be in 1..image_size={self.image_size}')
+    try:
+      self.image_size = sizes.parse_image_size(self.image_size)
+    except ValueError as e:
+      raise errors.DataError(f'image_size: {e}') from None
+    self.crop_size = int(self.crop_size)
+    if self.crop_size != sizes.NO_CROP and not 0 < self.crop_size <= min(self.image_size):
+      raise errors.DataError(f'crop_size={self.crop_size} must be 0 (none) or in 1..{min(self.image_size)}, '
+                             f'the shorter side of the {sizes.describe(*self.image_size)} images')
     self.mean_image = np.asarray(self.mean_image, np.float32)
-    want = (self.image_size, self.image_size, self.channels)
+    want = (self.height, self.width, self.channels)
     if self.mean_image.shape != want:
       raise errors.DataError(f'mean image of shape {self.mean_image.shape}, expected {want}')
     self.mean = transforms.mean_for_mode(self.mean_image, self.mean_mode)
     self.subtract = transforms.MeanSubtractor(self.mean)
 
+  @property
+  def width(self) -> int:
+    return self.image_size[0]
+
+  @property
+  def height(self) -> int:
+    return self.image_size[1]
+
+  @property
+  def input_hw(self) -> tuple[int, int]:
+    """The network input's (height, width): the crop, or the whole image when crop_size is 0."""
+    return sizes.input_hw(self.width, self.height, self.crop_size)
+
+  @property
+  def input_shape(self) -> tuple[int, int, int]:
+    """The network input's [height, width, channels]."""
+    return (*self.input_hw, self.channels)
+
+  def centre_mean(self) -> np.ndarray:
+    """The subtracted mean at the centre crop's position, float32 [h, w, C]: what adds a centre crop
+    back to the pixels the network saw."""
+    (h, w), (ch, cw) = (self.height, self.width), self.input_hw
+    y, x = transforms.center_offsets(h, w, (ch, cw))
+    return np.asarray(self.mean, np.float32)[y:y + ch, x:x + cw]
+
   def to_json(self) -> dict[str, Any]:
-    return {'version': VERSION, 'image_size': self.image_size, 'crop_size': self.crop_size,
+    # image_size is [W, H] (DIGITS' order); input_size the network input's [W, H] after the crop.
+    h, w = self.input_hw
+    return {'version': VERSION, 'image_size': list(self.image_size), 'crop_size': self.crop_size,
+            'input_size': [w, h],
             'resize_mode': self.resize_mode, 'channels': self.channels, 'mean': self.mean_mode,
             'mean_file': MEAN_FILE, 'draft': self.draft, 'scale': '0..255, mean subtracted',
             'layout': 'HWC, RGB'}
@@ -97,7 +134,8 @@ class PreprocessContract:
       mean = np.load(os.path.join(directory, d.get('mean_file', MEAN_FILE)))
     except (OSError, ValueError, KeyError) as e:
       raise errors.DataError(f'cannot read the preprocessing contract in {directory!r}: {e}') from None
-    return cls(int(d['image_size']), int(d['crop_size']), d['resize_mode'], int(d['channels']), d['mean'],
+    # image_size: [W, H]; one number in contracts written before rectangular images.
+    return cls(d['image_size'], int(d['crop_size']), d['resize_mode'], int(d['channels']), d['mean'],
                mean, bool(d.get('draft', True)))
 
 
@@ -115,7 +153,7 @@ def preprocess_for_eval(image, contract: PreprocessContract | str | os.PathLike,
     ten_crop: False: the centre crop; True: the paper's 10 crops (TL, TR, BL, BR, centre, then mirrored).
 
   Returns:
-    float32 [crop, crop, C], or [10, crop, crop, C]; 0..255 scale minus the mean.
+    float32 [h, w, C], or [10, h, w, C] with (h, w) = `contract.input_hw`; 0..255 scale minus the mean.
 
   Raises:
     DecodeError: the image cannot be decoded.
@@ -123,11 +161,11 @@ def preprocess_for_eval(image, contract: PreprocessContract | str | os.PathLike,
   if not isinstance(contract, PreprocessContract):
     contract = PreprocessContract.load(os.fspath(contract))
   return transforms.crops_from_resized(resize_for_eval(image, contract), contract.subtract,
-                                       contract.crop_size, ten_crop)
+                                       contract.input_hw, ten_crop)
 
 
 def resize_for_eval(image, contract: PreprocessContract) -> np.ndarray:
-  """The first half of `preprocess_for_eval`: decoded and resized, uint8 [image_size, image_size, C].
+  """The first half of `preprocess_for_eval`: decoded and resized, uint8 [height, width, C].
 
   The evaluation pipeline hands these to the device when `config.data.augment_on='device'`, and the
   eval step cuts the crops there (`device_augment.EvalCrops`: the same arithmetic as `crops_from_resized`).

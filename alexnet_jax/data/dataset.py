@@ -34,6 +34,7 @@ from alexnet_jax import fileio
 from alexnet_jax.data import contract as contract_lib
 from alexnet_jax.data import errors
 from alexnet_jax.data import resize as resize_lib
+from alexnet_jax.data import sizes
 from alexnet_jax.data import sources
 from alexnet_jax.data import splits as splits_lib
 from alexnet_jax.data import statistics
@@ -78,11 +79,12 @@ class Dataset:
 
   @property
   def mean_image(self) -> np.ndarray:
-    """float32 [image_size, image_size, channels]: the training split's mean image (0..255)."""
+    """float32 [height, width, channels]: the training split's mean image (0..255)."""
     return self.contract.mean_image
 
   @property
-  def image_size(self) -> int:
+  def image_size(self) -> tuple[int, int]:
+    """(width, height) of the resized images."""
     return self.contract.image_size
 
   @property
@@ -113,7 +115,8 @@ class Dataset:
 
   def __repr__(self):
     return (f'Dataset({self.description!r}, {self.num_classes} classes, {self.split_sizes}, '
-            f'{self.image_size}px {self.contract.resize_mode}, mean={self.contract.mean_mode})')
+            f'{sizes.describe(*self.image_size)}px {self.contract.resize_mode}, '
+            f'mean={self.contract.mean_mode})')
 
 
 def _get(cfg, name: str, default: Any) -> Any:
@@ -135,9 +138,20 @@ def _check_config(cfg) -> None:
     raise errors.DataError(f'config.data.mean={cfg.mean!r}: expected one of {transforms.MEAN_MODES}')
   if _get(cfg, 'pca_eigen', 'imagenet') not in PCA_EIGEN:
     raise errors.DataError(f'config.data.pca_eigen={cfg.pca_eigen!r}: expected one of {PCA_EIGEN}')
-  size, crop = int(_get(cfg, 'image_size', 256)), int(_get(cfg, 'crop_size', 224))
-  if size <= 0 or not 0 < crop <= size:
-    raise errors.DataError(f'config.data.crop_size={crop} must be in 1..config.data.image_size={size}')
+  w, h = _image_size(cfg)
+  crop = int(_get(cfg, 'crop_size', 224))
+  if crop != sizes.NO_CROP and not 0 < crop <= min(w, h):
+    raise errors.DataError(f'config.data.crop_size={crop} must be 0 (none: the whole image) or in '
+                           f'1..{min(w, h)}, the shorter side of config.data.image_size={w},{h}')
+
+
+def _image_size(cfg) -> tuple[int, int]:
+  """`config.data.image_size` as (width, height)."""
+  value = _get(cfg, 'image_size', 256)
+  try:
+    return sizes.parse_image_size(value)
+  except ValueError as e:
+    raise errors.DataError(f'config.data.image_size={value!r}: {e}') from None
 
 
 def _fingerprint(train: splits_lib.SplitData, *parts: Any) -> str:
@@ -182,7 +196,7 @@ def load_dataset(data_config, *, seed: int, metadata_dir: str | None = None) -> 
   """
   cfg = data_config
   _check_config(cfg)
-  image_size = int(_get(cfg, 'image_size', 256))
+  width, height = _image_size(cfg)
   channels = int(_get(cfg, 'channels', 3))
   resize_mode = _get(cfg, 'resize_mode', 'squash')
   mean_mode = _get(cfg, 'mean', 'image')
@@ -201,12 +215,13 @@ def load_dataset(data_config, *, seed: int, metadata_dir: str | None = None) -> 
     st = prepared.stats
     size = st.get('image_size')
     p_size = size if isinstance(size, list) else [size, size]
-    if p_size != [image_size, image_size] or st.get('channels') != channels or st.get(
+    if p_size != [width, height] or st.get('channels') != channels or st.get(
         'resize_mode') != resize_mode:
       raise errors.DataError(
-          f'config.data.source={prepared.root!r} was prepared at image_size={size}, channels='
-          f'{st.get("channels")}, resize_mode={st.get("resize_mode")!r}, but config.data asks for '
-          f'image_size={image_size}, channels={channels}, resize_mode={resize_mode!r}; set them to match')
+          f'config.data.source={prepared.root!r} was prepared at image_size={",".join(map(str, p_size))} '
+          f'(W,H), channels={st.get("channels")}, resize_mode={st.get("resize_mode")!r}, but config.data '
+          f'asks for image_size={width},{height}, channels={channels}, resize_mode={resize_mode!r}; set '
+          'them to match')
     for flag in ('val_source', 'test_source'):
       if _get(cfg, flag, ''):
         raise errors.DataError(f'config.data.{flag} cannot be combined with a prepared dataset '
@@ -241,9 +256,11 @@ def load_dataset(data_config, *, seed: int, metadata_dir: str | None = None) -> 
 
   train = split_map['train']
   max_images = int(_get(cfg, 'mean_max_images', 10000))
+  # A square keeps its one-number fingerprint, so means cached before rectangles stay valid.
+  image_size = width if width == height else (width, height)
   fingerprint = _fingerprint(train, image_size, resize_mode, channels, max_images, seed, draft)
   need_pass = prepared_mean is None and (mean_mode != 'none' or (pca_eigen == 'train' and channels == 3))
-  mean = np.zeros((image_size, image_size, channels), np.float32)
+  mean = np.zeros((height, width, channels), np.float32)
   eigval, eigvec = transforms.IMAGENET_EIGVAL, transforms.IMAGENET_EIGVEC
   if prepared_mean is not None:
     mean = prepared_mean
@@ -260,7 +277,7 @@ def load_dataset(data_config, *, seed: int, metadata_dir: str | None = None) -> 
       n = len(train) if not max_images else min(len(train), max_images)
       log.info('mean image: decoding %d training images (%s)', n, description)
       acc, bad = statistics.compute_moments(
-          train, image_size=image_size, resize_mode=resize_mode, channels=channels, seed=seed,
+          train, image_size=(width, height), resize_mode=resize_mode, channels=channels, seed=seed,
           max_images=max_images, num_threads=int(_get(cfg, 'num_threads', 2)), draft=draft)
       skipped.extend(bad)
       if not acc.count:
@@ -275,7 +292,7 @@ def load_dataset(data_config, *, seed: int, metadata_dir: str | None = None) -> 
     eigval, eigvec = np.zeros(channels, np.float32), np.eye(channels, dtype=np.float32)
 
   contract = contract_lib.PreprocessContract(
-      image_size=image_size, crop_size=int(_get(cfg, 'crop_size', 224)), resize_mode=resize_mode,
+      image_size=(width, height), crop_size=int(_get(cfg, 'crop_size', 224)), resize_mode=resize_mode,
       channels=channels, mean_mode=mean_mode, mean_image=mean, draft=draft)
   ds = Dataset(classes, split_map, contract, eigval, eigvec, description, skipped, fingerprint)
   log.info('%r', ds)

@@ -6,9 +6,10 @@ then do what ``transforms.py`` does on the host, with the same arithmetic:
 
 * **Training** (`TrainAugment`), per example: the key is a ``fold_in`` chain of (a key derived from the
   run seed, epoch, record, attempt), so an example's augmentation depends on neither the batch size, the
-  layout, the number of hosts nor a resume. From it: the crop offsets y, x uniform in [0, S - crop]
-  (Caffe's ``Rand(H - crop + 1)``; the centre crop when ``random_crop`` is off), a mirror coin with
-  p = 1/2, and the PCA lighting coefficients alpha ~ N(0, pca_std) [3]. The example becomes
+  layout, the number of hosts nor a resume. From it: the crop offsets y in [0, H - crop], x in
+  [0, W - crop] (Caffe's ``Rand(H - crop + 1)``, ``Rand(W - crop + 1)``; the centre crop when
+  ``random_crop`` is off; (0, 0) for DIGITS' crop "none", where the crop is the whole H x W image), a
+  mirror coin with p = 1/2, and the PCA lighting coefficients alpha ~ N(0, pca_std) [3]. The example becomes
   ``float32(crop) - mean[y:y+c, x:x+c]`` (Caffe's order: the mean at the crop's source position), mirrored
   if the coin says so, plus ``255 * eigvec @ (alpha * eigval)`` on every pixel (the paper's section 4.1,
   RGB only). The per-example function is ``vmap``-ed over the batch with ``lax.dynamic_slice`` crops, and
@@ -36,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alexnet_jax.data import sizes
 from alexnet_jax.data import transforms
 
 KEY_FIELDS = ('epoch', 'record', 'attempt')   # the int32 batch fields that key an example's draws
@@ -76,20 +78,21 @@ class TrainAugment:
   """The training augmentation of one run (see the module docstring).
 
   Attributes:
-    image_size, crop_size, channels: the stored size S, the crop c and C.
+    height, width, channels: the stored image's H, W and C (the mean image's shape).
+    crop_hw: the crop's (height, width): a square, or (H, W) for DIGITS' crop "none".
     flags: which augmentations run (``transforms.AugmentFlags``, shared with the host path).
     seed: the run seed (mod 2**63, as the host path); the draws' base key is folded from it.
     constants: {'mean', 'eigval', 'eigvec'} as float32 numpy arrays, for the step to put on the device.
   """
 
-  def __init__(self, *, mean: np.ndarray, eigval: np.ndarray, eigvec: np.ndarray, crop_size: int,
+  def __init__(self, *, mean: np.ndarray, eigval: np.ndarray, eigvec: np.ndarray, crop,
                flags: transforms.AugmentFlags, seed: int):
     mean = np.asarray(mean, np.float32)
-    self.image_size, width, self.channels = mean.shape
-    if width != self.image_size or not 0 < crop_size <= self.image_size:
-      raise ValueError(f'mean image of shape {mean.shape} and crop {crop_size}: expected a square '
-                       'image at least as large as the crop')
-    self.crop_size = int(crop_size)
+    self.height, self.width, self.channels = mean.shape
+    self.crop_hw = sizes.crop_hw(crop)
+    if not (0 < self.crop_hw[0] <= self.height and 0 < self.crop_hw[1] <= self.width):
+      raise ValueError(f'mean image of shape {mean.shape} and crop {crop}: expected an image at least '
+                       'as large as the crop')
     self.flags = flags
     self.seed = int(seed) % (1 << 63)
     self.constants = {'mean': mean, 'eigval': np.asarray(eigval, np.float32),
@@ -100,7 +103,7 @@ class TrainAugment:
     """The augmentation ``config.data`` asks for, with the dataset's mean and PCA basis."""
     c = dataset.contract
     return cls(mean=c.mean, eigval=dataset.pca_eigval, eigvec=dataset.pca_eigvec,
-               crop_size=c.crop_size, flags=transforms.AugmentFlags.from_config(data_config, c.channels),
+               crop=c.input_hw, flags=transforms.AugmentFlags.from_config(data_config, c.channels),
                seed=seed)
 
   def base_key(self) -> jax.Array:
@@ -111,21 +114,20 @@ class TrainAugment:
   def draw(self, key: jax.Array) -> Draws:
     """One example's draws (each from its own sub-key, so that switching one off leaves the others)."""
     k_crop, k_mirror, k_light = jax.random.split(key, 3)
-    span = self.image_size - self.crop_size
     if self.flags.random_crop:
+      # Both offsets in one draw (each uniform on its own axis's span): a square image draws as before.
+      span = jnp.array([self.height - self.crop_hw[0], self.width - self.crop_hw[1]], jnp.int32)
       y, x = jax.random.randint(k_crop, (2,), 0, span + 1)
     else:
-      y, x = (jnp.int32(v) for v in transforms.center_offsets(self.image_size, self.image_size,
-                                                                self.crop_size))
+      y, x = (jnp.int32(v) for v in transforms.center_offsets(self.height, self.width, self.crop_hw))
     mirror = jax.random.bernoulli(k_mirror) if self.flags.flip else jnp.bool_(False)
     alpha = (self.flags.pca_std * jax.random.normal(k_light, (3,)) if self.flags.lighting else None)
     return Draws(y, x, mirror, alpha)
 
   def apply(self, constants: dict, image: jax.Array, draws: Draws) -> jax.Array:
-    """One uint8 [S, S, C] image and its draws -> float32 [c, c, C] (Caffe's order: mean, mirror, shift)."""
-    c = self.crop_size
+    """One uint8 [H, W, C] image and its draws -> float32 [ch, cw, C] (Caffe's order: mean, mirror, shift)."""
     centred = image.astype(jnp.float32) - constants['mean']
-    out = jax.lax.dynamic_slice(centred, (draws.y, draws.x, 0), (c, c, self.channels))
+    out = jax.lax.dynamic_slice(centred, (draws.y, draws.x, 0), (*self.crop_hw, self.channels))
     if self.flags.flip:
       out = jnp.where(draws.mirror, out[:, ::-1], out)
     if draws.alpha is not None:
@@ -133,7 +135,7 @@ class TrainAugment:
     return out
 
   def __call__(self, constants: dict, batch: dict) -> jax.Array:
-    """A stored batch ('image' uint8 [B, S, S, C] and the `KEY_FIELDS`) -> float32 [B, c, c, C]."""
+    """A stored batch ('image' uint8 [B, H, W, C] and the `KEY_FIELDS`) -> float32 [B, ch, cw, C]."""
     base = self.base_key()
 
     def one(image, epoch, record, attempt):
@@ -143,23 +145,23 @@ class TrainAugment:
 
 
 class EvalCrops:
-  """The evaluation crops of uint8 [B, S, S, C] images, on the device (see the module docstring)."""
+  """The evaluation crops of uint8 [B, H, W, C] images, on the device (see the module docstring)."""
 
-  def __init__(self, mean: np.ndarray, crop_size: int):
+  def __init__(self, mean: np.ndarray, crop):
     self.constants = {'mean': np.asarray(mean, np.float32)}
-    self.image_size = self.constants['mean'].shape[0]
-    self.crop_size = int(crop_size)
+    self.height, self.width = self.constants['mean'].shape[:2]
+    self.crop_hw = sizes.crop_hw(crop)
 
   @classmethod
   def from_contract(cls, contract) -> 'EvalCrops':
-    return cls(contract.mean, contract.crop_size)
+    return cls(contract.mean, contract.input_hw)
 
   def __call__(self, constants: dict, images: jax.Array, ten_crop: bool) -> jax.Array:
-    """float32 [B, c, c, C] (the centre crop), or [B, 10, c, c, C] with ``ten_crop``."""
-    s, c = self.image_size, self.crop_size
+    """float32 [B, ch, cw, C] (the centre crop), or [B, 10, ch, cw, C] with ``ten_crop``."""
+    (h, w), (ch, cw) = (self.height, self.width), self.crop_hw
     centred = images.astype(jnp.float32) - constants['mean']
     if not ten_crop:
-      y, x = transforms.center_offsets(s, s, c)
-      return centred[:, y:y + c, x:x + c]
-    crops = [centred[:, y:y + c, x:x + c] for y, x in transforms.ten_crop_offsets(s, s, c)]
+      y, x = transforms.center_offsets(h, w, self.crop_hw)
+      return centred[:, y:y + ch, x:x + cw]
+    crops = [centred[:, y:y + ch, x:x + cw] for y, x in transforms.ten_crop_offsets(h, w, self.crop_hw)]
     return jnp.stack(crops + [crop[:, :, ::-1] for crop in crops], axis=1)

@@ -11,6 +11,7 @@ import numpy as np
 
 from alexnet_jax.data import decode as decode_lib
 from alexnet_jax.data import resize as resize_lib
+from alexnet_jax.data import sizes
 
 _NOISE_TAG = 0xF111
 
@@ -24,7 +25,7 @@ def record_noise_rng(seed: int, index: int, stream: int = 0) -> np.random.Genera
   return np.random.default_rng([seed % (1 << 63), _NOISE_TAG, stream, index])
 
 
-def load_resized(content, *, image_size: int, resize_mode: str, channels: int,
+def load_resized(content, *, image_size: int | tuple[int, int], resize_mode: str, channels: int,
                  window: tuple[int, int, int, int] | None = None,
                  noise_rng: np.random.Generator | None = None, exact: bool = True,
                  draft: bool = True) -> np.ndarray:
@@ -33,7 +34,7 @@ def load_resized(content, *, image_size: int, resize_mode: str, channels: int,
   Args:
     content: a path, encoded bytes, a uint8 array or a Pillow image. An array that already has the target
       size and channels (a prepared record) is only sliced.
-    image_size: the square size DIGITS resizes to.
+    image_size: (width, height) DIGITS resizes to, or one number for a square.
     resize_mode: squash | crop | fill | half_crop.
     channels: 1 or 3.
     window: the part of the resized image wanted; None for all of it.
@@ -44,19 +45,20 @@ def load_resized(content, *, image_size: int, resize_mode: str, channels: int,
   Raises:
     DecodeError: the content cannot be decoded.
   """
+  width, height = sizes.parse_image_size(image_size)
   if (isinstance(content, np.ndarray) and content.ndim == 3 and content.dtype == np.uint8
-      and content.shape == (image_size, image_size, channels)):
+      and content.shape == (height, width, channels)):
     if window is None:
       return content
     x, y, w, h = window
     return content[y:y + h, x:x + w]
 
   def needed(w: int, h: int) -> tuple[int, int]:
-    p = resize_lib.plan_resize(w, h, image_size, image_size, resize_mode)
+    p = resize_lib.plan_resize(w, h, width, height, resize_mode)
     return p.x.resized, p.y.resized
 
   dec = decode_lib.decode(content, channels, needed=needed, draft=draft)
-  plan = resize_lib.plan_resize(dec.size[0], dec.size[1], image_size, image_size, resize_mode)
+  plan = resize_lib.plan_resize(dec.size[0], dec.size[1], width, height, resize_mode)
   noise = resize_lib.make_noise(plan, channels, noise_rng) if plan.noise_axis is not None else None
   return resize_lib.render(dec.image, plan, channels=channels, noise=noise, window=window, scale=dec.scale,
                            exact=exact)

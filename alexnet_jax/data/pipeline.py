@@ -10,7 +10,7 @@ Training (`train_iterator`) is one `grain.MapDataset` over *every example of the
 `config.data.augment_on` says where the crop, mirror, PCA lighting and mean subtraction happen:
 
 * ``'device'`` (the default): the host only decodes and resizes. A batch is the stored image, uint8
-  [B_local, image_size, image_size, C] (fill-mode padding noise included: it is part of the resize), with
+  [B_local, height, width, C] (fill-mode padding noise included: it is part of the resize), with
   the int32 fields ``epoch``, ``record`` and ``attempt`` that key the example's augmentation, which the
   jitted train step draws and applies on the device (`device_augment.py`). 3x fewer bytes go to the device
   than a float32 crop (196 KB against 602 KB for 256 -> 224), and the host's float work is gone.
@@ -43,7 +43,7 @@ a clear error only if 10 records in a row fail (the dataset is unreadable).
 Evaluation (`eval_iterator`) covers every example of a split exactly once, in order, padded to whole
 batches (`mask` False on padding and on records that failed to decode), with `contract.preprocess_for_eval`
 -- the function classification uses too -- or, on the device path, with its first half
-(`contract.resize_for_eval`, uint8 [B, image_size, image_size, C]) and the crops cut in the eval step.
+(`contract.resize_for_eval`, uint8 [B, height, width, C]) and the crops cut in the eval step.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class TrainExample:
     self.n = len(split)
     c = dataset.contract
     self.size, self.crop, self.mode, self.channels, self.draft = (
-        c.image_size, c.crop_size, c.resize_mode, c.channels, c.draft)
+        c.image_size, c.input_hw, c.resize_mode, c.channels, c.draft)   # (W, H) and the crop's (h, w)
     self.seed = _u63(seed)
     self.global_batch = global_batch_size
     self.local_batch = _local_batch(global_batch_size, shard_index, shard_count)
@@ -200,14 +200,15 @@ class TrainExample:
   def _example(self, record: int, epoch: int, attempt: int) -> dict:
     """The host path: the crop window (only its source box is resized) and its draws."""
     rng = np.random.default_rng([self.seed, _AUG_TAG, epoch, record, attempt])
+    (width, height), (ch, cw) = self.size, self.crop
     if self.random_crop:
-      y, x = transforms.random_offsets(rng, self.size, self.size, self.crop)
+      y, x = transforms.random_offsets(rng, height, width, self.crop)
     else:
-      y, x = transforms.center_offsets(self.size, self.size, self.crop)
+      y, x = transforms.center_offsets(height, width, self.crop)
     mirror = self.flip and rng.random() < 0.5
     window = loading.load_resized(
         self.store.read(self.keys[record]), image_size=self.size, resize_mode=self.mode,
-        channels=self.channels, window=(x, y, self.crop, self.crop),
+        channels=self.channels, window=(x, y, cw, ch),
         noise_rng=self._noise_rng(record), exact=False, draft=self.draft)
     shift = (transforms.pca_lighting_shift(rng, self.pca_std, self.eigval, self.eigvec) if self.pca
              else None)
@@ -272,9 +273,9 @@ class EvalExample:
     self.shard_index = shard_index
     c = self.contract
     if on_device:
-      self.blank = np.zeros((c.image_size, c.image_size, c.channels), np.uint8)
+      self.blank = np.zeros((c.height, c.width, c.channels), np.uint8)
     else:
-      shape = (c.crop_size, c.crop_size, c.channels)
+      shape = c.input_shape
       self.blank = np.zeros((10,) + shape if ten_crop else shape, np.float32)
 
   def _image(self, content) -> np.ndarray:
@@ -346,7 +347,7 @@ def train_iterator(dataset, data_config, *, global_batch_size: int, seed: int, n
 
   Yields dicts of numpy arrays: 'image' float32 [B_local, crop, crop, C] (0..255 minus the mean),
   'label' int32 [B_local], 'replaced' bool [B_local]; B_local = global_batch_size // shard_count.
-  With `augment_on='device'`: 'image' uint8 [B_local, image_size, image_size, C], plus 'epoch',
+  With `augment_on='device'`: 'image' uint8 [B_local, height, width, C], plus 'epoch',
   'record' and 'attempt' int32 [B_local] (the keys of the device's draws).
   `get_state()` / `set_state()` (or grain.checkpoint with orbax) resume it exactly.
   """
@@ -361,7 +362,7 @@ def eval_iterator(dataset, data_config, split: str, *, global_batch_size: int, t
   Returns a re-iterable grain `IterDataset` of dicts: 'image' float32 [B, crop, crop, C] (or
   [B, 10, crop, crop, C] with `ten_crop`), 'label' int32 [B], 'mask' bool [B] (False on padding and on
   records that failed to decode), 'replaced' bool [B] (True on the latter). With
-  `augment_on='device'`, 'image' is uint8 [B, image_size, image_size, C] whatever `ten_crop` says: the
+  `augment_on='device'`, 'image' is uint8 [B, height, width, C] whatever `ten_crop` says: the
   eval step cuts the crops.
   """
   import grain  # pylint: disable=g-import-not-at-top

@@ -203,31 +203,14 @@ class _Work:
     try:
       content = s.store.read(key)
       rng = noise_rng(o.seed, path, self.stream)
-      if w == h:
-        image = loading.load_resized(content, image_size=w, resize_mode=o.resize_mode, channels=o.channels,
-                                     noise_rng=rng, exact=True, draft=o.draft)
-      else:
-        image = _load_rect(content, w, h, o, rng)
+      image = loading.load_resized(content, image_size=(w, h), resize_mode=o.resize_mode, channels=o.channels,
+                                   noise_rng=rng, exact=True, draft=o.draft)
       blob = records.encode_record(image, int(s.labels[int(i)]), path, o.encoding)
       if self.accumulate:
         self._accumulator(image).add(image)
       return blob, image, path
     except errors.DecodeError as e:
       return None, {'path': path, 'reason': e.reason, 'detail': e.detail}, path
-
-
-def _load_rect(content, width: int, height: int, o: PrepareOptions, rng) -> np.ndarray:
-  """`loading.load_resized` for a non-square target (the trainer needs square images; prepare does not)."""
-  from alexnet_jax.data import decode as decode_lib  # pylint: disable=g-import-not-at-top
-
-  def needed(w, h):
-    p = resize_lib.plan_resize(w, h, width, height, o.resize_mode)
-    return p.x.resized, p.y.resized
-
-  dec = decode_lib.decode(content, o.channels, needed=needed, draft=o.draft)
-  plan = resize_lib.plan_resize(dec.size[0], dec.size[1], width, height, o.resize_mode)
-  noise = resize_lib.make_noise(plan, o.channels, rng) if plan.noise_axis is not None else None
-  return resize_lib.render(dec.image, plan, channels=o.channels, noise=noise, scale=dec.scale, exact=True)
 
 
 def _write_split(tmp: str, split: splits_lib.SplitData, classes: list[str], opts: PrepareOptions,

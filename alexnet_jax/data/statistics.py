@@ -13,6 +13,8 @@ import logging
 
 import numpy as np
 
+from alexnet_jax.data import sizes
+
 _COV_STRIDE = 4
 
 
@@ -73,7 +75,7 @@ def sample_indices(n: int, max_images: int, seed: int) -> np.ndarray:
   return np.sort(np.random.default_rng([seed % (1 << 63), _MEAN_TAG]).choice(n, max_images, replace=False))
 
 
-def compute_moments(split, *, image_size: int, resize_mode: str, channels: int, seed: int,
+def compute_moments(split, *, image_size: int | tuple[int, int], resize_mode: str, channels: int, seed: int,
                     max_images: int = 0, num_threads: int = 2, draft: bool = True,
                     log_every_s: float = 10.0) -> tuple[MomentAccumulator, list[dict]]:
   """Decodes and resizes (a sample of) a split in grain threads and accumulates its moments.
@@ -102,7 +104,8 @@ def compute_moments(split, *, image_size: int, resize_mode: str, channels: int, 
     except errors.DecodeError as e:
       return {'path': store.describe(keys[i]), 'reason': e.reason, 'detail': e.detail}
 
-  acc = MomentAccumulator(image_size, image_size, channels)
+  width, height = sizes.parse_image_size(image_size)
+  acc = MomentAccumulator(height, width, channels)
   bad = []
   ds = grain.MapDataset.source(idx).map(load).to_iter_dataset(
       grain.ReadOptions(num_threads=max(1, num_threads), prefetch_buffer_size=32))

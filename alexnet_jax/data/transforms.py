@@ -25,6 +25,8 @@ import dataclasses
 
 import numpy as np
 
+from alexnet_jax.data import sizes
+
 MEAN_MODES = ('image', 'pixel', 'none')
 
 # Eigen-decomposition of ImageNet's RGB pixel covariance, pixel values in [0, 1] (fb.resnet.torch).
@@ -70,19 +72,26 @@ def mean_for_mode(mean_image: np.ndarray, mode: str) -> np.ndarray:
   return np.zeros_like(mean_image)
 
 
-def random_offsets(rng: np.random.Generator, height: int, width: int, crop: int) -> tuple[int, int]:
-  """Caffe's training crop offsets (y, x): uniform over every position where the crop fits."""
-  return int(rng.integers(0, height - crop + 1)), int(rng.integers(0, width - crop + 1))
+def random_offsets(rng: np.random.Generator, height: int, width: int, crop) -> tuple[int, int]:
+  """Caffe's training crop offsets (y, x): uniform over every position where the crop fits.
+
+  `crop` is a square's side or (height, width) (`sizes.crop_hw`); a crop as large as the image (DIGITS'
+  "none") has the single offset (0, 0).
+  """
+  ch, cw = sizes.crop_hw(crop)
+  return int(rng.integers(0, height - ch + 1)), int(rng.integers(0, width - cw + 1))
 
 
-def center_offsets(height: int, width: int, crop: int) -> tuple[int, int]:
-  """Caffe's test-time crop offsets (y, x)."""
-  return (height - crop) // 2, (width - crop) // 2
+def center_offsets(height: int, width: int, crop) -> tuple[int, int]:
+  """Caffe's test-time crop offsets (y, x); `crop` a side or (height, width)."""
+  ch, cw = sizes.crop_hw(crop)
+  return (height - ch) // 2, (width - cw) // 2
 
 
-def ten_crop_offsets(height: int, width: int, crop: int) -> list[tuple[int, int]]:
+def ten_crop_offsets(height: int, width: int, crop) -> list[tuple[int, int]]:
   """(y, x) of the five crops of Caffe's `oversample`: TL, TR, BL, BR, centre (mirrors come after)."""
-  corners = [(y, x) for y in (0, height - crop) for x in (0, width - crop)]
+  ch, cw = sizes.crop_hw(crop)
+  corners = [(y, x) for y in (0, height - ch) for x in (0, width - cw)]
   return corners + [center_offsets(height, width, crop)]
 
 
@@ -151,16 +160,21 @@ def pca_shift(alpha: np.ndarray, eigval: np.ndarray, eigvec: np.ndarray) -> np.n
                                                      * np.asarray(eigval, np.float64)))).astype(np.float32)
 
 
-def crops_from_resized(image: np.ndarray, subtract: MeanSubtractor, crop: int, ten_crop: bool) -> np.ndarray:
-  """Evaluation crops of a resized uint8 [H, W, C] image: [crop, crop, C], or [10, crop, crop, C]."""
+def crops_from_resized(image: np.ndarray, subtract: MeanSubtractor, crop, ten_crop: bool) -> np.ndarray:
+  """Evaluation crops of a resized uint8 [H, W, C] image: [ch, cw, C], or [10, ch, cw, C].
+
+  `crop` is a square's side or (height, width): the whole image for DIGITS' "none", whose 10 crops are
+  then the image five times and its mirror five times (Caffe's `oversample` of a crop the image's size).
+  """
   h, w = image.shape[:2]
-  if crop > h or crop > w:
-    raise ValueError(f'crop {crop} larger than the image {w}x{h}')
+  ch, cw = sizes.crop_hw(crop)
+  if ch > h or cw > w:
+    raise ValueError(f'crop {cw}x{ch} larger than the image {w}x{h}')
   if not ten_crop:
     y, x = center_offsets(h, w, crop)
-    return subtract(image[y:y + crop, x:x + crop], y, x)
-  out = np.empty((10, crop, crop, image.shape[2]), np.float32)
+    return subtract(image[y:y + ch, x:x + cw], y, x)
+  out = np.empty((10, ch, cw, image.shape[2]), np.float32)
   for k, (y, x) in enumerate(ten_crop_offsets(h, w, crop)):
-    subtract(image[y:y + crop, x:x + crop], y, x, out=out[k])
+    subtract(image[y:y + ch, x:x + cw], y, x, out=out[k])
     out[k + 5] = mirror_hwc(out[k])
   return out

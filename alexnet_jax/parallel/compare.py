@@ -65,22 +65,34 @@ def per_device_bytes(tree) -> int:
   return total
 
 
-def example_batch(batch: int, image_size: int, channels: int, num_classes: int, seed: int = 0):
+def _hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
+  """An input size given as one side (a square) or as (height, width) -> (height, width)."""
+  return tuple(image_size) if isinstance(image_size, (tuple, list)) else (image_size, image_size)
+
+
+def example_batch(batch: int, image_size: int | tuple[int, int], channels: int, num_classes: int,
+                  seed: int = 0):
+  """A fixed batch: images [batch, H, W, C] (``image_size``: a side, or (height, width)), labels."""
   rs = np.random.RandomState(seed)
-  images = rs.normal(0.0, 50.0, (batch, image_size, image_size, channels)).astype(np.float32)
+  images = rs.normal(0.0, 50.0, (batch, *_hw(image_size), channels)).astype(np.float32)
   labels = rs.randint(0, num_classes, batch).astype(np.int32)
   return images, labels
 
 
-def run_layout(network: TowerNetwork, name: str, *, batch: int, image_size: int, channels: int = 3,
+def run_layout(network: TowerNetwork, name: str, *, batch: int, image_size: int | tuple[int, int],
+               channels: int = 3,
                seed: int = 0, tx: optax.GradientTransformation | None = None,
                mesh_data: int = -1, keep_compiled: bool = False) -> LayoutRun:
-  """Compiles and runs ``network`` in layout ``name`` on the fixed example batch."""
+  """Compiles and runs ``network`` in layout ``name`` on the fixed example batch.
+
+  ``image_size`` is the input's side, or its (height, width): a rectangle, as DIGITS' crop "none" of a
+  W x H dataset gives (fc6's fan-in follows from it).
+  """
   layout = layouts_lib.resolve(name, network, batch_size=batch, mesh_data=mesh_data)
   mesh = layout.make_mesh()
   tx = tx or optax.sgd(0.01, momentum=0.9)
   state = step_lib.create_train_state(network, layout, mesh, tx, seed=seed,
-                                      image_shape=(image_size, image_size, channels))
+                                      image_shape=(*_hw(image_size), channels))
   images, labels = example_batch(batch, image_size, channels, network.num_classes, seed)
   sharding = layout.batch_sharding(mesh)
   loss_fn = step_lib.make_loss_fn(network, layout, mesh)

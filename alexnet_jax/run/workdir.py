@@ -54,6 +54,11 @@ def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
 def check_resume_compatible(saved: dict, current: dict) -> None:
   """Raises ValueError naming every field that differs and would change the results."""
   old, new = ({**VALUES_BEFORE_FIELDS_EXISTED, **flatten(d)} for d in (saved, current))
+  for d in (old, new):   # 256, [256, 256] and '256,256' are one size
+    try:
+      d['data.image_size'] = list(data.parse_image_size(d['data.image_size']))
+    except (KeyError, ValueError):
+      pass
   changed = sorted(k for k in set(old) | set(new)
                    if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
   if new.get('num_epochs', 0) < old.get('num_epochs', 0):
@@ -168,7 +173,10 @@ def resolve_step(ckpt: checkpoints.Checkpointer, step: str | int) -> Optional[in
 
 
 def image_shape_of(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-  return (config.data.crop_size, config.data.crop_size, config.data.channels)
+  """The network input's [height, width, channels]: the square crop, or the whole W x H image when
+  ``config.data.crop_size`` is 0 (DIGITS' crop "none")."""
+  width, height = data.parse_image_size(config.data.image_size)
+  return (*data.input_hw(width, height, config.data.crop_size), config.data.channels)
 
 
 def restore_params(workdir: str, config: ml_collections.ConfigDict, step: str | int,
