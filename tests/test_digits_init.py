@@ -79,6 +79,17 @@ def test_digits_fillers_follow_alexnet_prototxt():
     np.testing.assert_array_equal(np.asarray(params[name]['bias']), np.float32(value), err_msg=name)
 
 
+def test_a_narrow_digits_copy_keeps_the_full_networks_signal_scale():
+  """At width w every layer after conv1 has w times the fan-in, so its spread is DIGITS' / sqrt(w): the
+  pre-activations start as large as the full network's (a width-1/16 copy otherwise stays at chance)."""
+  model = _model('digits', 'digits', 'caffe')
+  model.width = 0.25
+  params = models.build(model, NUM_CLASSES).init(jax.random.key(0), (64, 64, 3))['towers']
+  want_std = {'conv1': 0.01, 'conv2': 0.02, 'conv5': 0.02, 'fc6': 0.01, 'fc7': 0.01, 'fc8': 0.02}
+  for name, std in want_std.items():
+    np.testing.assert_allclose(np.std(np.asarray(params[name]['kernel'])), std, rtol=0.1, err_msg=name)
+
+
 def test_digits_experiments_start_as_digits_and_paper_as_the_paper():
   from experiments import digits_exercise, paper, paper_single
   c = digits_exercise.get_config()
