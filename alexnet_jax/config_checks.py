@@ -460,8 +460,8 @@ def check_network(config: ml_collections.ConfigDict, num_classes: int) -> None:
   Raises:
     ValueError: a layer would be empty (or the network fails on inputs of that size); the message
       names ``--config.data.crop_size`` and the smallest size that works, e.g.
-      ``--config.data.crop_size=40: alexnet needs inputs of at least 64x64 (fc6 would have 0
-      inputs); use --config.data.crop_size>=64``. Errors that do not depend on the input size (an
+      ``--config.data.crop_size=32: alexnet needs inputs of at least 36x36 (fc6 would have 0
+      inputs); use --config.data.crop_size>=36``. Errors that do not depend on the input size (an
       unknown network, a custom module that fails at every size) propagate as they are.
   """
   crop, channels = int(config.data.crop_size), int(config.data.channels)

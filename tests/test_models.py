@@ -141,6 +141,52 @@ def test_max_pool_matches_reduce_window_values_and_gradients(shape, window, stri
   assert float(jnp.max(jnp.abs(split - want_vjp(g)[0]))) > 0.1
 
 
+def caffe_max_pool(x, window, stride):
+  """Caffe's PoolingLayer (pad 0), loop for loop: Reshape's ``ceil((n - k) / s) + 1`` in floats, then
+  Forward_cpu's strict ``>`` scan from -FLT_MAX over each window clipped to the input, recording the
+  index of the first maximum, and Backward_cpu's scatter of each output's gradient onto that index."""
+  n, h, w, c = x.shape
+  ho, wo = (int(np.ceil(np.float32(size - window) / stride)) + 1 for size in (h, w))
+  out = np.full((n, ho, wo, c), -np.finfo(np.float32).max, np.float32)
+  argmax = np.full((n, ho, wo, c, 2), -1)
+  for b, ph, pw, ch in np.ndindex(n, ho, wo, c):
+    for r in range(ph * stride, min(ph * stride + window, h)):
+      for q in range(pw * stride, min(pw * stride + window, w)):
+        if x[b, r, q, ch] > out[b, ph, pw, ch]:
+          out[b, ph, pw, ch] = x[b, r, q, ch]
+          argmax[b, ph, pw, ch] = (r, q)
+
+  def backward(g):
+    dx = np.zeros_like(x)
+    for b, ph, pw, ch in np.ndindex(n, ho, wo, c):
+      r, q = argmax[b, ph, pw, ch]
+      dx[b, r, q, ch] += g[b, ph, pw, ch]
+    return dx
+
+  return out, backward
+
+
+@pytest.mark.parametrize('hw,window,stride', [((8, 9), 3, 2), ((13, 24), 3, 2), ((2, 5), 3, 2),
+                                              ((7, 6), 2, 2)])
+def test_ceil_mode_max_pool_is_caffes_pooling(hw, window, stride):
+  """``ceil_mode=True``: Caffe's output size on odd and even maps (a last, partial window where the
+  stride does not divide), its values, and its gradient (the first maximum of each window, ties
+  included; nothing for the -inf padding)."""
+  x = np.round(np.random.RandomState(5).normal(0, 1.5, (2, *hw, 3))).astype(np.float32)  # many ties
+  want, want_backward = caffe_max_pool(x, window, stride)
+  ours, ours_vjp = jax.vjp(lambda x: layers.max_pool(x, window, stride, ceil_mode=True), jnp.asarray(x))
+  assert ours.shape == want.shape
+  assert [layers.pooled_size(n, window, stride, ceil_mode=True) for n in hw] == list(want.shape[1:3])
+  np.testing.assert_array_equal(ours, want)
+  g = np.random.RandomState(6).normal(0, 1, want.shape).astype(np.float32)
+  np.testing.assert_allclose(ours_vjp(jnp.asarray(g))[0], want_backward(g), rtol=0, atol=1e-6)
+  floor = layers.max_pool(jnp.asarray(x), window, stride)
+  if (hw[0] - window) % stride or (hw[1] - window) % stride:
+    assert floor.shape != ours.shape   # these sizes tell the two roundings apart
+  else:
+    np.testing.assert_array_equal(floor, ours)
+
+
 def test_paper_init_weights_and_biases():
   # The rules do not depend on the width; at 1/8 of it the smallest kernel (conv1's) still holds 4,356
   # weights, so the standard error of its std is 1.1e-4, a fifth of the tolerance, while a fan-in scaled
@@ -185,12 +231,17 @@ def test_convnet_padding_gives_55_on_224_and_none_on_227():
 
 # ---- Rectangular inputs (DIGITS' W x H datasets with crop "none") -------------------------------------
 
-def _pool(n):   # 3/2 max pooling, no padding
+def _floor_pool(n):   # 3/2 max pooling, no padding, rounding down (torchvision)
   return (n - 3) // 2 + 1
+
+
+def _ceil_pool(n):    # 3/2 max pooling, no padding, rounding up (cuda-convnet, Caffe)
+  return -(-(n - 3) // 2) + 1
 
 
 CONV1 = {'alexnet': lambda n: 1 + -(-(n - 11) // 4),    # cuda-convnet: the last window runs past the edge
          'alexnet_owt': lambda n: (n + 2 * 2 - 11) // 4 + 1}   # torchvision: padding 2
+POOL = {'alexnet': _ceil_pool, 'alexnet_owt': _floor_pool}
 
 
 @pytest.mark.parametrize('hw', [(200, 300), (256, 256), (67, 120)], ids=lambda hw: f'{hw[1]}x{hw[0]}')
@@ -202,7 +253,8 @@ def test_fc6_fan_in_follows_each_axis_of_the_input(name, hw):
   towers = abstract_params(network, (*hw, 3))['towers']
   conv5 = towers['conv5']['kernel'].shape   # [tower, 3, 3, in, out]
   maps = conv5[0] * conv5[-1]               # fc6 sees both towers' conv5 maps
-  rows, cols = (_pool(_pool(_pool(CONV1[name](n)))) for n in hw)
+  pool = POOL[name]
+  rows, cols = (pool(pool(pool(CONV1[name](n)))) for n in hw)
   assert rows > 0 and cols > 0
   assert towers['fc6']['kernel'].shape[1] == rows * cols * maps
   if hw[0] != hw[1]:   # a rectangle is not its transpose: the axes are not mixed up
@@ -211,6 +263,18 @@ def test_fc6_fan_in_follows_each_axis_of_the_input(name, hw):
   logits = jax.eval_shape(lambda p, x: forward.run_local_towers(network, p, x, None, train=False),
                           abstract_params(network, (*hw, 3)), jax.ShapeDtypeStruct((2, *hw, 3), jnp.float32))
   assert logits.shape == (2, 10)
+
+
+@pytest.mark.parametrize('hw', [(200, 300), (224, 224), (227, 227), (256, 256)],
+                         ids=lambda hw: f'{hw[1]}x{hw[0]}')
+def test_fc6_fan_in_is_caffes(hw):
+  """The full two-tower network's fc6 fan-in is what Caffe's AlexNet (conv1 rounding down with pad 0,
+  pools rounding up) gives on the same input: 6 x 9 x 256 at 300x200 with no crop (DIGITS' lab), where
+  rounding the pools down would give 5 x 8; and the standard 6 x 6 and 7 x 7 at 224/227 and 256."""
+  caffe_rows, caffe_cols = (_ceil_pool(_ceil_pool(_ceil_pool((n - 11) // 4 + 1))) for n in hw)
+  towers = abstract_params(models.alexnet(1000), (*hw, 3))['towers']
+  assert towers['fc6']['kernel'].shape == (2, caffe_rows * caffe_cols * 256, 2048)
+  assert {(200, 300): (6, 9), (256, 256): (7, 7)}.get(hw, (6, 6)) == (caffe_rows, caffe_cols)
 
 
 def test_lenet_and_googlenet_take_rectangles():

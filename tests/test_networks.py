@@ -15,8 +15,8 @@ import pytest
 from alexnet_jax import configs, models, trainer
 from alexnet_jax.run import metrics_writer
 from alexnet_jax.data import synthetic
-from alexnet_jax.models import custom
-from alexnet_jax.models.googlenet import ceil_max_pool, googlenet
+from alexnet_jax.models import custom, layers
+from alexnet_jax.models.googlenet import googlenet
 from alexnet_jax.parallel import layouts, step as step_lib
 from tests import tiny_experiment
 
@@ -180,7 +180,7 @@ def test_googlenet_pools_round_up_like_caffe():
   x = jnp.zeros((1, 112, 112, 1))
   sizes = []
   for _ in range(4):
-    x = ceil_max_pool(x)
+    x = layers.max_pool(x, ceil_mode=True)
     sizes.append(x.shape[1])
   assert sizes == [56, 28, 14, 7]
 

@@ -38,6 +38,15 @@ lists the neurons per layer as 253,440-186,624-64,896-64,896-43,264-4096-4096-10
 match the shapes (27*27*256, 13*13*384, 13*13*384, 13*13*256); conv1 has 55*55*96 = **290,400** neurons,
 not 253,440 -- a known erratum of the paper (tests/test_models.py checks the true figures).
 
+Other input sizes (DIGITS' W x H datasets with crop "none"): each axis is sized on its own, and fc6's
+fan-in is what the last pool leaves (H' x W' x 256), as Caffe's InnerProduct infers it. The three
+max-pools round their output size *up*, as cuda-convnet's pooling layer and Caffe's do
+(``ceil((n - 3) / 2) + 1``; ``layers.max_pool(..., ceil_mode=True)``); Flax and torchvision round down.
+The two agree at 224, 227 and 256 (55 -> 27 -> 13 -> 6; 256: 63 -> 31 -> 15 -> 7), but not everywhere:
+at 300 x 200 (W x H) with no crop, conv1 gives 74 x 49 maps, the pools 37 x 24 -> 18 x 12 -> 9 x 6, and
+fc6 sees 6 x 9 x 256 = 13,824 inputs, as in Caffe (whose conv1 gives 73 x 48, ``layers.convnet_padding``);
+rounding down would give 5 x 8.
+
 Initialization: two starts, chosen by ``weight_init`` and ``bias_init`` (with ``lrn`` for the LRN constants).
 
 * ``'paper'`` (section 5; ``experiments/paper.py``): weights ~ N(0, 0.01^2); biases 1 in conv2, conv4,
@@ -180,8 +189,10 @@ class AlexNetTower(TowerModule):
     if self.weight_init == 'he':
       x = x / PIXEL_STD  # unit-variance inputs, as He init assumes (see WEIGHT_INITS)
     x = jnp.pad(x.astype(self.dtype), [(0, 0), pad_h, pad_w, (0, 0)])
-    x = layers.max_pool(layers.local_response_norm(nn.relu(self.conv1(x)), convention=self.lrn))
-    x = layers.max_pool(layers.local_response_norm(nn.relu(self.conv2(x)), convention=self.lrn))
+    x = layers.max_pool(layers.local_response_norm(nn.relu(self.conv1(x)), convention=self.lrn),
+                         ceil_mode=True)
+    x = layers.max_pool(layers.local_response_norm(nn.relu(self.conv2(x)), convention=self.lrn),
+                         ceil_mode=True)
     return x
 
   def conv345(self, x, *, train, example_keys):
@@ -190,7 +201,7 @@ class AlexNetTower(TowerModule):
     x = nn.relu(self.conv3(x))
     x = nn.relu(self.conv4(x))
     x = nn.relu(self.conv5(x))
-    return layers.max_pool(x)
+    return layers.max_pool(x, ceil_mode=True)
 
   def fc6_block(self, x, *, train, example_keys):
     """fc6 on both towers' pooled conv5 maps -> ReLU -> dropout."""

@@ -34,8 +34,10 @@ Caffe's ``bvlc_googlenet`` (and DIGITS' ``googlenet.prototxt``, which is that ne
 * **LRN** after pool1 and after conv2 (Figure 3), with Caffe's parameters (local_size 5, alpha 1e-4,
   beta 0.75, k 1, alpha divided by the window: ``convention='caffe'``). The paper gives no constants.
   ``--config.model.lrn=none`` removes both (an ablation); any other value keeps Caffe's.
-* **Pooling** rounds the output size up, as Caffe does (112 -> 56 -> 28 -> 14 -> 7); Flax rounds down,
-  so the max-pools pad their bottom/right edge with -inf where needed. The final 7x7 average pool is a
+* **Pooling** rounds the output size up, as Caffe does (112 -> 56 -> 28 -> 14 -> 7):
+  ``layers.max_pool(..., ceil_mode=True)``, Caffe's ``ceil((n - 3) / 2) + 1``, padding the bottom/right
+  edge with -inf where needed (Flax rounds down). A map of 1 pools to nothing, as in Caffe, so the
+  smallest input is 31x31 (``config_checks``). The final 7x7 average pool is a
   global average, the same at 224x224 and defined for smaller test images; likewise the auxiliary
   average pool's window shrinks to the feature map when that is smaller than 5x5.
 * **The 5x5 branch is 5x5.** (torchvision's ``googlenet`` uses 3x3 there, a known slip kept for its
@@ -58,10 +60,7 @@ point where a single activation tensor could be handed over.
 
 from __future__ import annotations
 
-import math
-
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from alexnet_jax.models import layers
@@ -92,19 +91,6 @@ XAVIER = nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform')
 BIAS = nn.initializers.constant(0.2)   # bvlc_googlenet's bias filler for convolutions and aux fc
 
 STAGES = (Stage('forward', 'sum', feeds='loss3_classifier'),)
-
-
-def ceil_max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
-  """Max pooling with Caffe's output size ``ceil((size - window) / stride) + 1``.
-
-  The bottom/right edge is padded with -inf (Flax's max pool pads so), so a last, partial window
-  covers the remaining rows and columns as in Caffe.
-  """
-  def pad(size):
-    out = math.ceil(max(size - window, 0) / stride) + 1
-    return (0, max(0, (out - 1) * stride + window - size))
-  return nn.max_pool(x, (window, window), strides=(stride, stride),
-                     padding=(pad(x.shape[1]), pad(x.shape[2])))
 
 
 class GoogLeNetTower(TowerModule):
@@ -179,16 +165,16 @@ class GoogLeNetTower(TowerModule):
     # The auxiliary heads run in training, and at init so that their parameters exist.
     with_aux = self.aux_classifiers and (train or self.is_initializing())
     x = x.astype(self.dtype)
-    x = self._lrn(ceil_max_pool(self._relu_conv('conv1', x)))
+    x = self._lrn(layers.max_pool(self._relu_conv('conv1', x), ceil_mode=True))
     x = self._relu_conv('conv2_3x3', self._relu_conv('conv2_3x3_reduce', x))
-    x = ceil_max_pool(self._lrn(x))
+    x = layers.max_pool(self._lrn(x), ceil_mode=True)
     aux = []
     for name, *_ in INCEPTIONS:
       x = self._inception(name, x)
       if with_aux and name in AUX_AFTER:
         aux.append(self._aux(AUX_AFTER[name], x, keys, layer=len(aux) + 1))
       if name in POOL_AFTER:
-        x = ceil_max_pool(x)
+        x = layers.max_pool(x, ceil_mode=True)
     x = jnp.mean(x, axis=(1, 2))  # avg-pool 7x7/1 on the 7x7 map: a global average
     x = layers.dropout(x, self.dropout_rate, keys, layer=0)
     logits = self.dense['loss3_classifier'](x)

@@ -3,7 +3,8 @@
 - `local_response_norm`: section 3.3 of the paper, over the channels a tower holds.
 - `dropout`: section 4.2, with one random key *per example* so that a mask never depends on how the
   batch was split across devices (the layouts' equivalence rests on this).
-- `max_pool`: overlapping pooling (section 3.4), z=3, s=2, with the usual first-maximum gradient.
+- `max_pool`: overlapping pooling (section 3.4), z=3, s=2, with the usual first-maximum gradient;
+  ``ceil_mode=True`` sizes it as cuda-convnet and Caffe do (the last window may run past the edge).
 - `convnet_padding`: cuda-convnet's rounding of conv1's output size on 224x224 inputs.
 
 Nothing here knows about devices or meshes.
@@ -121,18 +122,52 @@ def dropout(x: jax.Array, rate: float, example_keys: jax.Array | None, *, layer:
   return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
-def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2, *, ceil_mode: bool = False) -> jax.Array:
   """Overlapping max pooling (section 3.4: z = 3, s = 2), no padding, on NHWC maps.
+
+  Output size per spatial axis of size ``n``: ``floor((n - window) / stride) + 1`` (Flax, PyTorch,
+  torchvision's AlexNet) by default; with ``ceil_mode=True``, ``ceil((n - window) / stride) + 1``,
+  the size of cuda-convnet's pooling layer and of Caffe's ``PoolingLayer::Reshape`` (pad 0). With pad 0
+  a window can start at or past the edge only when ``stride > window``; Caffe clips that last output
+  only for padded pools (at pad 0 it would pool an empty window to -FLT_MAX), here it is always
+  dropped. No network here pools so. The last window then runs past the bottom/right edge and
+  takes the maximum of the rows and columns that remain: the input is padded there with -inf, only
+  when the division is not exact, so the two modes agree whenever ``n - window`` is a multiple of
+  ``stride`` (55, 27, 13 in AlexNet at 224/227). Where they differ, e.g. a 24-row map: 11 rows round
+  down, 12 up. An axis that Caffe would pool to 0 outputs (``n <= window - stride``) gives an empty
+  array here too, which ``config_checks`` reports.
 
   The forward pass is the maximum of ``window**2`` strided slices; the backward pass hands each output's
   gradient to the first maximal element of its window (row-major order), as cuda-convnet, Caffe,
-  PyTorch and XLA's ``select_and_scatter`` do. Both are written out (a custom VJP) rather than taken
+  PyTorch and XLA's ``select_and_scatter`` do. A -inf pad never wins (the comparison is strict and
+  every window starts inside the input), and the pad's own transpose drops whatever lands on it, so
+  padded positions never receive gradient. Both passes are written out (a custom VJP) rather than taken
   from ``nn.max_pool``: on XLA's CPU backend ``reduce_window``'s gradient is slow, and so is autodiff
   through the chain of maxima (``slice_max_pool``), which also splits the gradient between exact ties
   instead of giving it to one element. The values are the same as both; away from ties, the gradients
   too. Speeds in benchmarks/RESULTS.md.
   """
+  if ceil_mode:
+    pads = [(0, ceil_pool_padding(n, window, stride)) for n in x.shape[1:3]]
+    if any(p for _, p in pads):
+      x = jnp.pad(x, [(0, 0), *pads, (0, 0)], constant_values=-jnp.inf)
   return _max_pool(x, window, stride)
+
+
+def pooled_size(n: int, window: int = 3, stride: int = 2, *, ceil_mode: bool = False) -> int:
+  """The output size of ``max_pool`` on an axis of ``n`` (Caffe's arithmetic with ``ceil_mode``)."""
+  if not ceil_mode:
+    return (n - window) // stride + 1
+  out = -(-(n - window) // stride) + 1     # ceil((n - window) / stride) + 1, in integers
+  if (out - 1) * stride >= n:              # Caffe: the last window must start inside the input
+    out -= 1
+  return out
+
+
+def ceil_pool_padding(n: int, window: int = 3, stride: int = 2) -> int:
+  """Rows (or columns) of -inf that ``max_pool(..., ceil_mode=True)`` adds at the bottom (right)."""
+  out = pooled_size(n, window, stride, ceil_mode=True)
+  return max(0, (out - 1) * stride + window - n)
 
 
 def _pool_taps(x: jax.Array, window: int, stride: int) -> list[jax.Array]:
@@ -212,6 +247,15 @@ def convnet_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
   cuda-convnet lets the last window run past the image (zeros beyond the bottom/right edge), which is
   how 224x224 inputs give the paper's 55x55 conv1 maps. For 227x227 inputs (Caffe) the division is
   exact and the padding is zero, so both sizes give the same shapes from conv1 on.
+
+  On other sizes this departs from Caffe, whose convolution rounds *down* (conv1 has pad 0 in
+  bvlc_alexnet and DIGITS' alexnet.prototxt: ``floor((n - 11) / 4) + 1``): wherever ``(n - 11) / 4`` is
+  not whole, conv1 here has one more row or column than Caffe's. At 300x200 with no crop, conv1 is
+  74 wide x 49 high here, 73 x 48 in Caffe; at 256x256, 63 here, 62 in Caffe. The two-tower network
+  keeps cuda-convnet's rounding (it is what gives the paper's 55 at 224) and rounds its pools up as
+  cuda-convnet and Caffe do (``max_pool(..., ceil_mode=True)``), after which the maps meet again in
+  these cases: 300x200 gives 37x24 (Caffe 36x24) after pool1, then 18x12 and 9x6 in both, so fc6's
+  fan-in is Caffe's 6 x 9 x 256; 256x256 gives 31, 15, 7 in both.
   """
   out = 1 + math.ceil(max(size - kernel, 0) / stride)
   return (0, (out - 1) * stride + kernel - size)
