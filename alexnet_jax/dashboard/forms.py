@@ -257,14 +257,12 @@ def _links_outside(folder: Path, roots: Sequence[Path], limit: int = 3) -> list[
       continue
     seen.add(real)
     dirs[:] = [d for d in dirs if not d.startswith('.')]
-    for name in files:
-      if name.startswith('.') or not name.lower().endswith(IMAGE_EXTENSIONS):
-        continue
-      full = os.path.join(root, name)
-      if confinement.leads_outside(full, roots):
-        bad.append(os.path.relpath(full, folder))
-        if len(bad) >= limit:
-          return bad
+    images = [os.path.join(root, name) for name in files
+              if not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS)]
+    # confinement.outside resolves this folder once, then a file only where it is itself a link.
+    bad += [os.path.relpath(full, folder) for full in confinement.outside(images, roots)]
+    if len(bad) >= limit:
+      return bad[:limit]
   return bad
 
 
