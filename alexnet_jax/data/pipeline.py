@@ -49,7 +49,9 @@ batches (`mask` False on padding and on records that failed to decode), with `co
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import queue as queue_lib
 import threading
 
 import numpy as np
@@ -429,7 +431,6 @@ class DevicePrefetch:
       queue.put(e)
 
   def _start(self) -> None:
-    import queue as queue_lib  # pylint: disable=g-import-not-at-top
     self._stop = threading.Event()
     self._queue = queue_lib.Queue()
     self._slots = threading.Semaphore(self.size)
@@ -476,11 +477,9 @@ class DevicePrefetch:
     return device_batch, host_batch
 
   def get_state(self) -> bytes:
-    import json  # pylint: disable=g-import-not-at-top
     return json.dumps(self._state, indent=4).encode()
 
   def set_state(self, state) -> None:
-    import json  # pylint: disable=g-import-not-at-top
     self.close()
     if isinstance(state, (bytes, str)):
       state = json.loads(state)
