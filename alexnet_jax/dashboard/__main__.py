@@ -48,6 +48,7 @@ def main(argv=None) -> int:
   except OSError as e:
     print(f'dashboard: error: cannot listen on {args.host}:{args.port}: {e.strerror or e}', file=sys.stderr)
     return 2
+  sock.listen(128)   # before the URL is printed: a client that reads it may connect at once
   port = sock.getsockname()[1]
   try:
     settings = app_lib.Settings(jobs_dir=args.jobs_dir, data_roots=args.data_root, host=args.host, port=port,
@@ -69,7 +70,6 @@ def main(argv=None) -> int:
   print(f'  data roots:  {", ".join(str(r) for r in dash.roots)}', flush=True)
   print(f'  token:       {dash.token}  (also in {os.path.join(dash.state_dir, security.TOKEN_FILE)}; '
         'scripts send "Authorization: Bearer <token>")', flush=True)
-  sock.listen(128)
   config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=2, access_log=False,
                           lifespan='on')
   server = uvicorn.Server(config)
