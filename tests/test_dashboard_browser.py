@@ -89,11 +89,18 @@ class Server:
 
 def _until(page, expression: str, timeout: float = PAGE_MS) -> None:
   """Polls a JavaScript expression with ``page.evaluate`` (``wait_for_function`` evals a string, which the
-  pages' Content-Security-Policy forbids -- and the test keeps that policy on)."""
+  pages' Content-Security-Policy forbids -- and the test keeps that policy on). A poll that meets the page
+  reloading itself (the dataset page does when its job ends) waits for the new page and polls again."""
+  from playwright.sync_api import Error as PlaywrightError  # pylint: disable=g-import-not-at-top
   end = time.monotonic() + timeout / 1000
   while True:
-    if page.evaluate(f'() => Boolean({expression})'):
-      return
+    try:
+      if page.evaluate(f'() => Boolean({expression})'):
+        return
+    except PlaywrightError as e:   # the page reloaded itself (a finished job does) between two polls
+      if 'context was destroyed' not in str(e):
+        raise
+      page.wait_for_load_state()
     if time.monotonic() > end:
       raise AssertionError(f'still false after {timeout / 1000:.0f} s: {expression}')
     page.wait_for_timeout(200)
