@@ -15,7 +15,7 @@ import collections
 
 from absl import app, flags
 
-from alexnet_jax import fileio
+from alexnet_jax.runtime import fileio
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('layouts', ['single', 'model', 'data', 'hybrid'], 'Layouts to compare.')
@@ -54,7 +54,7 @@ def format_table(name: str, report: dict) -> str:
 
 def main(argv):
   del argv
-  from alexnet_jax.devices import ensure_devices
+  from alexnet_jax.runtime.devices import ensure_devices
   ensure_devices(FLAGS.devices)
   import ml_collections
   from alexnet_jax import models

@@ -52,8 +52,8 @@ from typing import Sequence
 
 from absl import flags
 
-from alexnet_jax import cli
-from alexnet_jax import confinement
+from alexnet_jax.runtime import cli
+from alexnet_jax.runtime import confinement
 
 FORMATS = ('table', 'json', 'csv')   # classification.write_results' formats
 DEFAULT_LAYOUT = 'single'            # inference.DEFAULT_LAYOUT
@@ -115,7 +115,7 @@ def main(argv):
   check_image_arguments(images)  # before loading anything
   roots = confinement.parse_roots(FLAGS.confine_to)
   if roots:  # --confine_to (the dashboard's jobs): every image inside the roots, links resolved, first of all
-    from alexnet_jax import image_lists  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.data import lists as image_lists  # pylint: disable=g-import-not-at-top
     paths = ([e.path for e in image_lists.parse_image_list(
         FLAGS.image_list, num_classes=2**31, image_root=FLAGS.image_root, limit=FLAGS.limit)]
              if FLAGS.image_list else list(images))
@@ -123,14 +123,17 @@ def main(argv):
   if not FLAGS.status_dir:
     _classify(images)
     return
-  from alexnet_jax.run import status as status_lib
+  from alexnet_jax.runtime import status as status_lib
   with status_lib.StatusWriter(FLAGS.status_dir, 'classify', min_interval_s=1.0) as status:
     status.update(force=True, phase='loading the model')
     _classify(images, status)
 
 
 def _classify(images: Sequence[str], status=None) -> None:
-  from alexnet_jax import bundle, classification, devices, image_lists, inference, models
+  from alexnet_jax import inference, models
+  from alexnet_jax.data import lists as image_lists
+  from alexnet_jax.inference import bundle, classification
+  from alexnet_jax.runtime import devices
   from alexnet_jax.parallel import layouts
   files = bundle.read_model_files(FLAGS.workdir or FLAGS.bundle)
   devices.ensure_devices(layouts.devices_needed(

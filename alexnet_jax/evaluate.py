@@ -17,7 +17,7 @@ import os
 
 from absl import flags
 
-from alexnet_jax import cli
+from alexnet_jax.runtime import cli
 
 DEFAULT_LAYOUT = 'single'   # the same default as classify (inference.DEFAULT_LAYOUT)
 FLAGS = flags.FLAGS
@@ -26,8 +26,10 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments {argv[1:]}: give --workdir (and --split, --step)')
-  from alexnet_jax import devices, evaluation
-  from alexnet_jax.run import status as status_lib, workdir as workdir_lib
+  from alexnet_jax.runtime import devices
+  from alexnet_jax.training import evaluation
+  from alexnet_jax.run import workdir as workdir_lib
+  from alexnet_jax.runtime import status as status_lib
   config = workdir_lib.read_config(FLAGS.workdir)
   config.layout = FLAGS.layout
   devices.ensure_devices(workdir_lib.devices_needed(config))

@@ -33,7 +33,7 @@ import os
 
 from absl import flags
 
-from alexnet_jax import cli
+from alexnet_jax.runtime import cli
 
 
 # ---- Command line --------------------------------------------------------------------------------------
@@ -44,7 +44,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments {argv[1:]}: give --workdir and --output')
-  from alexnet_jax import devices, exporting
+  from alexnet_jax.inference import exporting
+  from alexnet_jax.runtime import devices
   devices.ensure_devices(1)
   path, info = exporting.export_model(FLAGS.workdir, FLAGS.output, step=FLAGS.step, overwrite=FLAGS.overwrite)
   val = info['metrics'].get('val') or {}

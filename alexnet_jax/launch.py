@@ -7,7 +7,7 @@
 For development and tests of multi-host code without a cluster: it picks a free local port for the
 coordinator, starts ``--num_processes`` copies of the command with ``ALEXNET_COORDINATOR_ADDRESS``,
 ``ALEXNET_NUM_PROCESSES``, ``ALEXNET_PROCESS_ID`` and ``ALEXNET_DEVICES_PER_PROCESS`` set (read by
-``alexnet_jax.distributed``) and streams their output prefixed ``[p<i>]``. CPU collectives between
+``alexnet_jax.runtime.distributed``) and streams their output prefixed ``[p<i>]``. CPU collectives between
 the processes go through gloo.
 
 If one of them fails, the launcher says which one and how (``[launch] process 1 was killed by SIGKILL;

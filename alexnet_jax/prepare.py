@@ -26,10 +26,10 @@ import sys
 from absl import app
 from absl import flags
 
-from alexnet_jax import confinement
+from alexnet_jax.runtime import confinement
 from alexnet_jax.data import errors
 from alexnet_jax.data import preparation
-from alexnet_jax.run import lock as lock_lib
+from alexnet_jax.runtime import lock as lock_lib
 
 _SOURCE = flags.DEFINE_string('source', None, 'Image folder (root/<class>/<image>), DIGITS list file '
                               '("path label" lines, labels.txt beside it) or tfds:NAME[:SPLIT].')

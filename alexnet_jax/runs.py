@@ -28,7 +28,7 @@ from typing import Any, Optional, Sequence
 
 from absl import flags
 
-from alexnet_jax import cli
+from alexnet_jax.runtime import cli
 from alexnet_jax.run.listing import ROW_KEYS, find_runs, format_seconds, format_size
 
 

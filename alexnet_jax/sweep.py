@@ -32,7 +32,7 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from alexnet_jax import cli, distributed
+from alexnet_jax.runtime import cli, distributed
 
 
 # ---- Command line ------------------------------------------------------------------------------------
@@ -42,7 +42,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from alexnet_jax import sweeping
+  from alexnet_jax.training import sweeping
   import jax
   config = FLAGS.config
   points = sweeping.make_points(config, sweeping.parse_grid(FLAGS.grid, config))  # before JAX starts

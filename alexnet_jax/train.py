@@ -20,7 +20,7 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
-from alexnet_jax import cli, distributed
+from alexnet_jax.runtime import cli, distributed
 
 STOPPED_EXIT_STATUS = cli.STOPPED_EXIT_STATUS
 FLAGS = flags.FLAGS
@@ -30,12 +30,12 @@ def main(argv):
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments {argv[1:]}: options are --config, --workdir and '
                      f'--config.FIELD=VALUE')
-  from alexnet_jax import config_checks
+  from alexnet_jax.training import config_checks
   from alexnet_jax.run import workdir as workdir_lib
   config = FLAGS.config
   config_checks.validate(config)   # before devices or processes are set up
   distributed.initialize_from_flags(workdir_lib.devices_needed(config))
-  from alexnet_jax import trainer
+  from alexnet_jax.training import trainer
   import jax
   results = trainer.train_and_evaluate(config, FLAGS.workdir)
   val = results.get('val') or {}

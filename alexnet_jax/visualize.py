@@ -14,7 +14,7 @@ import os
 
 from absl import flags
 
-from alexnet_jax import cli
+from alexnet_jax.runtime import cli
 
 
 # ---- Command line --------------------------------------------------------------------------------------
@@ -27,7 +27,9 @@ def main(argv):
     raise ValueError(f'unexpected arguments {argv[1:]}: the image goes in --image')
   if bool(FLAGS.workdir) == bool(FLAGS.bundle):
     raise ValueError('give exactly one of --workdir and --bundle')
-  from alexnet_jax import data as data_lib, devices, inference, visualization
+  from alexnet_jax import data as data_lib, inference
+  from alexnet_jax.inference import visualization
+  from alexnet_jax.runtime import devices
   devices.ensure_devices(1)
   model = inference.load(FLAGS.workdir or FLAGS.bundle, step=FLAGS.step, layout='single')
   try:

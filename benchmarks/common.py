@@ -9,7 +9,7 @@
   enum: a value sets the *whole* list (``''`` = none), not a signed edit as on the command line.
   ``XLA_LEVERS`` are edits of a set, named ``set+lever[+lever...]`` (``tuned+sched_memory``): one run
   can time a baseline, each lever and any combination side by side. An option this jaxlib does not
-  know is dropped, never passed (``alexnet_jax.devices.known_options``; ``xla_options_dropped`` says).
+  know is dropped, never passed (``alexnet_jax.runtime.devices.known_options``; ``xla_options_dropped`` says).
 * ``peak`` picks the peak FLOP rate that model-FLOPs utilization (MFU) divides by: ``--peak_tflops``,
   else a table of known devices, else the FMA probe of this CPU.
 * ``cpu_fma_probe`` runs a tiny AVX-512 FMA loop (compiled with the system C compiler, cached) on all
@@ -90,7 +90,7 @@ def xla_options_dropped(name: str, platform_name: str = 'cpu') -> list[str]:
   """The options of set ``name`` that this jaxlib does not know (left out by ``xla_options``)."""
   if platform_name != 'cpu':
     return []
-  from alexnet_jax import devices
+  from alexnet_jax.runtime import devices
   return devices.known_options(xla_options_requested(name))[1]
 
 
@@ -100,7 +100,7 @@ def xla_options(name: str, platform_name: str) -> dict[str, Any]:
   options = xla_options_requested(name)
   if platform_name != 'cpu':
     return {}
-  from alexnet_jax import devices
+  from alexnet_jax.runtime import devices
   return devices.known_options(options)[0]
 
 

@@ -39,7 +39,7 @@ from typing import Sequence
 
 from absl import flags
 
-from alexnet_jax import host_memory
+from alexnet_jax.runtime import host_memory
 from alexnet_jax.models import layers as model_layers
 from benchmarks import common
 
@@ -510,7 +510,7 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  from alexnet_jax.devices import ensure_devices
+  from alexnet_jax.runtime.devices import ensure_devices
   ensure_devices(1)
   if FLAGS.breakdown:
     result = layer_breakdown(batch=FLAGS.batch, steps=FLAGS.steps, warmup=FLAGS.warmup, xla=FLAGS.xla)
@@ -529,6 +529,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from alexnet_jax import cli
+  from alexnet_jax.runtime import cli
   define_flags()
   cli.run(main)

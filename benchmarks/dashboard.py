@@ -41,7 +41,7 @@ import threading
 import time
 import urllib.request
 
-from alexnet_jax import fileio
+from alexnet_jax.runtime import fileio
 from alexnet_jax.dashboard import stream as stream_lib
 
 HZ = os.sysconf('SC_CLK_TCK')
@@ -212,7 +212,7 @@ def measure_renders(server: Server, ids: dict, repeats: int) -> dict:
 def mark_running(jobs_dir: str, job_id: str) -> None:
   """Makes a job look re-attached and running (its pid is this process), so its stream polls at the
   running rate (``app.STREAM_POLL_S``) rather than the finished one."""
-  from alexnet_jax.run import status as status_lib  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.runtime import status as status_lib  # pylint: disable=g-import-not-at-top
   path = os.path.join(jobs_dir, job_id, 'job.json')
   with open(path) as f:
     doc = json.load(f)

@@ -22,7 +22,7 @@ and the markdown summary under ``$OUT`` after every part, so that a run cut shor
                  (``benchmarks.common.PEAK_TFLOPS``: H100/H200 dense bf16 989 TFLOP/s, fp32 as TF32 495
                  and as plain FP32 67, NVIDIA's H200 datasheet numbers), the
                  program's memory (XLA) and the process's peak device memory; then one profiler trace of
-                 3 train steps (``alexnet_jax.profiling.StepProfiler``), returned as a tarball;
+                 3 train steps (``alexnet_jax.training.profiling.StepProfiler``), returned as a tarball;
 3. ``xla_flags`` whether this jaxlib starts with the CPU-only XLA flags ``alexnet_jax/devices.py`` adds
                  (an unknown flag aborts XLA at start-up);
 4. ``train``     the real trainer, ``python -m alexnet_jax.train --config=experiments/demo.py`` for 2
@@ -35,8 +35,8 @@ and the markdown summary under ``$OUT`` after every part, so that a run cut shor
 
 Nothing here sets an XLA flag: child processes get ``XLA_FLAGS`` without the CPU-only
 ``--xla_cpu_experimental_*`` entries, and the model, profile and layouts parts never call
-``alexnet_jax.devices`` (which adds one). The model part imports only jax, flax, optax, numpy, absl,
-``alexnet_jax.models`` / ``alexnet_jax.parallel`` and ``alexnet_jax.profiling``, so it runs even when a
+``alexnet_jax.runtime.devices`` (which adds one). The model part imports only jax, flax, optax, numpy, absl,
+``alexnet_jax.models`` / ``alexnet_jax.parallel`` and ``alexnet_jax.training.profiling``, so it runs even when a
 wheel is missing -- except that ``alexnet_jax/models/__init__.py`` imports ``ml_collections`` at import
 time (for a type annotation only): when it is absent, a stub module stands in for it there and the
 report says so.
@@ -596,7 +596,7 @@ def run_model_part(plan: Plan, part_json: str, budget_s: float, *, trace_out: st
 def capture_profile(call: Callable[[], None], key: str, steps: int, scratch: str,
                     trace_out: str | None, log=print) -> dict:
   """Traces ``steps`` blocked calls of ``call`` and packs the session into ``trace_out`` (a .tar.gz)."""
-  from alexnet_jax import profiling  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.training import profiling  # pylint: disable=g-import-not-at-top
   directory = os.path.join(scratch, 'trace')
   shutil.rmtree(directory, ignore_errors=True)
   t = time.perf_counter()
@@ -730,7 +730,7 @@ def run_input_part(plan: Plan, part_json: str, budget_s: float, *, scratch: str,
   generate_s = time.perf_counter() - t
   from alexnet_jax import configs  # pylint: disable=g-import-not-at-top
   from alexnet_jax import data  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import host_memory  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.runtime import host_memory  # pylint: disable=g-import-not-at-top
   from alexnet_jax.data import preparation  # pylint: disable=g-import-not-at-top
   from benchmarks import input_pipeline  # pylint: disable=g-import-not-at-top
   prepared = os.path.join(root, 'prepared_jpg')
@@ -811,7 +811,7 @@ def run_layouts_part(plan: Plan, part_json: str, log=print) -> dict:
 
 PROBE_CODE = '''
 import os
-from alexnet_jax import devices
+from alexnet_jax.runtime import devices
 devices.add_cpu_xla_flags()
 print('XLA_FLAGS=' + os.environ.get('XLA_FLAGS', ''), flush=True)
 import jax, jax.numpy as jnp
@@ -820,7 +820,7 @@ print('DEVICES', d[0].platform, d[0].device_kind, len(d), flush=True)
 print('SUM', float(jnp.arange(4.0).sum()), flush=True)
 '''
 
-# The trainer with alexnet_jax.devices' CPU-only XLA flags removed, for a jaxlib that does not know them.
+# The trainer with alexnet_jax.runtime.devices' CPU-only XLA flags removed, for a jaxlib that does not know them.
 TRAIN_WITHOUT_CPU_FLAGS = ('from alexnet_jax import devices; devices.CPU_XLA_FLAGS = (); '
                            'from alexnet_jax import train; train.run()')
 
@@ -1036,7 +1036,7 @@ def _md_profile(result: dict, part: dict) -> list[str]:
   if p.get('skipped') and not p.get('files'):
     return [f'No trace: {p["skipped"]}.']
   lines = [f'{p.get("steps")} train steps of `{p.get("key")}` traced in {p.get("capture_s")} s '
-           '(`alexnet_jax.profiling.StepProfiler`).']
+           '(`alexnet_jax.training.profiling.StepProfiler`).']
   if p.get('tarball'):
     lines.append(f'Returned as `{p["tarball"]}` ({_f(p.get("tarball_bytes"), 1, 2**-20)} MiB'
                  + (f', without {", ".join(p["left_out"])}' if p.get('left_out') else '') +
@@ -1054,11 +1054,11 @@ def _md_xla_flags(result: dict, part: dict) -> list[str]:
   ok = result.get('starts_with_cpu_flags')
   if result.get('timed_out'):
     return [f'The probe (JAX started as the entry points start it) did not finish in {result.get("wall_s")} '
-            's; the demo train then ran with `alexnet_jax.devices.CPU_XLA_FLAGS` emptied, to be safe.']
+            's; the demo train then ran with `alexnet_jax.runtime.devices.CPU_XLA_FLAGS` emptied, to be safe.']
   if ok and not result.get('xla_flags'):
-    return ['`alexnet_jax.devices.add_cpu_xla_flags()` set no XLA flag in this jaxlib (it adds a CPU flag '
+    return ['`alexnet_jax.runtime.devices.add_cpu_xla_flags()` set no XLA flag in this jaxlib (it adds a CPU flag '
             f'only where it finds it defined), and JAX starts; devices: {result.get("devices")}.']
-  lines = [f'`XLA_FLAGS={result.get("xla_flags")}` (what `alexnet_jax.devices.add_cpu_xla_flags()` sets): '
+  lines = [f'`XLA_FLAGS={result.get("xla_flags")}` (what `alexnet_jax.runtime.devices.add_cpu_xla_flags()` sets): '
            + ('JAX starts and computes with it' if ok else
               '**JAX does not start with it** (rc ' + str(result.get('rc')) + (
                   ', "unknown flag"' if result.get('unknown_flag_error') else '') + ')') +
@@ -1335,6 +1335,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.runtime import cli  # pylint: disable=g-import-not-at-top
   define_flags()
   cli.run(main)

@@ -48,7 +48,7 @@ import uuid
 
 import numpy as np
 
-from alexnet_jax import demo_data
+from alexnet_jax.data import demo as demo_data
 
 CLASSES = ('checkerboard', 'disc', 'stripes')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -229,7 +229,8 @@ def _data_config(source: str, augment_on: str, **kw):
 
 def main(argv):
   del argv
-  from alexnet_jax import data, host_memory  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import data  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.runtime import host_memory
   from alexnet_jax.data import preparation  # pylint: disable=g-import-not-at-top
 
   work = _WORKDIR.value or tempfile.mkdtemp(prefix='input_pipeline_')
@@ -352,5 +353,5 @@ def _print_table(result: dict, threads: list[int], n: int, kib: float) -> None:
 
 
 if __name__ == '__main__':
-  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.runtime import cli  # pylint: disable=g-import-not-at-top
   cli.run(main)   # as the trainer runs: freed host memory kept (--noretain_host_memory: glibc's defaults)

@@ -260,7 +260,7 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  from alexnet_jax.devices import ensure_devices
+  from alexnet_jax.runtime.devices import ensure_devices
   ensure_devices(FLAGS.devices)
   report = benchmark(FLAGS.layouts, devices=FLAGS.devices, model=FLAGS.model, width=FLAGS.width,
                      batch=FLAGS.batch, image_size=FLAGS.image_size, num_classes=FLAGS.num_classes,
@@ -276,6 +276,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from alexnet_jax import cli
+  from alexnet_jax.runtime import cli
   define_flags()
   cli.run(main)

@@ -14,7 +14,7 @@ is the paired speed ratio to the first set. The summary line compares the FLOP *
 ``alexnet`` with ``alexnet_owt`` (the issue's target: the towers must not cost FLOP rate).
 
 ``--profile_dir=DIR`` then records a ``jax.profiler`` trace of ``--profile_steps`` more calls of the first
-train configuration (``alexnet_jax.profiling.StepProfiler``; view it with ``tensorboard --logdir=DIR`` or
+train configuration (``alexnet_jax.training.profiling.StepProfiler``; view it with ``tensorboard --logdir=DIR`` or
 open its ``*.trace.json.gz`` in https://ui.perfetto.dev); the timings above are taken before, untraced.
 """
 
@@ -154,7 +154,7 @@ def benchmark(models: Sequence[str] = ('alexnet', 'alexnet_owt'),
 
 def _profile(calls: dict, keys: Sequence[str], directory: str, steps: int, log) -> dict:
   """Traces ``steps`` calls of ``calls[keys[0]]`` into ``directory`` (each call blocks until done)."""
-  from alexnet_jax import profiling
+  from alexnet_jax.training import profiling
   key = keys[0]
   profiler = profiling.StepProfiler(directory, 0, steps, name=key.replace('/', '_'), log=log)
   with profiler:
@@ -219,7 +219,7 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  from alexnet_jax.devices import ensure_devices
+  from alexnet_jax.runtime.devices import ensure_devices
   ensure_devices(1)
   report = benchmark(FLAGS.models, FLAGS.dtypes, [int(b) for b in FLAGS.batches], FLAGS.modes, FLAGS.xla,
                      width=FLAGS.width, image_size=FLAGS.image_size, num_classes=FLAGS.num_classes,
@@ -232,6 +232,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from alexnet_jax import cli
+  from alexnet_jax.runtime import cli
   define_flags()
   cli.run(main)

@@ -21,7 +21,7 @@ from typing import Optional
 
 from absl import app, flags
 
-from alexnet_jax import fileio
+from alexnet_jax.runtime import fileio
 from alexnet_jax.run import listing
 
 def make_benchmark_tree(root: str, num_runs: int = 500) -> None:

@@ -49,7 +49,7 @@ from typing import Any
 
 from absl import app, flags
 
-from alexnet_jax import devices
+from alexnet_jax.runtime import devices
 
 CASES = {
     # name: (experiment module, overrides, default steps, image size of the generated JPEGs)
@@ -81,7 +81,7 @@ def _instrument(timer: _Timer):
   """Wraps DevicePrefetch.__next__ (data wait) and jax.device_get in the trainer (host sync); returns
   an undo function. The timed window starts at the first log point's read (the warm-up's end)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import trainer  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.training import trainer  # pylint: disable=g-import-not-at-top
   from alexnet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   original_next, original_get = pipeline.DevicePrefetch.__next__, trainer.jax.device_get
 
@@ -110,9 +110,9 @@ def _instrument(timer: _Timer):
 def run_once(case: str, mode: str, folder: str, steps: int, warmup: int,
              extra: dict[str, Any] | None = None) -> dict[str, Any]:
   import importlib  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import trainer  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.training import trainer  # pylint: disable=g-import-not-at-top
   from alexnet_jax.run import metrics_writer  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.cadence import Cadence  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.training.cadence import Cadence  # pylint: disable=g-import-not-at-top
   module, overrides, _, _ = CASES[case]
   config = importlib.import_module(module).get_config()
   config.update_from_flattened_dict(overrides)

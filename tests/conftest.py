@@ -11,9 +11,9 @@ import pytest
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=4').strip()
 # The XLA CPU options the entry points use (alexnet_jax/devices.py), so tests run what users run.
-from alexnet_jax import devices  # noqa: E402  (imports jax, but starts no backend)
+from alexnet_jax.runtime import devices  # noqa: E402  (imports jax, but starts no backend)
 devices.add_cpu_xla_flags()
-from alexnet_jax import host_memory  # noqa: E402
+from alexnet_jax.runtime import host_memory  # noqa: E402
 host_memory.retain_freed_memory()   # as cli.run does for the entry points
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 

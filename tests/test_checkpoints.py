@@ -13,7 +13,7 @@ import pytest
 
 from alexnet_jax.run import checkpoints
 from alexnet_jax import configs
-from alexnet_jax import optim
+from alexnet_jax.training import optim
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -16,7 +16,10 @@ import sys
 import numpy as np
 import pytest
 
-from alexnet_jax import classification, evaluation, image_lists, inference, trainer
+from alexnet_jax import inference
+from alexnet_jax.data import lists as image_lists
+from alexnet_jax.inference import classification
+from alexnet_jax.training import evaluation, trainer
 from alexnet_jax.data import synthetic
 from alexnet_jax.run import workdir as workdir_lib
 from experiments import demo

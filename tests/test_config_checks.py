@@ -20,7 +20,9 @@ import flax.linen as nn
 import jax
 import pytest
 
-from alexnet_jax import classify, config_checks, configs, fileio, models
+from alexnet_jax import classify, configs, models
+from alexnet_jax.runtime import fileio
+from alexnet_jax.training import config_checks
 from tests import tiny_experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

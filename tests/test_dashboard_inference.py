@@ -18,7 +18,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from alexnet_jax import inference, trainer
+from alexnet_jax import inference
+from alexnet_jax.training import trainer
 from alexnet_jax.dashboard import inference_worker, predictor as predictor_lib, worker_process
 from alexnet_jax.data import synthetic
 from alexnet_jax.run import workdir as workdir_lib

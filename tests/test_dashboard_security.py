@@ -21,8 +21,8 @@ with warnings.catch_warnings():                 # starlette: "install httpx2 ins
   warnings.simplefilter('ignore')
   from fastapi.testclient import TestClient  # noqa: E402
 
-from alexnet_jax import confinement  # noqa: E402
-from alexnet_jax import fileio  # noqa: E402
+from alexnet_jax.runtime import confinement  # noqa: E402
+from alexnet_jax.runtime import fileio  # noqa: E402
 from alexnet_jax.dashboard import app as app_lib  # noqa: E402
 from alexnet_jax.dashboard import inference_pages  # noqa: E402
 from alexnet_jax.dashboard import jobs as jobs_lib  # noqa: E402

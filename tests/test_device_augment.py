@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import config_checks, configs, data, models
+from alexnet_jax import configs, data, models
+from alexnet_jax.training import config_checks
 from alexnet_jax.data import contract as contract_lib
 from alexnet_jax.data import device_augment, synthetic, transforms
 from alexnet_jax.parallel import layouts, step as step_lib

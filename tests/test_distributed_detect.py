@@ -13,7 +13,8 @@ import sys
 import pytest
 from absl import flags
 
-from alexnet_jax import distributed, launch
+from alexnet_jax import launch
+from alexnet_jax.runtime import distributed
 from tests.test_train import REPO
 
 OMPI = {'OMPI_MCA_orte_hnp_uri': '1531576320.0;tcp://10.96.0.1,10.148.0.1:34911',
@@ -172,7 +173,7 @@ def test_define_flags_and_initialize_from_flags(env):
 
 def test_importing_it_does_not_import_jax():
   """The commands define these flags before parsing them; --help must not wait for jax."""
-  out = subprocess.run([sys.executable, '-c', 'import sys; import alexnet_jax.distributed; '
+  out = subprocess.run([sys.executable, '-c', 'import sys; import alexnet_jax.runtime.distributed; '
                         'print("jax" in sys.modules)'], cwd=REPO, capture_output=True, text=True,
                        check=True).stdout
   assert out.strip() == 'False'

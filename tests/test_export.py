@@ -11,7 +11,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from alexnet_jax import bundle as bundle_lib, cli, exporting, inference
+from alexnet_jax import inference
+from alexnet_jax.inference import bundle as bundle_lib, exporting
+from alexnet_jax.runtime import cli
 from tests.test_classify import all_images, image_folder, run_cli, trained_run
 
 
@@ -176,7 +178,7 @@ RECT_W, RECT_H = 96, 72   # W x H; the whole image is the input (crop_size=0)
 @pytest.fixture(scope='module')
 def rect_run(tmp_path_factory):
   from tests.test_classify import tiny_config  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import trainer  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.training import trainer  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp('rect_run')
   trainer.train_and_evaluate(tiny_config(image_folder(tmp_path_factory), layout='single',
                                          **{'data.image_size': (RECT_W, RECT_H), 'data.crop_size': 0}),
@@ -187,7 +189,8 @@ def rect_run(tmp_path_factory):
 def test_a_rectangular_model_evaluates_exports_and_classifies(rect_run, images, tmp_path):
   """Trained on 96 x 72 images with no crop: classify agrees with evaluate (centre and 10 crops), the
   bundle records W x H and gives the same probabilities elsewhere, and visualize draws its input."""
-  from alexnet_jax import classification, evaluation, visualization  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.inference import classification, visualization  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.training import evaluation
   from tests.test_classify import val_entries  # pylint: disable=g-import-not-at-top
   model = inference.load(str(rect_run), layout='single')
   assert model.image_shape == (RECT_H, RECT_W, 3)

@@ -11,7 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import configs, exporting, finetune, models, trainer
+from alexnet_jax import configs, models
+from alexnet_jax.inference import exporting
+from alexnet_jax.training import finetune, trainer
 from alexnet_jax.run import checkpoints
 from alexnet_jax.data import synthetic
 from alexnet_jax.parallel import layouts, step as step_lib

@@ -10,7 +10,7 @@ import pytest
 # not numpy, which asks for huge pages) and prints the page faults the last 10 rounds cost.
 PROBE = textwrap.dedent('''
     import ctypes, resource, sys, threading
-    from alexnet_jax import host_memory
+    from alexnet_jax.runtime import host_memory
     print(host_memory.retain_freed_memory() if sys.argv[1] == "retain" else False)
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype = ctypes.c_void_p

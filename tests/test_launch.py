@@ -5,7 +5,8 @@ import subprocess
 import sys
 import time
 
-from alexnet_jax import cli, launch
+from alexnet_jax import launch
+from alexnet_jax.runtime import cli
 from tests.test_train import REPO
 
 

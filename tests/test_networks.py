@@ -12,7 +12,8 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import configs, models, trainer
+from alexnet_jax import configs, models
+from alexnet_jax.training import trainer
 from alexnet_jax.run import metrics_writer
 from alexnet_jax.data import synthetic
 from alexnet_jax.models import custom, layers

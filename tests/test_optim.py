@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from alexnet_jax import configs
-from alexnet_jax import optim
+from alexnet_jax.training import optim
 
 
 def _config(**lr_fields):

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from alexnet_jax import plots
+from alexnet_jax.run import plots
 from alexnet_jax.run.metrics_writer import MetricsWriter, read_metrics
 
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from alexnet_jax import profiling
+from alexnet_jax.training import profiling
 
 
 def _annotations(session_dir: str, prefix: str) -> list[str]:

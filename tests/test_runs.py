@@ -19,8 +19,8 @@ from alexnet_jax.data import errors
 from alexnet_jax.data import preparation
 from alexnet_jax.data import records
 from alexnet_jax.data import synthetic
-from alexnet_jax.run import lock as lock_lib
-from alexnet_jax.run import status as status_lib
+from alexnet_jax.runtime import lock as lock_lib
+from alexnet_jax.runtime import status as status_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
@@ -29,7 +29,7 @@ ENV = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH
 # its stdin closes.
 LIVE_STATUS = """
 import sys
-from alexnet_jax.run import status
+from alexnet_jax.runtime import status
 folder, kind, filename = sys.argv[1:4]
 argv = ['/x/alexnet_jax/%s.py' % ('train' if kind == 'train' else 'prepare'), '--workdir=' + folder]
 w = status.StatusWriter(folder, kind, argv=argv, filename=filename)

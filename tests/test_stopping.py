@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from alexnet_jax.run import stopping
+from alexnet_jax.runtime import stopping
 from tests.test_train import REPO
 
 
@@ -110,11 +110,11 @@ SCRIPT = '''
 import json, os, sys, time
 import numpy as np
 import jax
-from alexnet_jax import distributed
+from alexnet_jax.runtime import distributed
 distributed.initialize(2)
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
-from alexnet_jax.run import stopping
+from alexnet_jax.runtime import stopping
 
 out_dir, sync_every = sys.argv[1], (None if sys.argv[2] == 'auto' else int(sys.argv[2]))
 me = jax.process_index()

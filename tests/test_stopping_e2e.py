@@ -1,6 +1,6 @@
 """A preempted two-process training run stops at one step, resumes, and ends like an uninterrupted run.
 
-The trainer asks ``alexnet_jax.run.stopping.StopRequest.should_stop(step)`` after every step; with the
+The trainer asks ``alexnet_jax.runtime.stopping.StopRequest.should_stop(step)`` after every step; with the
 old per-process flag each process stopped at the step its own signal arrived, and the two hung in
 mismatched collectives.
 
@@ -24,10 +24,11 @@ import time
 
 import pytest
 
-from alexnet_jax import launch, trainer
+from alexnet_jax import launch
+from alexnet_jax.training import trainer
 from alexnet_jax.data import synthetic
 from alexnet_jax.parallel import compare
-from alexnet_jax.run import stopping
+from alexnet_jax.runtime import stopping
 from tests.test_multihost import OVERRIDES, params_on_one_device
 from tests.test_stopping import stagger_sigterms
 from tests.test_train import EXPERIMENT, REPO, overrides_as_flags, tiny_config

@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
-from alexnet_jax import configs, sweeping, trainer
-from alexnet_jax.run import checkpoints, metrics_writer, stopping
+from alexnet_jax import configs
+from alexnet_jax.training import sweeping, trainer
+from alexnet_jax.run import checkpoints, metrics_writer
+from alexnet_jax.runtime import stopping
 from alexnet_jax.data import synthetic
 
 # The points train the same tiny LeNet: its initializer (and a point's steps, when it runs again after

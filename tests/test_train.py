@@ -12,9 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import cli, evaluation, profiling, trainer
-from alexnet_jax.cadence import Cadence
-from alexnet_jax.run import checkpoints, metrics_writer, status
+from alexnet_jax.runtime import cli
+from alexnet_jax.training import evaluation, profiling, trainer
+from alexnet_jax.training.cadence import Cadence
+from alexnet_jax.run import checkpoints, metrics_writer
+from alexnet_jax.runtime import status
 from alexnet_jax.data import synthetic
 from tests import tiny_experiment
 

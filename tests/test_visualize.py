@@ -8,7 +8,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from alexnet_jax import exporting, inference, visualization
+from alexnet_jax import inference
+from alexnet_jax.inference import exporting, visualization
 from tests.test_classify import all_images, image_folder, run_cli, trained_run
 
 

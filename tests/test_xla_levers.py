@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from alexnet_jax import devices
+from alexnet_jax.runtime import devices
 from benchmarks import common
 
 LEVER_SETS = ['tuned+' + lever for lever in common.XLA_LEVERS] + ['tuned+' + '+'.join(common.XLA_LEVERS)]

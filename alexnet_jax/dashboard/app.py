@@ -59,8 +59,8 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from alexnet_jax import confinement
-from alexnet_jax import fileio
+from alexnet_jax.runtime import confinement
+from alexnet_jax.runtime import fileio
 from alexnet_jax.run import listing as listing_lib   # discovery and rows: status files only, no JAX
 from alexnet_jax.dashboard import checker as checker_lib
 from alexnet_jax.dashboard import forms
@@ -71,7 +71,7 @@ from alexnet_jax.dashboard import runner as runner_lib
 from alexnet_jax.dashboard import security
 from alexnet_jax.dashboard import stream as stream_lib
 from alexnet_jax.dashboard import worker as worker_lib
-from alexnet_jax.run import status as status_lib
+from alexnet_jax.runtime import status as status_lib
 
 _log = logging.getLogger(__name__)
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -904,7 +904,7 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
     target = os.path.join(dash.demo_dir, 'shapes')
     with dash._demo_lock:  # pylint: disable=protected-access
       if not os.path.isdir(target):
-        from alexnet_jax import demo_data  # pylint: disable=g-import-not-at-top  (numpy + Pillow)
+        from alexnet_jax.data import demo as demo_data  # pylint: disable=g-import-not-at-top  (numpy + Pillow)
         demo_data.make_demo_folder(target, per_class=200)
     return {'folder': target}
 

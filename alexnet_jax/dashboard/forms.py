@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from alexnet_jax import confinement
+from alexnet_jax.runtime import confinement
 from alexnet_jax.dashboard import security
 
 # ---- Limits -----------------------------------------------------------------------------------------

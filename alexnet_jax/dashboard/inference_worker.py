@@ -51,11 +51,14 @@ import ml_collections
 import numpy as np
 import optax
 
-from alexnet_jax import bundle, configs, data, devices, exporting, fileio, inference, metrics, models
-from alexnet_jax import visualization
+from alexnet_jax import configs, data, inference, metrics, models
+from alexnet_jax.inference import bundle, exporting
+from alexnet_jax.runtime import devices, fileio
+from alexnet_jax.inference import visualization
 from alexnet_jax.dashboard.worker_process import one_line, serve
 from alexnet_jax.parallel import census as census_lib, compare, layouts, step as step_lib
-from alexnet_jax.run import checkpoints, listing, status
+from alexnet_jax.run import checkpoints, listing
+from alexnet_jax.runtime import status
 from alexnet_jax.run import workdir as workdir_lib
 
 DEFAULT_CACHE_SIZE = 3

@@ -48,11 +48,11 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from alexnet_jax import fileio
+from alexnet_jax.runtime import fileio
 from alexnet_jax.run import listing as listing_lib   # discovery and rows: status files only, no JAX
 from alexnet_jax.dashboard import runner as runner_lib
-from alexnet_jax.run import lock as lock_lib
-from alexnet_jax.run import status as status_lib
+from alexnet_jax.runtime import lock as lock_lib
+from alexnet_jax.runtime import status as status_lib
 
 _log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ The dashboard launches processes and reads paths, so (DASHBOARD.md, "Security"):
   symlink first, so a link inside a root that points out of it is refused like the path it points to.
   ``confine`` returns the resolved path or raises ``PathError`` with a message for the form -- the same
   message for a missing path and one outside the roots, naming no link target. The check itself is
-  ``alexnet_jax.confinement``, which the jobs run again (``--confine_to``) on every image they read.
+  ``alexnet_jax.runtime.confinement``, which the jobs run again (``--confine_to``) on every image they read.
 * **Host** header: only the names the server answers to (127.0.0.1, localhost, ::1, the --host and any
   --allowed_host). A DNS-rebinding page reaches a loopback server under its own host name; it is refused
   before any route runs.
@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 from starlette.responses import JSONResponse
 
-from alexnet_jax import confinement
+from alexnet_jax.runtime import confinement
 
 TOKEN_FILE = 'token'
 COOKIE = 'alexnet_dashboard_token'

@@ -73,7 +73,8 @@ def _config(experiment: str, overrides: list[str]):
 
 
 def tables() -> dict:
-  from alexnet_jax import models, optim  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import models  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.training import optim
   from alexnet_jax.data import resize, transforms  # pylint: disable=g-import-not-at-top
   from alexnet_jax.parallel import layouts  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -104,7 +105,7 @@ def tables() -> dict:
 
 
 def check(experiment: str, overrides: list[str], num_classes: int = 2) -> dict:
-  from alexnet_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.training import config_checks  # pylint: disable=g-import-not-at-top
   from alexnet_jax.run import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   try:
     config = _config(experiment, overrides)
@@ -126,7 +127,7 @@ def check(experiment: str, overrides: list[str], num_classes: int = 2) -> dict:
 
 
 def lr_curve(experiment: str, overrides: list[str], steps_per_epoch: int = 100, points: int = 200) -> dict:
-  from alexnet_jax import optim  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.training import optim  # pylint: disable=g-import-not-at-top
   try:
     config = _config(experiment, overrides)
     steps_per_epoch = max(1, int(steps_per_epoch))

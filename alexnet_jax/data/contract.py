@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax import fileio
+from alexnet_jax.runtime import fileio
 from alexnet_jax.data import errors
 from alexnet_jax.data import loading
 from alexnet_jax.data import resize as resize_lib

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax import fileio
+from alexnet_jax.runtime import fileio
 from alexnet_jax.data import contract as contract_lib
 from alexnet_jax.data import errors
 from alexnet_jax.data import resize as resize_lib

@@ -56,7 +56,7 @@ import threading
 
 import numpy as np
 
-from alexnet_jax import host_memory
+from alexnet_jax.runtime import host_memory
 from alexnet_jax.data import contract as contract_lib
 from alexnet_jax.data import errors
 from alexnet_jax.data import loading

@@ -44,7 +44,7 @@ import zlib
 
 import numpy as np
 
-from alexnet_jax import confinement
+from alexnet_jax.runtime import confinement
 from alexnet_jax.data import errors
 from alexnet_jax.data import loading
 from alexnet_jax.data import progress as progress_lib
@@ -54,8 +54,8 @@ from alexnet_jax.data import resize as resize_lib
 from alexnet_jax.data import sources
 from alexnet_jax.data import splits as splits_lib
 from alexnet_jax.data import statistics
-from alexnet_jax.run import lock as lock_lib
-from alexnet_jax.run import status as status_lib
+from alexnet_jax.runtime import lock as lock_lib
+from alexnet_jax.runtime import status as status_lib
 
 log = logging.getLogger(__name__)
 

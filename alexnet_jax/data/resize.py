@@ -37,6 +37,8 @@ import math
 import numpy as np
 import PIL.Image
 
+from alexnet_jax.data import decode as decode_lib
+
 RESIZE_MODES = ('squash', 'crop', 'fill', 'half_crop')
 
 
@@ -242,7 +244,6 @@ def resize_image(image: PIL.Image.Image | np.ndarray, height: int, width: int, c
     resize_mode: squash | crop | fill | half_crop.
     rng: the generator for fill noise (None: seed 0, so that the result is reproducible).
   """
-  from alexnet_jax.data import decode as decode_lib  # local: decode imports nothing from here
   if channels not in (None, 1, 3):
     raise ValueError(f'unsupported number of channels: {channels}')
   if isinstance(image, np.ndarray):

@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax import fileio
+from alexnet_jax.runtime import fileio
 from alexnet_jax.data import decode as decode_lib
 from alexnet_jax.data import errors
 from alexnet_jax.data import records

@@ -13,6 +13,8 @@ import logging
 
 import numpy as np
 
+from alexnet_jax.data import errors
+from alexnet_jax.data import loading
 from alexnet_jax.data import sizes
 
 _COV_STRIDE = 4
@@ -89,8 +91,6 @@ def compute_moments(split, *, image_size: int | tuple[int, int], resize_mode: st
   """
   import time  # pylint: disable=g-import-not-at-top
   import grain  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.data import errors  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.data import loading  # pylint: disable=g-import-not-at-top
 
   idx = sample_indices(len(split), max_images, seed)
   keys, store = split.keys, split.store

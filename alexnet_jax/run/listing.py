@@ -26,8 +26,8 @@ import re
 import time
 from typing import Any, Optional, Sequence
 
-from alexnet_jax import progress
-from alexnet_jax.run import status as status_lib
+from alexnet_jax.runtime import progress
+from alexnet_jax.runtime import status as status_lib
 
 STATUS_FILE = status_lib.STATUS_FILE
 METRICS_FILE = 'metrics.jsonl'

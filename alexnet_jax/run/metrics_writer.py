@@ -29,7 +29,7 @@ from typing import Any, Iterable, Optional
 
 from absl import logging
 
-from alexnet_jax import fileio
+from alexnet_jax.runtime import fileio
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'

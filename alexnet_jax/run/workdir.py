@@ -22,7 +22,9 @@ from typing import Any, Optional
 import jax
 import ml_collections
 
-from alexnet_jax import data, demo_data, fileio, models
+from alexnet_jax import data, models
+from alexnet_jax.data import demo as demo_data
+from alexnet_jax.runtime import fileio
 from alexnet_jax.parallel import layouts, step as step_lib
 from alexnet_jax.run import checkpoints
 

@@ -46,7 +46,9 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
-from alexnet_jax import fileio, inference, metrics, plots
+from alexnet_jax import inference, metrics
+from alexnet_jax.run import plots
+from alexnet_jax.runtime import fileio
 from alexnet_jax.parallel import forward
 
 STATS_FILE = 'stats.json'

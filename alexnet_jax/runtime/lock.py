@@ -32,8 +32,8 @@ import os
 import time
 from typing import Any, Optional
 
-from alexnet_jax import fileio
-from alexnet_jax.run import status as status_lib
+from alexnet_jax.runtime import fileio
+from alexnet_jax.runtime import status as status_lib
 
 LOCK_FILE = '.lock'
 _READ_RETRIES = 10              # the holder truncates then writes: give it a moment to finish

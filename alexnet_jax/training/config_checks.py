@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from alexnet_jax import configs, models, optim, profiling
+from alexnet_jax import configs, models
+from alexnet_jax.training import optim, profiling
 from alexnet_jax.data import dataset as dataset_lib
 from alexnet_jax.data import pipeline as pipeline_lib
 from alexnet_jax.data import resize as resize_lib

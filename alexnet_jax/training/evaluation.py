@@ -25,10 +25,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from alexnet_jax import data, fileio, metrics, models, plots
+from alexnet_jax import data, metrics, models
+from alexnet_jax.run import plots
+from alexnet_jax.runtime import fileio
 from alexnet_jax.data import device_augment
 from alexnet_jax.parallel import layouts, step as step_lib
-from alexnet_jax.progress import Progress
+from alexnet_jax.runtime.progress import Progress
 from alexnet_jax.run import workdir as workdir_lib
 
 

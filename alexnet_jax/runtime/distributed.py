@@ -39,7 +39,7 @@ from typing import Any, Mapping
 
 from absl import flags, logging
 
-from alexnet_jax.run import status as status_lib
+from alexnet_jax.runtime import status as status_lib
 
 # jax (and devices.py, which imports it) load only when ``initialize`` runs: the commands define these
 # flags before parsing them, and ``--help`` should not wait for jax to import.
@@ -227,7 +227,7 @@ def initialize(total_devices: int, options: DistributedOptions | None = None, *,
     ValueError: an incomplete set-up (see ``resolve``), or fewer devices than the layout needs.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import devices as devices_lib  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.runtime import devices as devices_lib  # pylint: disable=g-import-not-at-top
   options = options or DistributedOptions.from_env()
   plan = resolve(options, mode)
   if not plan.distributed:
@@ -291,7 +291,7 @@ def relaunch_argv(argv: list[str] | None = None, environ: Mapping[str, str] | No
   count = _int_env(env, ENV_PREFIX + 'NUM_PROCESSES')
   if not count or count <= 1:
     return argv
-  launcher = [os.path.join(os.path.dirname(os.path.abspath(__file__)), 'launch.py'),
+  launcher = [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'launch.py'),
               f'--num_processes={count}']
   per_process = _int_env(env, ENV_PREFIX + 'DEVICES_PER_PROCESS')
   if per_process:

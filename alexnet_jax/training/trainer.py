@@ -33,13 +33,16 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from alexnet_jax import (config_checks, data, distributed, evaluation, finetune, models, optim, plots,
-                         profiling)
-from alexnet_jax.cadence import Cadence, TrainWindow
+from alexnet_jax import data, models
+from alexnet_jax.run import plots
+from alexnet_jax.runtime import distributed
+from alexnet_jax.training import config_checks, evaluation, finetune, optim, profiling
+from alexnet_jax.training.cadence import Cadence, TrainWindow
 from alexnet_jax.data import device_augment
 from alexnet_jax.parallel import layouts, step as step_lib
-from alexnet_jax.progress import Progress
-from alexnet_jax.run import checkpoints, lock, metrics_writer, status as status_lib, stopping
+from alexnet_jax.runtime.progress import Progress
+from alexnet_jax.run import checkpoints, metrics_writer
+from alexnet_jax.runtime import lock, status as status_lib, stopping
 from alexnet_jax.run import workdir as workdir_lib
 
 

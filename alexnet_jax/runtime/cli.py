@@ -22,8 +22,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from alexnet_jax import host_memory
-from alexnet_jax.run import status
+from alexnet_jax.runtime import host_memory
+from alexnet_jax.runtime import status
 
 flags.DEFINE_bool('verbose', False, 'Print the traceback of user errors too (for bug reports).')
 flags.DEFINE_bool('retain_host_memory', True,

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
-from alexnet_jax import fileio
+from alexnet_jax.runtime import fileio
 
 # Above these class counts the confusion matrix drops tick labels / cell numbers.
 MAX_LABELED_CLASSES = 30

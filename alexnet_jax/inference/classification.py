@@ -17,8 +17,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from alexnet_jax import fileio, inference, metrics, plots, visualization
-from alexnet_jax.image_lists import Entry
+from alexnet_jax import inference, metrics
+from alexnet_jax.inference import visualization
+from alexnet_jax.run import plots
+from alexnet_jax.runtime import fileio
+from alexnet_jax.data.lists import Entry
 
 FORMATS = ('table', 'json', 'csv')
 MAX_SHEET_CLASSES = 100                              # rows of the top-N contact sheet

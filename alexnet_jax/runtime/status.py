@@ -55,7 +55,7 @@ import threading
 import time
 from typing import Any, Optional, Sequence
 
-from alexnet_jax import fileio
+from alexnet_jax.runtime import fileio
 
 STATUS_FILE = 'status.json'
 LOG_FILE = 'train.log'

@@ -48,9 +48,9 @@ import PIL.Image
 
 from alexnet_jax import metrics, models
 from alexnet_jax import data as data_lib
-from alexnet_jax.bundle import BundleError, ModelFiles, check_param_shapes, read_model_files
+from alexnet_jax.inference.bundle import BundleError, ModelFiles, check_param_shapes, read_model_files
 from alexnet_jax.parallel import layouts, step as step_lib
-from alexnet_jax.progress import Progress
+from alexnet_jax.runtime.progress import Progress
 from alexnet_jax.run import workdir as workdir_lib
 
 DEFAULT_LAYOUT = 'single'

@@ -14,7 +14,9 @@ import tarfile
 from typing import Any
 import zipfile
 
-from alexnet_jax import bundle, fileio, inference
+from alexnet_jax import inference
+from alexnet_jax.inference import bundle
+from alexnet_jax.runtime import fileio
 
 def _archive_format(output: str) -> str:
   lower = output.lower()

@@ -35,7 +35,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from alexnet_jax import bundle, models
+from alexnet_jax import models
+from alexnet_jax.inference import bundle
 from alexnet_jax.parallel import layouts
 from alexnet_jax.run import workdir as workdir_lib
 

@@ -142,5 +142,5 @@ def ensure_devices(n: int) -> int:
     raise RuntimeError(
         f'{n} devices are needed but JAX already started with {count}; set '
         f'XLA_FLAGS=--xla_force_host_platform_device_count={n} before starting Python, or call '
-        f'alexnet_jax.devices.ensure_devices({n}) before any other JAX call')
+        f'alexnet_jax.runtime.devices.ensure_devices({n}) before any other JAX call')
   return count

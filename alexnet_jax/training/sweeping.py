@@ -17,8 +17,12 @@ import jax
 import ml_collections
 from absl import logging
 
-from alexnet_jax import data, fileio, plots, trainer
-from alexnet_jax.run import metrics_writer, status as status_lib
+from alexnet_jax import data
+from alexnet_jax.run import plots
+from alexnet_jax.runtime import fileio
+from alexnet_jax.training import trainer
+from alexnet_jax.run import metrics_writer
+from alexnet_jax.runtime import status as status_lib
 
 SUMMARY_JSON = 'sweep_summary.json'
 SUMMARY_PNG = 'sweep_summary.png'
