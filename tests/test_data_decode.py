@@ -10,7 +10,7 @@ import pytest
 from alexnet_jax.data import decode
 from alexnet_jax.data import errors
 from alexnet_jax.data import loading
-from alexnet_jax.data import sources
+from alexnet_jax.data import folders
 from alexnet_jax.data import synthetic
 
 
@@ -22,7 +22,7 @@ def hostile(tmp_path_factory):
 
 def test_listing_of_hostile_folder(hostile):
   root, expected = hostile
-  listing = sources.scan_folder(root)
+  listing = folders.scan_folder(root)
   assert listing.classes == ['odd', 'plain']
   listed = {os.path.relpath(k, root) for k in listing.keys}
   want = {p for p, r in expected.items() if r not in ('ignored', errors.DANGLING)}

@@ -1,6 +1,6 @@
 """Folder and tfds listings: symbolic links never mislabel an image; listings are cached in the workdir.
 
-The link rules and the cache keys are in the docstring of alexnet_jax/data/sources.py.
+The link rules and the cache keys are in the docstrings of alexnet_jax/data/folders.py and tfds_source.py.
 """
 
 import io
@@ -16,7 +16,9 @@ from alexnet_jax import configs
 from alexnet_jax import data
 from alexnet_jax.data import errors
 from alexnet_jax.data import preparation
-from alexnet_jax.data import sources
+from alexnet_jax.data import folders
+from alexnet_jax.data import listing as listing_lib
+from alexnet_jax.data import tfds_source
 from alexnet_jax.data import splits
 from alexnet_jax.data import synthetic
 
@@ -58,15 +60,15 @@ def test_link_to_the_root_does_not_list_other_classes_under_a_class(tmp_path, ca
   root = str(tmp_path / 'ds')
   _tree(root)
   os.symlink('..', os.path.join(root, 'a', 'loop'))              # ln -s .. a/loop
-  with caplog.at_level(logging.WARNING, logger='alexnet_jax.data.sources'):
-    listing = sources.scan_folder(root)
+  with caplog.at_level(logging.WARNING, logger='alexnet_jax.data.folders'):
+    listing = folders.scan_folder(root)
   assert len(listing) == 60                                       # (the defect listed 100)
   assert np.bincount(listing.labels).tolist() == [20, 20, 20]
   for c, keys in _by_class(listing).items():
     assert all(os.path.basename(k).startswith(c) for k in keys), c
-  assert listing.skipped == [{'path': os.path.join(root, 'a', 'loop'), 'reason': sources.LINK_TO_ANCESTOR,
+  assert listing.skipped == [{'path': os.path.join(root, 'a', 'loop'), 'reason': folders.LINK_TO_ANCESTOR,
                               'detail': f'points to {os.path.realpath(root)}'}]
-  assert f'skipped 1 ({sources.LINK_TO_ANCESTOR})' in caplog.text
+  assert f'skipped 1 ({folders.LINK_TO_ANCESTOR})' in caplog.text
 
 
 def test_links_above_the_root_into_other_classes_and_duplicates(tmp_path):
@@ -85,15 +87,15 @@ def test_links_above_the_root_into_other_classes_and_duplicates(tmp_path):
   os.symlink('../../outside/o.jpg', os.path.join(a, 'x2.jpg'))
   os.makedirs(os.path.join(a, 'nested'))
   os.symlink('../../a', os.path.join(a, 'nested', 'own'))          # back to the class's own folder: harmless
-  listing = sources.scan_folder(root)
+  listing = folders.scan_folder(root)
   assert _by_class(listing) == {
       'a': [os.path.join(a, f'a{i:02d}.jpg') for i in range(3)] + [os.path.join(a, 'x1.jpg')],
       'b': [os.path.join(root, 'b', f'b{i:02d}.jpg') for i in range(3)] + [os.path.join(root, 'b', 'sub', 'bsub.jpg')],
       'c': [os.path.join(root, 'c', f'c{i:02d}.jpg') for i in range(3)]}
   assert _reasons(listing, a) == {
-      'up': sources.LINK_TO_ANCESTOR, 'up_abs': sources.LINK_TO_ANCESTOR,
-      'b_folder': sources.IN_OTHER_CLASS, 'b_sub': sources.IN_OTHER_CLASS, 'from_b.jpg': sources.IN_OTHER_CLASS,
-      'a01_again.jpg': sources.DUPLICATE_LINK, 'x2.jpg': sources.DUPLICATE_LINK}
+      'up': folders.LINK_TO_ANCESTOR, 'up_abs': folders.LINK_TO_ANCESTOR,
+      'b_folder': folders.IN_OTHER_CLASS, 'b_sub': folders.IN_OTHER_CLASS, 'from_b.jpg': folders.IN_OTHER_CLASS,
+      'a01_again.jpg': folders.DUPLICATE_LINK, 'x2.jpg': folders.DUPLICATE_LINK}
   # (a/nested/own -> a, back to the class's own folder, adds nothing and is not reported)
 
 
@@ -110,7 +112,7 @@ def test_links_outside_the_root_are_followed_without_looping(tmp_path):
   os.symlink(os.path.join(store, 'y', 't0.jpg'), os.path.join(root, 'b', 'linked.jpg'))
   os.symlink(os.path.join(store, 'z'), os.path.join(root, 'd'))  # a class folder that is a link
   os.symlink('..', os.path.join(store, 'z', 'up'))               # above the real folder of class d
-  listing = sources.scan_folder(root)
+  listing = folders.scan_folder(root)
   ext = os.path.join(root, 'a', 'ext')
   assert [k for k, label in zip(listing.keys, listing.labels) if label == 0] == [
       os.path.join(root, 'a', 'a00.jpg'), os.path.join(root, 'a', 'a01.jpg'),
@@ -120,8 +122,8 @@ def test_links_outside_the_root_are_followed_without_looping(tmp_path):
   assert os.path.join(root, 'b', 'linked.jpg') in got['b'] and len(got['b']) == 3
   assert got['c'] == [os.path.join(root, 'c', f'c{i:02d}.jpg') for i in range(2)]
   assert got['d'] == [os.path.join(root, 'd', 'z0.jpg')]
-  assert _reasons(listing, root) == {'a/ext/back': sources.LINK_TO_ANCESTOR, 'a/ext/to_c': sources.IN_OTHER_CLASS,
-                               'a/ext/loop/z': sources.IN_OTHER_CLASS, 'd/up': sources.LINK_TO_ANCESTOR}
+  assert _reasons(listing, root) == {'a/ext/back': folders.LINK_TO_ANCESTOR, 'a/ext/to_c': folders.IN_OTHER_CLASS,
+                               'a/ext/loop/z': folders.IN_OTHER_CLASS, 'd/up': folders.LINK_TO_ANCESTOR}
 
 
 def test_ordinary_folder_order_is_depth_first_in_name_order(tmp_path):
@@ -141,7 +143,7 @@ def test_ordinary_folder_order_is_depth_first_in_name_order(tmp_path):
         files += reference(os.path.join(d, n))
     return files
 
-  listing = sources.scan_folder(root)
+  listing = folders.scan_folder(root)
   assert listing.classes == ['K0', 'k1', 'k2']
   assert listing.keys == sum((reference(os.path.join(root, c)) for c in listing.classes), [])
   assert listing.labels.tolist() == [0, 1, 1, 1, 1, 1, 1, 2] and listing.skipped == []
@@ -156,7 +158,7 @@ def test_prepare_does_not_mislabel_through_a_loop(tmp_path):
       progress_interval_s=0.0), stream=io.StringIO())
   per_class = {c: sum(stats['counts'][s][c] for s in stats['counts']) for c in stats['classes']}
   assert per_class == {'class_0': 4, 'class_1': 4, 'class_2': 4}   # (the defect gave class_0 12)
-  assert stats['skipped_by_reason'] == {sources.LINK_TO_ANCESTOR: 1}
+  assert stats['skipped_by_reason'] == {folders.LINK_TO_ANCESTOR: 1}
   lines = open(tmp_path / 'out' / 'train.txt').read().splitlines()
   for line in lines:
     path, label = line.rsplit(' ', 1)
@@ -176,7 +178,7 @@ def test_indices_by_class_is_the_plain_loop():
 # ---- the folder listing cache --------------------------------------------------------------------------------
 
 def _no_scan(monkeypatch):
-  monkeypatch.setattr(sources._FolderScan, 'scan_class', lambda *a: pytest.fail('the listing should be cached'))
+  monkeypatch.setattr(folders._FolderScan, 'scan_class', lambda *a: pytest.fail('the listing should be cached'))
 
 
 def test_folder_listing_cached_and_invalidated(tmp_path, monkeypatch):
@@ -186,12 +188,12 @@ def test_folder_listing_cached_and_invalidated(tmp_path, monkeypatch):
   _empty_images(os.path.join(root, 'b', 'sub'), ['deep.jpg'])
   os.symlink(str(tmp_path / 'elsewhere' / 'missing.jpg'), os.path.join(root, 'c', 'dangling.jpg'))
   _age(root)
-  first = sources.scan_folder(root, cache_dir=wd)
-  files = os.listdir(os.path.join(wd, sources.LISTING_CACHE_DIR))
+  first = folders.scan_folder(root, cache_dir=wd)
+  files = os.listdir(os.path.join(wd, listing_lib.LISTING_CACHE_DIR))
   assert len(files) == 1 and files[0].startswith('folder-') and files[0].endswith('.npz')
   with monkeypatch.context() as m:
     _no_scan(m)
-    again = sources.scan_folder(root, cache_dir=wd)
+    again = folders.scan_folder(root, cache_dir=wd)
   assert (again.classes, again.keys, again.labels.tolist(), again.skipped, again.description) == (
       first.classes, first.keys, first.labels.tolist(), first.skipped, first.description)
   assert again.labels.dtype == np.int32 and first.skipped[0]['reason'] == errors.DANGLING
@@ -199,7 +201,7 @@ def test_folder_listing_cached_and_invalidated(tmp_path, monkeypatch):
   def relisted(change):
     change()
     _age(str(tmp_path))
-    return sources.scan_folder(root, cache_dir=wd)
+    return folders.scan_folder(root, cache_dir=wd)
 
   # a file added in a sub-folder, a class folder added, a dangling link that now resolves
   assert os.path.join(root, 'b', 'sub', 'new.jpg') in relisted(
@@ -209,31 +211,31 @@ def test_folder_listing_cached_and_invalidated(tmp_path, monkeypatch):
   assert os.path.join(root, 'c', 'dangling.jpg') in fixed.keys and not fixed.skipped
   with monkeypatch.context() as m:   # and the new listing is the cached one
     _no_scan(m)
-    assert sources.scan_folder(root, cache_dir=wd).keys == fixed.keys
-  assert len(os.listdir(os.path.join(wd, sources.LISTING_CACHE_DIR))) == 1   # overwritten, not piled up
+    assert folders.scan_folder(root, cache_dir=wd).keys == fixed.keys
+  assert len(os.listdir(os.path.join(wd, listing_lib.LISTING_CACHE_DIR))) == 1   # overwritten, not piled up
 
 
 def test_folder_cache_distrusts_just_modified_folders_and_damage(tmp_path, monkeypatch, caplog):
   root, wd = str(tmp_path / 'ds'), str(tmp_path / 'wd')
   _tree(root, per_class=2)
-  sources.scan_folder(root, cache_dir=wd)                # folders modified just now: not trusted...
+  folders.scan_folder(root, cache_dir=wd)                # folders modified just now: not trusted...
   calls = []
-  real_scan = sources._FolderScan.scan_class
-  monkeypatch.setattr(sources._FolderScan, 'scan_class', lambda self, label: calls.append(label) or
+  real_scan = folders._FolderScan.scan_class
+  monkeypatch.setattr(folders._FolderScan, 'scan_class', lambda self, label: calls.append(label) or
                       real_scan(self, label))
-  sources.scan_folder(root, cache_dir=wd)
+  folders.scan_folder(root, cache_dir=wd)
   assert calls == [0, 1, 2]                              # ...so it listed again
   _age(root)
-  sources.scan_folder(root, cache_dir=wd)
+  folders.scan_folder(root, cache_dir=wd)
   calls.clear()
-  sources.scan_folder(root, cache_dir=wd)
+  folders.scan_folder(root, cache_dir=wd)
   assert calls == []                                     # old folders: the cache holds
-  cache = os.path.join(wd, sources.LISTING_CACHE_DIR)
+  cache = os.path.join(wd, listing_lib.LISTING_CACHE_DIR)
   for name in os.listdir(cache):
     with open(os.path.join(cache, name), 'wb') as f:
       f.write(b'not a zip file')
-  with caplog.at_level(logging.WARNING, logger='alexnet_jax.data.sources'):
-    assert len(sources.scan_folder(root, cache_dir=wd)) == 6
+  with caplog.at_level(logging.WARNING, logger='alexnet_jax.data.folders'):
+    assert len(folders.scan_folder(root, cache_dir=wd)) == 6
   assert 'ignoring the unreadable listing cache' in caplog.text and calls == [0, 1, 2]
 
 
@@ -244,7 +246,7 @@ def test_load_dataset_caches_the_listing_in_metadata_dir(tmp_path, monkeypatch):
   cfg = configs.default_config().data
   cfg.source, cfg.image_size, cfg.crop_size, cfg.mean = root, 16, 16, 'none'
   ds = data.load_dataset(cfg, seed=0, metadata_dir=wd)
-  assert os.listdir(os.path.join(wd, sources.LISTING_CACHE_DIR))
+  assert os.listdir(os.path.join(wd, listing_lib.LISTING_CACHE_DIR))
   _no_scan(monkeypatch)
   again = data.load_dataset(cfg, seed=0, metadata_dir=wd)
   assert again.classes == ds.classes and again.split_sizes == ds.split_sizes
@@ -259,19 +261,21 @@ def test_tfds_labels_cached_per_split(tmp_path, monkeypatch):
   tfds = pytest.importorskip('tensorflow_datasets')
   wd = str(tmp_path / 'wd')
   with tfds.testing.mock_data(num_examples=40):
-    first = sources.list_tfds('tfds:imagenette:train', cache_dir=wd)
+    first = tfds_source.list_tfds('tfds:imagenette:train', cache_dir=wd)
     src = first.store.source
     assert first.labels.tolist() == [int(src[i]['label']) for i in range(40)]
-    other = sources.list_tfds('tfds:imagenette:validation', cache_dir=wd)
-    names = sorted(os.listdir(os.path.join(wd, sources.LISTING_CACHE_DIR)))
+    other = tfds_source.list_tfds('tfds:imagenette:validation', cache_dir=wd)
+    names = sorted(os.listdir(os.path.join(wd, listing_lib.LISTING_CACHE_DIR)))
     assert len(names) == 2 and all(n.startswith('tfds-') for n in names)
-    monkeypatch.setattr(sources, 'read_tfds_labels', lambda *a: pytest.fail('the labels should be cached'))
-    again = sources.list_tfds('tfds:imagenette:train', cache_dir=wd)
+    monkeypatch.setattr(tfds_source, 'read_tfds_labels',
+                        lambda *a: pytest.fail('the labels should be cached'))
+    again = tfds_source.list_tfds('tfds:imagenette:train', cache_dir=wd)
     assert again.labels.tolist() == first.labels.tolist() and again.keys == list(range(40))
-    assert sources.list_tfds('tfds:imagenette:validation', cache_dir=wd).labels.tolist() == other.labels.tolist()
+    again_other = tfds_source.list_tfds('tfds:imagenette:validation', cache_dir=wd)
+    assert again_other.labels.tolist() == other.labels.tolist()
   with tfds.testing.mock_data(num_examples=41):          # another record count: not the same dataset
     monkeypatch.undo()
-    assert len(sources.list_tfds('tfds:imagenette:train', cache_dir=wd)) == 41
+    assert len(tfds_source.list_tfds('tfds:imagenette:train', cache_dir=wd)) == 41
 
 
 def _tiny_builder():
@@ -305,10 +309,11 @@ def test_tfds_labels_from_raw_records_of_a_real_array_record_dataset(tmp_path, m
   builder_cls = _tiny_builder()
   data_dir = str(tmp_path / 'tfds')
   builder_cls(data_dir=data_dir, file_format='array_record').download_and_prepare()
-  monkeypatch.setattr(sources, '_TFDS_BATCH', 8)          # several ranges, read by several threads
-  store = sources.TfdsStore('alexnet_jax_listing_test', 'train', data_dir)
-  assert sources._raw_label_reader(store, 37) is not None   # the fast path is the one taken
-  listing = sources.list_tfds('tfds:alexnet_jax_listing_test', data_dir=data_dir, cache_dir=str(tmp_path / 'wd'))
+  monkeypatch.setattr(tfds_source, '_TFDS_BATCH', 8)          # several ranges, read by several threads
+  store = tfds_source.TfdsStore('alexnet_jax_listing_test', 'train', data_dir)
+  assert tfds_source._raw_label_reader(store, 37) is not None   # the fast path is the one taken
+  listing = tfds_source.list_tfds('tfds:alexnet_jax_listing_test', data_dir=data_dir,
+                                  cache_dir=str(tmp_path / 'wd'))
   assert listing.classes == ['p', 'q', 'r']
   assert sorted(listing.labels.tolist()) == sorted((i * 7) % 3 for i in range(37))
   assert listing.labels.tolist() == [listing.store.label(i) for i in range(37)]

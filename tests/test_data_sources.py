@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from alexnet_jax.data import errors
+from alexnet_jax.data import folders
+from alexnet_jax.data import list_source
 from alexnet_jax.data import sources
 from alexnet_jax.data import synthetic
+from alexnet_jax.data import tfds_source
 
 
 def test_folder_classes_sorted_as_strings(tmp_path):
@@ -15,7 +18,7 @@ def test_folder_classes_sorted_as_strings(tmp_path):
   synthetic.make_image_folder(str(tmp_path), class_names=names, per_class=2, size=(8, 8))
   (tmp_path / '.hidden_class').mkdir()
   (tmp_path / 'stray.jpg').write_bytes(b'')         # a file at the top level is not a class
-  listing = sources.scan_folder(str(tmp_path))
+  listing = folders.scan_folder(str(tmp_path))
   assert listing.classes == sorted(names) == ['10', '9', 'B', 'a', 'b_class']
   assert np.bincount(listing.labels).tolist() == [2] * 5
   assert os.path.basename(os.path.dirname(listing.keys[0])) == '10'
@@ -39,14 +42,14 @@ def test_list_file(tmp_path):
   assert listing.classes == ['zero', 'one']
   assert listing.keys[0] == paths[0] and listing.labels.tolist() == [0, 1, 0, 1]
   # image_root replaces the list's folder as the base of relative paths
-  other = sources.parse_list(str(tmp_path / 'train.txt'), image_root='/elsewhere')
+  other = list_source.parse_list(str(tmp_path / 'train.txt'), image_root='/elsewhere')
   assert other.keys[0].startswith('/elsewhere/')
 
 
 def test_list_file_with_spaces_in_paths(tmp_path):
   (tmp_path / 'labels.txt').write_text('a\nb\n')
   (tmp_path / 'l.txt').write_text('/x/my photo 1.jpg 1\n/y/z.jpg   0  \n')
-  listing = sources.parse_list(str(tmp_path / 'l.txt'))
+  listing = list_source.parse_list(str(tmp_path / 'l.txt'))
   assert listing.keys == ['/x/my photo 1.jpg', '/y/z.jpg'] and listing.labels.tolist() == [1, 0]
 
 
@@ -73,8 +76,8 @@ def test_tfds_source_offline():
     content = listing.store.read(listing.keys[3])
     assert isinstance(content, (bytes, np.ndarray))
     assert listing.store.describe(3) == 'tfds:imagenette:train#3'
-  assert sources.parse_tfds_spec('tfds:mnist') == ('mnist', 'train')
-  assert sources.parse_tfds_spec('tfds:mnist:train[:80%]') == ('mnist', 'train[:80%]')
+  assert tfds_source.parse_tfds_spec('tfds:mnist') == ('mnist', 'train')
+  assert tfds_source.parse_tfds_spec('tfds:mnist:train[:80%]') == ('mnist', 'train[:80%]')
 
 
 def test_source_kind(tmp_path):

@@ -2,7 +2,10 @@
 
 Modules, one job each:
 
-    sources.py     folder / DIGITS list / tfds:NAME[:split] / prepared dir -> a Listing (no decoding)
+    sources.py     folder / DIGITS list / tfds:NAME[:split] / prepared dir -> a Listing (no decoding): the
+                   dispatcher; one module per kind: folders.py, list_source.py, tfds_source.py,
+                   prepared_source.py; listing.py holds what they share (Listing, Store, the cache)
+    lists.py       the one DIGITS list parser (training lists, classify, the dashboard) and labels.txt
     splits.py      DIGITS' per-class train/val/test split, seeded; min/max per class
     decode.py      bytes -> Pillow image: DIGITS' mode rules, EXIF orientation, draft (reduced) JPEG decoding
     resize.py      DIGITS' resize_image: squash | crop | fill | half_crop, exact arithmetic

@@ -11,9 +11,10 @@ splits as written, and gets the mean image of the training split:
   unchanged loads `mean.npy` from there instead of decoding again.
 
 The listing of a folder or tfds source is cached in `metadata_dir` too (``listing_cache/``, see
-`sources.py` for the keys and when it is invalidated), so that a resume or an evaluation of an ImageNet-sized
-run neither walks 1.3M files nor reads every tfds record again. The split itself is recomputed from the
-listing each time (a stable sort and one seeded permutation per class: well under a second for 1.3M).
+`folders.py` and `tfds_source.py` for the keys and when it is invalidated), so that a resume or an
+evaluation of an ImageNet-sized run neither walks 1.3M files nor reads every tfds record again. The split
+itself is recomputed from the listing each time (a stable sort and one seeded permutation per class: well
+under a second for 1.3M).
 
 With `config.data.mean = 'none'` and ImageNet PCA values, no pass is needed and the mean image is zeros.
 `Dataset.save_metadata(workdir)` writes what classification needs: `labels.txt`, `mean.npy` and
@@ -204,7 +205,7 @@ def load_dataset(data_config, *, seed: int, metadata_dir: str | None = None) -> 
   draft = bool(_get(cfg, 'draft', True))
   common = dict(image_root=_get(cfg, 'image_root', ''), labels_file=_get(cfg, 'labels_file', ''),
                 tfds_data_dir=_get(cfg, 'tfds_data_dir', ''))
-  # Folder and tfds listings are cached beside the mean, in metadata_dir (see sources.py).
+  # Folder and tfds listings are cached beside the mean, in metadata_dir (see folders.py, tfds_source.py).
   common['cache_dir'] = metadata_dir
   listing = sources.open_source(_get(cfg, 'source', ''), what='config.data.source', **common)
 

@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import data as data_lib
-from alexnet_jax.data import sources as sources_lib
+from alexnet_jax.data import lists as lists_lib
 from alexnet_jax.run import metrics_writer
 from alexnet_jax.run.workdir import CONFIG_FILE, read_config
 
@@ -176,7 +176,7 @@ def _read_common(directory: str, *, what: str) -> tuple[ml_collections.ConfigDic
   if not os.path.isfile(labels_path):
     raise FileNotFoundError(f'{what} has no labels.txt: was the run started by this version of '
                             f'alexnet_jax.train?')
-  classes = sources_lib.read_labels_file(labels_path, what=what)
+  classes = lists_lib.read_labels_file(labels_path, what=what)
   contract = data_lib.load_contract(directory)
   return config, classes, contract
 
