@@ -59,6 +59,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from alexnet_jax.data import lists as image_lists
 from alexnet_jax.runtime import confinement
 from alexnet_jax.runtime import fileio
 from alexnet_jax.run import listing as listing_lib   # discovery and rows: status files only, no JAX
@@ -625,20 +626,14 @@ def _package_version(name: str) -> str:
 
 
 def _list_lines(path: str) -> list[tuple[int, str, int]]:
-  """(record index, source path, label) of a prepared split's list (records are in list order)."""
-  out = []
+  """(record index, source path, label) of a prepared split's list (records are in list order), read by
+  ``data.lists``, the one list parser; a line it refuses is left out (prepare never writes one)."""
   try:
     with open(path, encoding='utf-8', errors='replace') as f:
-      for i, line in enumerate(f):
-        line = line.rstrip('\n')
-        image, _, label = line.rpartition(' ')
-        try:
-          out.append((i, image, int(label)))
-        except ValueError:
-          continue
+      found, _ = image_lists.parse_lines(f, num_classes=None, base='', labelled=True)
   except OSError:
-    pass
-  return out
+    return []
+  return [(i, e.name, e.label) for i, e in enumerate(found)]
 
 
 def _resize_example(width: int, height: int, channels: int, sample: Optional[str]) -> bytes:

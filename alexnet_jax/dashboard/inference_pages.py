@@ -363,7 +363,7 @@ class InferencePages:
       except security.PathError as e:
         raise FormError('image_folder', str(e)) from None
     if 'image_list' in uploads:
-      lines = uploads['image_list'].decode('utf-8', errors='surrogateescape').splitlines()
+      lines = image_lists.split_lines(uploads['image_list'].decode('utf-8', errors='surrogateescape'))
       # An uploaded list has no folder of its own: relative paths need image_folder (else the first root).
       return lines, base or str(self.dash.roots[0]), 'uploaded list'
     if (fields.get('image_list_path') or '').strip():

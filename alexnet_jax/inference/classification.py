@@ -1,6 +1,6 @@
 """The library behind ``python -m alexnet_jax.classify`` (``classify.py``, whose docstring shows the
 outputs): classification of many images with accuracy and top-N per category, and the JSON/CSV/table
-writers. The lists themselves are read by ``image_lists.py``; the dashboard's Classify Many runs the
+writers. The lists themselves are read by ``data/lists.py``; the dashboard's Classify Many runs the
 command as a job (``--status_dir`` keeps its progress).
 """
 
