@@ -16,6 +16,7 @@ from alexnet_jax import data
 from alexnet_jax.data import errors
 from alexnet_jax.data import loading
 from alexnet_jax.data import preparation
+from alexnet_jax.data import prepared_source
 from alexnet_jax.data import records
 from alexnet_jax.data import synthetic
 
@@ -83,7 +84,7 @@ def test_bad_files_are_skipped_with_their_reason(prepared):
 
 def test_records_hold_digits_resized_pixels(prepared):
   out, _, _ = prepared
-  src = records.open_source(os.path.join(out, 'val.array_record'))
+  src = prepared_source.open_records(os.path.join(out, 'val.array_record'))
   lines = open(os.path.join(out, 'val.txt')).read().splitlines()
   for i in range(len(src)):
     rec = records.decode_record(src[i])

@@ -22,6 +22,17 @@ from alexnet_jax.data.listing import Prepared
 PREPARED_SPLITS = ('train', 'val', 'test')
 
 
+def open_records(path: str):
+  """A random-access, picklable reader of one ArrayRecord file (`grain.sources.ArrayRecordDataSource`).
+
+  Here, not in `records.py`: the dashboard's web process decodes records for the dataset page and must
+  not import grain (JAX's family). Imported when a prepared source is read: ``import alexnet_jax.data``
+  stays free of grain.
+  """
+  import grain  # pylint: disable=g-import-not-at-top
+  return grain.sources.ArrayRecordDataSource([path])
+
+
 def is_prepared(path: str) -> bool:
   """True for a directory holding ``stats.json`` and at least one split's ArrayRecord file."""
   return os.path.isfile(os.path.join(path, 'stats.json')) and any(
@@ -37,7 +48,7 @@ class PreparedStore(LazyStore):
     self.path = path
 
   def _open(self):
-    return records.open_source(self.path)
+    return open_records(self.path)
 
   def read(self, key: int) -> np.ndarray:
     return records.decode_record(self.source[int(key)]).image
