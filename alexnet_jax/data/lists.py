@@ -49,7 +49,7 @@ from typing import Iterable, Iterator, Optional, Union
 from alexnet_jax.data import errors
 
 _WHITESPACE = string.whitespace                         # ASCII: space, tab, \n, \r, \v, \f
-_LABELLED = re.compile(r'(.+?)\s+([0-9]+)', re.ASCII)   # fullmatch on the stripped line
+_LABELLED = re.compile(r'(.*\S)\s+([0-9]+)', re.ASCII)  # fullmatch on the stripped line (greedy: fast)
 _BOM = '\ufeff'
 EXPECTED_LABELLED = 'expected "<image path> <integer label>"'
 
