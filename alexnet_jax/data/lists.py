@@ -27,13 +27,17 @@ Relative paths are taken against ``image_root``, else against the list's own fol
 none: the dashboard asks for the folder).
 
 Where we follow and depart from DIGITS: ``tools/create_db.py`` matches ``(.+)\\s+(\\d+)\\s*$`` on the
-stripped line, and Classify Many ``(.*\\S)\\s+(\\d+)$``, else takes the whole line as the path; both are
-what we do. DIGITS skipped a malformed line of a training list silently (and read ``# x 3`` as the path
-``# x``) and never checked a label against the labels file; we skip comments and stop at a malformed line
-or an out-of-range label, naming the file and line, since a silently shorter dataset or a label past the
-last class only fails later and further away. The New Dataset form checks every line's syntax and where
-its path leads; the label range is checked when the dataset is prepared (the form does not read the labels
-file).
+stripped line, and Classify Many ``(.*\\S)\\s+(\\d+)$``, else takes the whole line as the path; we match
+Classify Many's pattern (the path never ends in whitespace), with ASCII whitespace and digits as DIGITS'
+Python 2 byte strings had them. DIGITS skipped a malformed line of a training list silently (and read
+``# x 3`` as the path ``# x``) and never checked a label against the labels file; we skip comments and
+stop at a malformed line or an out-of-range label, naming the file and line, since a silently shorter
+dataset or a label past the last class only fails later and further away. The New Dataset form checks
+every line's syntax and where its path leads; the label range is checked when the dataset is prepared
+(the form does not read the labels file). The dataset page's split view leaves out a line it cannot read
+(prepare never writes one): record i is the split list's i-th entry, as for training.
+
+A labels file (``labels.txt``) names one class per line, line i naming label i; blank lines are skipped.
 
 Imports no JAX (nor numpy): the web process parses and checks lists before it starts the job that uses one.
 """
