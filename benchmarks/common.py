@@ -396,6 +396,15 @@ def write_json(path: str, obj: Any) -> None:
   fileio.write_json(path, obj, indent=2, default=_jsonable)
 
 
+def print_and_save(text: str, report: Any, json_path: str | None) -> None:
+  """What a benchmark's command ends with: its table printed, and with ``--json`` its report written
+  there (``write_json``), saying so."""
+  print(text)
+  if json_path:
+    write_json(json_path, report)
+    print(f'wrote {json_path}')
+
+
 def _jsonable(o):
   if hasattr(o, 'tolist'):
     return o.tolist()

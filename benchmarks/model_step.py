@@ -278,10 +278,7 @@ def main(argv):
                      width=FLAGS.width, image_size=FLAGS.image_size, num_classes=FLAGS.num_classes,
                      steps=FLAGS.steps, warmup=FLAGS.warmup, peak_tflops=FLAGS.peak_tflops,
                      profile_dir=FLAGS.profile_dir, profile_steps=FLAGS.profile_steps)
-  print(format_report(report))
-  if FLAGS.json:
-    common.write_json(FLAGS.json, report)
-    print(f'wrote {FLAGS.json}')
+  common.print_and_save(format_report(report), report, FLAGS.json)
 
 
 if __name__ == '__main__':
