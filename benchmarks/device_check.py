@@ -35,11 +35,11 @@ and the markdown summary under ``$OUT`` after every part, so that a run cut shor
 
 Nothing here sets an XLA flag: child processes get ``XLA_FLAGS`` without the CPU-only
 ``--xla_cpu_experimental_*`` entries, and the model, profile and layouts parts never call
-``alexnet_jax.runtime.devices`` (which adds one). The model part imports only jax, flax, optax, numpy, absl,
-``alexnet_jax.models`` / ``alexnet_jax.parallel`` and ``alexnet_jax.training.profiling``, so it runs even when a
-wheel is missing -- except that ``alexnet_jax/models/__init__.py`` imports ``ml_collections`` at import
-time (for a type annotation only): when it is absent, a stub module stands in for it there and the
-report says so.
+``alexnet_jax.runtime.devices`` (which adds one). The model part imports only jax, flax, optax, numpy,
+absl, ``alexnet_jax.models`` / ``alexnet_jax.parallel`` and ``alexnet_jax.training.profiling``, so it
+runs even when a wheel is missing; ``benchmarks.layouts`` wraps its settings in an
+``ml_collections.ConfigDict``: when that wheel is absent, a stub module stands in for it and the report
+says so.
 
 Outputs under ``--out`` (``$OUT`` in the wrapper; at most 8 files come back from the device, 16 MiB
 each, so there are only these): ``device_check.json``, ``device_check.md``, ``device_check.log`` (the

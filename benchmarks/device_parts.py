@@ -15,9 +15,10 @@ a part stopped at its limit still leaves what it measured. The measuring is the 
 * ``layouts`` ``benchmarks.layouts.benchmark`` with ``single`` only (one GPU cannot hold a two-device mesh).
 
 JAX, ``alexnet_jax.models`` and the data pipeline are imported inside the part functions, not here: the
-parent process imports this module to dispatch ``--part`` and must not import JAX, and the model part
-must put a stand-in for ``ml_collections`` first when that wheel is missing
-(``device_wheels.ensure_ml_collections``): it imports only jax, flax, optax, numpy, absl,
+parent process imports this module to dispatch ``--part`` and must not import JAX; the data pipeline
+comes after the input part has forked its image makers; and ``ml_collections`` (which
+``benchmarks.layouts`` needs) is replaced by a stand-in first when that wheel is missing
+(``device_wheels.ensure_ml_collections``). The model part imports only jax, flax, optax, numpy, absl,
 ``alexnet_jax.models`` / ``alexnet_jax.parallel`` and ``alexnet_jax.training.profiling``, so it runs
 even when no wheel could be installed.
 """

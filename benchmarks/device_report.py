@@ -176,11 +176,13 @@ def _md_xla_flags(result: dict, part: dict) -> list[str]:
   ok = result.get('starts_with_cpu_flags')
   if result.get('timed_out'):
     return [f'The probe (JAX started as the entry points start it) did not finish in {result.get("wall_s")} '
-            's; the demo train then ran with `alexnet_jax.runtime.devices.CPU_XLA_FLAGS` emptied, to be safe.']
+            's; the demo train then ran with `alexnet_jax.runtime.devices.CPU_XLA_FLAGS` emptied, to be '
+            'safe.']
   if ok and not result.get('xla_flags'):
-    return ['`alexnet_jax.runtime.devices.add_cpu_xla_flags()` set no XLA flag in this jaxlib (it adds a CPU flag '
-            f'only where it finds it defined), and JAX starts; devices: {result.get("devices")}.']
-  lines = [f'`XLA_FLAGS={result.get("xla_flags")}` (what `alexnet_jax.runtime.devices.add_cpu_xla_flags()` sets): '
+    return ['`alexnet_jax.runtime.devices.add_cpu_xla_flags()` set no XLA flag in this jaxlib (it adds a '
+            f'CPU flag only where it finds it defined), and JAX starts; devices: {result.get("devices")}.']
+  lines = [f'`XLA_FLAGS={result.get("xla_flags")}` (what '
+           '`alexnet_jax.runtime.devices.add_cpu_xla_flags()` sets): '
            + ('JAX starts and computes with it' if ok else
               '**JAX does not start with it** (rc ' + str(result.get('rc')) + (
                   ', "unknown flag"' if result.get('unknown_flag_error') else '') + ')') +

@@ -5,9 +5,9 @@ no wheel of). ``fetch_wheels`` downloads them here for CPython 3.12 on manylinux
 ``run_wheels_part`` installs the listed packages that ``importlib.metadata`` does not find into a folder
 that the children get first on their ``PYTHONPATH``, then checks that they import.
 
-``ensure_ml_collections`` is what the model and layouts parts do when the install failed:
-``alexnet_jax/models/__init__.py`` imports ``ml_collections`` at import time (for a type annotation
-only), so a stub module stands in for it and the report says so.
+``ensure_ml_collections`` is what the model and layouts parts call first: ``benchmarks.layouts`` wraps
+its settings in an ``ml_collections.ConfigDict``, so where that wheel could not be installed a stub
+module stands in for it, and the report says which.
 """
 
 from __future__ import annotations
@@ -168,8 +168,8 @@ class ConfigDictStub(dict):
 def ensure_ml_collections() -> str:
   """Imports ``ml_collections``, or registers a stub module when it is missing; says which.
 
-  ``alexnet_jax/models/__init__.py`` imports it at import time only for ``build``'s type annotation, and
-  ``benchmarks/layouts.py`` wraps a dict in a ``ConfigDict``; the stub covers both.
+  ``benchmarks/layouts.py`` wraps a dict in a ``ConfigDict`` (attribute access and ``.get``: what
+  ``alexnet_jax.models.build`` reads); the stub covers that.
   """
   try:
     import ml_collections  # pylint: disable=g-import-not-at-top  (may be missing: then the stub)
