@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import platform
 import shutil
@@ -30,6 +29,8 @@ import subprocess
 import tempfile
 import time
 from typing import Any, Callable, Sequence
+
+from alexnet_jax.runtime import fileio
 
 # ---- XLA option sets (per compilation) --------------------------------------------------------------
 
@@ -390,13 +391,18 @@ def fmt(v: Any) -> str:
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Writes ``obj`` as JSON atomically (a reader never sees half a file)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile('w', dir=directory, delete=False, suffix='.tmp',
-                                   encoding='utf-8') as f:
-    json.dump(obj, f, indent=2, default=_jsonable)
-  os.replace(f.name, path)
+  """Writes ``obj`` as indented JSON atomically (a reader never sees half a file); arrays become lists,
+  dataclasses dicts, anything else its ``str``."""
+  fileio.write_json(path, obj, indent=2, default=_jsonable)
+
+
+def print_and_save(text: str, report: Any, json_path: str | None) -> None:
+  """What a benchmark's command ends with: its table printed, and with ``--json`` its report written
+  there (``write_json``), saying so."""
+  print(text)
+  if json_path:
+    write_json(json_path, report)
+    print(f'wrote {json_path}')
 
 
 def _jsonable(o):

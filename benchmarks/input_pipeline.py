@@ -39,6 +39,7 @@ import shutil
 import statistics as stats_lib
 import tempfile
 import time
+from typing import Sequence
 
 from absl import flags
 import numpy as np
@@ -46,21 +47,7 @@ import PIL.Image
 
 from alexnet_jax.data import synthetic
 
-_JSON = flags.DEFINE_string('json', '', 'Write the results here as JSON.')
-_NUM_IMAGES = flags.DEFINE_integer('num_images', 300, 'Generated JPEGs (4 classes).')
-_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Round-robin rounds; each config runs once per round.')
-_THREADS = flags.DEFINE_list('threads', ['1', '2'], 'grain thread counts to measure.')
-_BATCH = flags.DEFINE_integer('batch_size', 32, 'Batch size of the grain pipelines.')
-_ENCODING = flags.DEFINE_enum('encoding', 'jpg', ['jpg', 'png', 'raw'], 'Encoding of the prepared dataset.')
-_EXTRA = flags.DEFINE_list('extra_encodings', ['raw'], 'Also measure prepared datasets in these.')
-_AUGMENT = flags.DEFINE_list('augment_on', ['host', 'device'], 'config.data.augment_on values to compare.')
-_WORKERS = flags.DEFINE_list('workers', ['1', '2'], 'grain worker processes (1 thread each) to try on the '
-                             'prepared records, device path; empty for none.')
-_FOLDER = flags.DEFINE_bool('folder', True, 'Also measure the pipeline on the JPEG folder.')
-_STEP_COST = flags.DEFINE_bool('step_cost', True, 'Also time the train step with and without device '
-                               'augmentation (tiny config) and the augmentation alone at 256 -> 224.')
-_WINDOW = flags.DEFINE_float('window_s', 2.0, 'Seconds each pipeline configuration is timed per round.')
-_WORKDIR = flags.DEFINE_string('workdir', '', 'Keep the generated files here (default: a temp dir).')
+FLAGS = flags.FLAGS
 
 
 def make_jpegs(root: str, n: int, seed: int = 0) -> list[str]:
@@ -130,28 +117,37 @@ def bytes_to_device_per_image(batch) -> float:
   return sum(a.nbytes for a in fields.values()) / len(fields['label'])
 
 
-def bench_pipeline(dataset, cfg, threads: int, batch: int, seed: int, window_s: float,
-                   workers: int = 0) -> float:
-  """Images/s of train_iterator into device memory (the step's fields of each batch, `jax.device_put`
-  and waited for) over `window_s` seconds, after a warm-up of max(threads, 2 * workers) batches (grain's
-  threads finish their first batches together; worker processes take seconds to start)."""
+def pipeline_to_device(dataset, cfg, threads: int, batch: int, window_s: float, *, workers: int = 0,
+                       seed: int = 0) -> dict:
+  """Images/s of ``train_iterator`` into device memory: the step's fields of each batch, ``jax.device_put``
+  and waited for, over ``window_s`` seconds.
+
+  grain reads whole batches per thread and caps the batches in flight at ``prefetch`` (its
+  ``prefetch_buffer_size``), so ``prefetch`` is raised to ``threads`` here. Timing starts after a first
+  wave of max(threads, 2 * workers) batches (grain's threads finish their first batches together and
+  would count as free; worker processes take seconds to start), whose time is ``first_wave_s``.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from alexnet_jax import data  # pylint: disable=g-import-not-at-top
   cfg.num_threads, cfg.worker_count = threads, workers
   cfg.prefetch = max(int(cfg.prefetch), threads)
   it = data.train_iterator(dataset, cfg, global_batch_size=batch, seed=seed, num_epochs=10_000)
+  t_first = time.perf_counter()
   for _ in range(max(threads, 2 * workers)):
     jax.block_until_ready(jax.device_put(_step_fields(next(it))))
+  first_wave_s = time.perf_counter() - t_first
   n = 0
   t = time.perf_counter()
   while time.perf_counter() - t < window_s:
-    jax.block_until_ready(jax.device_put(_step_fields(next(it))))
-    n += batch
-  rate = n / (time.perf_counter() - t)
+    fields = _step_fields(next(it))
+    jax.block_until_ready(jax.device_put(fields))
+    n += len(fields['label'])
+  elapsed = time.perf_counter() - t
   close = getattr(it, 'close', None)
   if close:
     close()
-  return rate
+  return {'images_per_s': n / elapsed, 'images': n, 'seconds': round(elapsed, 3),
+          'first_wave_s': round(first_wave_s, 3), 'threads': threads, 'prefetch': cfg.prefetch}
 
 
 def _median_ms(fn, reps: int = 7) -> float:
@@ -227,43 +223,46 @@ def _data_config(source: str, augment_on: str, **kw):
   return cfg
 
 
-def main(argv):
-  del argv
+def benchmark(work: str, *, num_images: int = 300, rounds: int = 3, threads: Sequence[int] = (1, 2),
+              batch: int = 32, encoding: str = 'jpg', extra_encodings: Sequence[str] = ('raw',),
+              augments: Sequence[str] = ('host', 'device'), workers: Sequence[int] = (1, 2),
+              folder_pipeline: bool = True, step_cost: bool = True, window_s: float = 2.0) -> dict:
+  """Generates ``num_images`` JPEGs under ``work`` (unless there), prepares them, times every
+  configuration round-robin over ``rounds`` rounds, prints the table and returns the results (what
+  ``--json`` writes). The arguments are the flags' (``batch``: --batch_size, ``augments``: --augment_on,
+  ``folder_pipeline``: --folder)."""
   from alexnet_jax import data  # pylint: disable=g-import-not-at-top
   from alexnet_jax.runtime import host_memory
   from alexnet_jax.data import preparation  # pylint: disable=g-import-not-at-top
 
-  work = _WORKDIR.value or tempfile.mkdtemp(prefix='input_pipeline_')
   load_before = os.getloadavg()
   folder = os.path.join(work, 'jpegs')
   if not os.path.isdir(folder):
     t = time.time()
-    make_jpegs(folder, _NUM_IMAGES.value)
-    print(f'generated {_NUM_IMAGES.value} JPEGs in {time.time() - t:.1f} s')
+    make_jpegs(folder, num_images)
+    print(f'generated {num_images} JPEGs in {time.time() - t:.1f} s')
   paths = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(folder) for f in fs)
   kib = np.mean([os.path.getsize(p) for p in paths]) / 1024
-  threads = [int(t) for t in _THREADS.value]
-  augments = list(_AUGMENT.value)
-  workers = [int(w) for w in _WORKERS.value if w]
-  batch = _BATCH.value
+  threads, augments, workers = list(threads), list(augments), list(workers)
 
   configs_ = [('decode', 1, lambda: bench_decode(paths)), ('naive', 1, lambda: bench_naive(paths))]
   configs_ += [('decode', th, lambda th=th: bench_decode(paths, th)) for th in threads if th > 1]
   bytes_per_image: dict[str, float] = {}
 
-  window = _WINDOW.value
+  window = window_s
 
   def add_pipeline(key, ds, cfg):
     first = next(data.train_iterator(ds, cfg, global_batch_size=batch, seed=0, num_epochs=1))
     bytes_per_image[cfg.augment_on] = bytes_to_device_per_image(first)
     for th in threads:
-      configs_.append((key, th, lambda th=th: bench_pipeline(ds, cfg, th, batch, 0, window)))
+      configs_.append((key, th, lambda th=th: pipeline_to_device(ds, cfg, th, batch, window)[
+          'images_per_s']))
 
-  if _FOLDER.value:
+  if folder_pipeline:
     for aug in augments:
       cfg = _data_config(folder, aug, val_percent=0.0, mean_max_images=64)
       add_pipeline(f'folder_{aug}', data.load_dataset(cfg, seed=0), cfg)
-  encodings = [_ENCODING.value] + [e for e in _EXTRA.value if e and e != _ENCODING.value]
+  encodings = [encoding] + [e for e in extra_encodings if e and e != encoding]
   for enc in encodings:
     out = os.path.join(work, f'prepared_{enc}')
     if not os.path.isdir(out):
@@ -278,14 +277,14 @@ def main(argv):
       if aug == 'device':
         configs_.append((f'decode_prepared_{enc}', 1, lambda ds=ds: bench_decode_records(ds)))
         for w in workers:
-          configs_.append((f'prepared_{enc}_{aug}_w{w}', 1, lambda ds=ds, cfg=cfg, w=w: bench_pipeline(
-              ds, cfg, 1, batch, 0, window, workers=w)))
+          configs_.append((f'prepared_{enc}_{aug}_w{w}', 1, lambda ds=ds, cfg=cfg, w=w: pipeline_to_device(
+              ds, cfg, 1, batch, window, workers=w)['images_per_s']))
 
   samples: dict[tuple[str, int], list[float]] = {}
-  for r in range(_ROUNDS.value):
+  for r in range(rounds):
     for name, th, fn in configs_:
       samples.setdefault((name, th), []).append(fn())
-    print(f'round {r + 1}/{_ROUNDS.value} done, load average {os.getloadavg()[0]:.2f}')
+    print(f'round {r + 1}/{rounds} done, load average {os.getloadavg()[0]:.2f}')
   load_after = os.getloadavg()
 
   result: dict = {}
@@ -293,21 +292,33 @@ def main(argv):
     result.setdefault(name, {})[str(th)] = round(stats_lib.median(v), 1)
   result['ratios'] = _ratios(samples, threads, encodings)
   result['bytes_to_device_per_image'] = {k: int(v) for k, v in bytes_per_image.items()}
-  if _STEP_COST.value:
+  if step_cost:
     result['step_cost_ms'] = bench_step_cost()
   result['samples'] = {f'{k[0]}/{k[1]}': [round(x, 1) for x in v] for k, v in samples.items()}
   result['setup'] = {
       'machine': f'{platform.machine()} {os.cpu_count()} CPUs, {platform.processor() or "cpu"}',
       'python': platform.python_version(), 'pillow': PIL.__version__, 'num_images': len(paths),
-      'mean_jpeg_kib': round(float(kib), 1), 'batch_size': batch, 'rounds': _ROUNDS.value,
-      'loadavg_before': [round(x, 2) for x in load_before], 'loadavg_after': [round(x, 2) for x in load_after],
+      'mean_jpeg_kib': round(float(kib), 1), 'batch_size': batch, 'rounds': rounds,
+      'loadavg_before': [round(x, 2) for x in load_before],
+      'loadavg_after': [round(x, 2) for x in load_after],
       'host_memory_retained': host_memory.is_retaining(),
   }
   _print_table(result, threads, len(paths), kib)
-  if _JSON.value:
-    with open(_JSON.value, 'w', encoding='utf-8') as f:
+  return result
+
+
+def main(argv):
+  del argv
+  work = FLAGS.workdir or tempfile.mkdtemp(prefix='input_pipeline_')
+  result = benchmark(work, num_images=FLAGS.num_images, rounds=FLAGS.rounds,
+                     threads=[int(t) for t in FLAGS.threads], batch=FLAGS.batch_size,
+                     encoding=FLAGS.encoding, extra_encodings=FLAGS.extra_encodings,
+                     augments=FLAGS.augment_on, workers=[int(w) for w in FLAGS.workers if w],
+                     folder_pipeline=FLAGS.folder, step_cost=FLAGS.step_cost, window_s=FLAGS.window_s)
+  if FLAGS.json:
+    with open(FLAGS.json, 'w', encoding='utf-8') as f:
       json.dump(result, f, indent=2)
-  if not _WORKDIR.value:
+  if not FLAGS.workdir:
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -352,6 +363,27 @@ def _print_table(result: dict, threads: list[int], n: int, kib: float) -> None:
   print(f'load average before {setup["loadavg_before"][0]:.2f}, after {setup["loadavg_after"][0]:.2f}')
 
 
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a command, so the device check can import
+  this module beside its own flags)."""
+  flags.DEFINE_string('json', '', 'Write the results here as JSON.')
+  flags.DEFINE_integer('num_images', 300, 'Generated JPEGs (4 classes).')
+  flags.DEFINE_integer('rounds', 3, 'Round-robin rounds; each config runs once per round.')
+  flags.DEFINE_list('threads', ['1', '2'], 'grain thread counts to measure.')
+  flags.DEFINE_integer('batch_size', 32, 'Batch size of the grain pipelines.')
+  flags.DEFINE_enum('encoding', 'jpg', ['jpg', 'png', 'raw'], 'Encoding of the prepared dataset.')
+  flags.DEFINE_list('extra_encodings', ['raw'], 'Also measure prepared datasets in these.')
+  flags.DEFINE_list('augment_on', ['host', 'device'], 'config.data.augment_on values to compare.')
+  flags.DEFINE_list('workers', ['1', '2'], 'grain worker processes (1 thread each) to try on the '
+                    'prepared records, device path; empty for none.')
+  flags.DEFINE_bool('folder', True, 'Also measure the pipeline on the JPEG folder.')
+  flags.DEFINE_bool('step_cost', True, 'Also time the train step with and without device '
+                    'augmentation (tiny config) and the augmentation alone at 256 -> 224.')
+  flags.DEFINE_float('window_s', 2.0, 'Seconds each pipeline configuration is timed per round.')
+  flags.DEFINE_string('workdir', '', 'Keep the generated files here (default: a temp dir).')
+
+
 if __name__ == '__main__':
   from alexnet_jax.runtime import cli  # pylint: disable=g-import-not-at-top
+  define_flags()
   cli.run(main)   # as the trainer runs: freed host memory kept (--noretain_host_memory: glibc's defaults)

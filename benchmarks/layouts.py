@@ -266,10 +266,7 @@ def main(argv):
                      batch=FLAGS.batch, image_size=FLAGS.image_size, num_classes=FLAGS.num_classes,
                      dtype=FLAGS.dtype, steps=FLAGS.steps, warmup=FLAGS.warmup,
                      peak_tflops=FLAGS.peak_tflops, xla=FLAGS.xla)
-  print(format_report(report))
-  if FLAGS.json:
-    common.write_json(FLAGS.json, report)
-    print(f'wrote {FLAGS.json}')
+  common.print_and_save(format_report(report), report, FLAGS.json)
   if FLAGS.plot:
     plot(report, FLAGS.plot)
     print(f'wrote {FLAGS.plot}')

@@ -20,16 +20,105 @@ open its ``*.trace.json.gz`` in https://ui.perfetto.dev); the timings above are 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import statistics
 import time
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from absl import flags
 
 from benchmarks import common
 
 FLAGS = flags.FLAGS
+
+
+class Programs:
+  """One network's train and eval steps on one device (layout ``single``, SGD with momentum 0.9, dropout
+  on, the state donated) and the train state they thread through their calls.
+
+  What ``benchmark`` and the device check (``benchmarks.device_parts``) compile and time. ``share``: a
+  ``Programs`` of the same network in another dtype whose state to use when it has the same shapes
+  (parameters stay float32 whatever the compute dtype: one initialization to compile instead of two).
+  """
+
+  def __init__(self, model: str, dtype: str, tx, *, width: float, image_size: int, num_classes: int,
+               share: Programs | None = None):
+    from alexnet_jax import models as models_lib
+    from alexnet_jax.parallel import layouts as layouts_lib
+    from alexnet_jax.parallel import step as step_lib
+    network = models_lib.REGISTRY[model](num_classes, width=width, dropout=0.5, lrn='paper',
+                                         bias_init='paper', weight_init='paper',
+                                         dtype=models_lib.DTYPES[dtype])
+    layout = layouts_lib.resolve('single', network, num_devices=1)
+    self.mesh = layout.make_mesh()
+    self.image_size, self.num_classes = image_size, num_classes
+    image_shape = (image_size, image_size, 3)
+    self._abstract_state = functools.partial(step_lib.abstract_train_state, network, layout, self.mesh, tx,
+                                             image_shape=image_shape)
+    if share is not None and share.signature == self.signature:
+      self.box = share.box
+    else:
+      self.box = {'state': step_lib.create_train_state(network, layout, self.mesh, tx, seed=0,
+                                                       image_shape=image_shape)}
+    self.train_step = step_lib.make_train_step(network, layout, self.mesh, tx, donate=True)
+    self.eval_step = step_lib.make_eval_step(network, layout, self.mesh)
+
+  @functools.cached_property
+  def signature(self) -> tuple:
+    """The tree structure, shapes and dtypes of the train state (traced, nothing allocated)."""
+    import jax
+    leaves, treedef = jax.tree.flatten(self._abstract_state())
+    return str(treedef), [(a.shape, str(a.dtype)) for a in leaves]
+
+  def example_batch(self, batch: int) -> dict:
+    """A fixed batch of ``batch`` images and labels in device memory."""
+    import jax
+    from alexnet_jax.parallel import compare
+    images, labels = compare.example_batch(batch, self.image_size, 3, self.num_classes)
+    return {'image': jax.device_put(images), 'label': jax.device_put(labels)}
+
+  def lower(self, mode: str, batch: dict):
+    """The train (``mode='train'``) or eval program for ``batch``, lowered."""
+    import jax
+    with jax.set_mesh(self.mesh):
+      if mode == 'train':
+        return self.train_step.jitted.lower(self.box['state'], batch)
+      return self.eval_step.jitted.lower(self.box['state'].params, batch['image'])
+
+  def compile(self, lowered, options: dict | None = None):
+    import jax
+    with jax.set_mesh(self.mesh):
+      return lowered.compile(compiler_options=options)
+
+  def launcher(self, mode: str, compiled, batch: dict) -> Callable[[], Any]:
+    """A call of ``compiled`` on ``batch`` that returns without waiting (a train call moves the shared
+    state on); ``jax.block_until_ready`` its result to wait."""
+    import jax
+    box, mesh = self.box, self.mesh
+    if mode == 'train':
+      def launch():
+        with jax.set_mesh(mesh):
+          box['state'], metrics = compiled(box['state'], batch)
+        return box['state'], metrics
+    else:
+      def launch():
+        with jax.set_mesh(mesh):
+          return compiled(box['state'].params, batch['image'])
+    return launch
+
+
+def trace(call: Callable[[], Any], directory: str, steps: int, *, name: str, log=print, **options):
+  """Traces ``steps`` calls of ``call`` (each blocks until done) into ``directory`` with
+  ``alexnet_jax.training.profiling.StepProfiler`` (``options``: its other arguments); returns it."""
+  from alexnet_jax.training import profiling
+  profiler = profiling.StepProfiler(directory, 0, steps, name=name, log=log, **options)
+  with profiler:
+    for i in range(steps + 1):
+      profiler.step(i)
+      if i < steps:
+        call()
+  return profiler
 
 
 def benchmark(models: Sequence[str] = ('alexnet', 'alexnet_owt'),
@@ -44,59 +133,29 @@ def benchmark(models: Sequence[str] = ('alexnet', 'alexnet_owt'),
   one) are traced there after the timings; the report's ``'profile'`` says which, and the files.
   """
   import jax
-  import ml_collections
   import optax
-  from alexnet_jax import models as models_lib
-  from alexnet_jax.parallel import compare
-  from alexnet_jax.parallel import layouts as layouts_lib
-  from alexnet_jax.parallel import step as step_lib
 
   for mode in modes:
     if mode not in ('train', 'infer'):
       raise ValueError(f'--modes: {mode!r} is neither train nor infer')
   device = jax.devices()[0]
   tx = optax.sgd(0.01, momentum=0.9)
-  holders, entries, calls = {}, [], {}
+  entries, calls = [], {}
   for model, dtype in itertools.product(models, dtypes):
-    network = models_lib.build(ml_collections.ConfigDict(dict(
-        name=model, width=width, dropout=0.5, lrn='paper', bias_init='paper', dtype=dtype)), num_classes)
-    layout = layouts_lib.resolve('single', network, num_devices=1)
-    mesh = layout.make_mesh()
     # One state per network and dtype, threaded through all its train programs (they share its shapes).
-    holder = {'state': step_lib.create_train_state(network, layout, mesh, tx, seed=0,
-                                                   image_shape=(image_size, image_size, 3)),
-              'mesh': mesh}
-    holders[(model, dtype)] = holder
-    train_step = step_lib.make_train_step(network, layout, mesh, tx, donate=True)
-    eval_step = step_lib.make_eval_step(network, layout, mesh)
+    programs = Programs(model, dtype, tx, width=width, image_size=image_size, num_classes=num_classes)
     for batch, xla_name, mode in itertools.product(batches, xla, modes):
       options = common.xla_options(xla_name, device.platform)
-      images, labels = compare.example_batch(batch, image_size, 3, num_classes)
-      images, labels = jax.device_put(images), jax.device_put(labels)
+      arrays = programs.example_batch(batch)
       t = time.perf_counter()
-      with jax.set_mesh(mesh):
-        if mode == 'train':
-          compiled = train_step.jitted.lower(holder['state'], {'image': images, 'label': labels}
-                                             ).compile(compiler_options=options)
-        else:
-          compiled = eval_step.jitted.lower(holder['state'].params, images
-                                            ).compile(compiler_options=options)
+      compiled = programs.compile(programs.lower(mode, arrays), options)
       compile_s = time.perf_counter() - t
       key = f'{model}/{dtype}/b{batch}/{xla_name}/{mode}'
       log(f'{key}: compiled in {compile_s:.1f} s')
       entries.append({'key': key, 'model': model, 'dtype': dtype, 'batch': batch, 'xla': xla_name,
                       'mode': mode, 'compile_s': compile_s, 'compiled': compiled})
-
-      if mode == 'train':
-        def call(holder=holder, compiled=compiled, batch_arrays={'image': images, 'label': labels}):
-          with jax.set_mesh(holder['mesh']):
-            holder['state'], metrics = compiled(holder['state'], batch_arrays)
-          jax.block_until_ready((holder['state'], metrics))
-      else:
-        def call(holder=holder, compiled=compiled, images=images):
-          with jax.set_mesh(holder['mesh']):
-            jax.block_until_ready(compiled(holder['state'].params, images))
-      calls[key] = call
+      launch = programs.launcher(mode, compiled, arrays)
+      calls[key] = lambda launch=launch: jax.block_until_ready(launch())
 
   load_before = common.load_average()
   timings = common.interleave(calls, reps=steps, warmup=warmup,
@@ -154,14 +213,8 @@ def benchmark(models: Sequence[str] = ('alexnet', 'alexnet_owt'),
 
 def _profile(calls: dict, keys: Sequence[str], directory: str, steps: int, log) -> dict:
   """Traces ``steps`` calls of ``calls[keys[0]]`` into ``directory`` (each call blocks until done)."""
-  from alexnet_jax.training import profiling
   key = keys[0]
-  profiler = profiling.StepProfiler(directory, 0, steps, name=key.replace('/', '_'), log=log)
-  with profiler:
-    for i in range(steps + 1):
-      profiler.step(i)
-      if i < steps:
-        calls[key]()
+  profiler = trace(calls[key], directory, steps, name=key.replace('/', '_'), log=log)
   return {'key': key, 'steps': steps, 'directory': directory, 'session_dir': profiler.session_dir,
           'files': profiler.files(), 'skipped': profiler.skipped}
 
@@ -225,10 +278,7 @@ def main(argv):
                      width=FLAGS.width, image_size=FLAGS.image_size, num_classes=FLAGS.num_classes,
                      steps=FLAGS.steps, warmup=FLAGS.warmup, peak_tflops=FLAGS.peak_tflops,
                      profile_dir=FLAGS.profile_dir, profile_steps=FLAGS.profile_steps)
-  print(format_report(report))
-  if FLAGS.json:
-    common.write_json(FLAGS.json, report)
-    print(f'wrote {FLAGS.json}')
+  common.print_and_save(format_report(report), report, FLAGS.json)
 
 
 if __name__ == '__main__':

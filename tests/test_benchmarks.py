@@ -17,6 +17,7 @@ from benchmarks import common
 from benchmarks import compare_torch
 from benchmarks import layouts as layouts_bench
 from benchmarks import model_step
+from benchmarks import torch_alexnet
 
 # The benchmarks here build the same tiny networks' train states over and over: each compiled once.
 pytestmark = pytest.mark.usefixtures('compilation_cache')
@@ -138,7 +139,7 @@ def test_compare_torch_without_torch_times_our_side_only():
 
 @pytest.mark.parametrize('torch_process', ['same', 'own'])
 def test_compare_torch_runs_the_same_network_in_both(torch_process):
-  if not compare_torch.torch_available():
+  if not torch_alexnet.torch_available():
     pytest.skip('PyTorch is not installed')
   report = compare_torch.benchmark(batch=8, steps=2, warmup=1, xla=('default',), log=lambda *_: None,
                                    torch_process=torch_process, **TINY)

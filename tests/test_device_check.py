@@ -16,7 +16,10 @@ import tarfile
 
 import pytest
 
-from benchmarks import device_check as dc
+from benchmarks import device_plan as dp
+from benchmarks import device_report
+from benchmarks import device_runner
+from benchmarks import device_wheels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTIONS = ('## Model step and inference', '## Profiler trace of the train step',
@@ -42,35 +45,35 @@ def smoke(tmp_path_factory):
   proc = subprocess.run(['bash', 'benchmarks/device_check.sh', '--smoke', f'--scratch={scratch}'],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  report = json.loads((out / dc.JSON_NAME).read_text())
-  return out, report, (out / dc.MD_NAME).read_text()
+  report = json.loads((out / dp.JSON_NAME).read_text())
+  return out, report, (out / dp.MD_NAME).read_text()
 
 
 def test_smoke_runs_every_part_and_summarizes_each(smoke):
   out, report, md = smoke
   assert report['smoke'] and report['wall_s'] > 0
-  assert {name: p['status'] for name, p in report['parts'].items()} == {name: 'ok' for name in dc.PARTS}
+  assert {name: p['status'] for name, p in report['parts'].items()} == {name: 'ok' for name in dp.PARTS}
   for section in SECTIONS:
     assert section in md, section
   assert 'Not measured' not in md and 'could not summarize' not in md
-  assert md.count('| ok |') == len(dc.PARTS)
+  assert md.count('| ok |') == len(dp.PARTS)
 
 
 def test_smoke_returns_only_what_the_device_tool_can_bring_back(smoke):
   out, _, _ = smoke
   files = [os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs]
-  assert sorted(files) == sorted([dc.JSON_NAME, dc.MD_NAME, 'device_check.log', dc.TRACE_NAME,
-                                  dc.DEMO_METRICS_NAME])
+  assert sorted(files) == sorted([dp.JSON_NAME, dp.MD_NAME, 'device_check.log', dp.TRACE_NAME,
+                                  dp.DEMO_METRICS_NAME])
   assert len(files) <= 8   # the device tool returns at most 8 files, 16 MiB each, 2 folders deep
   for f in files:
-    assert re.fullmatch(r'[A-Za-z0-9._-]+', f) and os.path.getsize(out / f) <= dc.MAX_RETURN_BYTES
+    assert re.fullmatch(r'[A-Za-z0-9._-]+', f) and os.path.getsize(out / f) <= dp.MAX_RETURN_BYTES
   assert 'wrote' in (out / 'device_check.log').read_text()
 
 
 def test_smoke_model_numbers_are_plausible(smoke):
   _, report, _ = smoke
   model = report['parts']['model']['result']
-  assert set(model['results']) == {dc.config_key(*c) for c in dc.SMOKE.model_configs}
+  assert set(model['results']) == {dp.config_key(*c) for c in dp.SMOKE.model_configs}
   assert not model['skipped'] and model['ml_collections'].startswith('ml_collections')
   for r in model['results'].values():
     assert 'error' not in r, r
@@ -92,8 +95,8 @@ def test_smoke_profile_is_a_viewable_trace_of_the_train_step(smoke):
   out, report, _ = smoke
   profile = report['parts']['model']['result']['profile']
   assert profile['key'] == 'alexnet_owt/float32/b8/train' and profile['skipped'] is None
-  assert profile['tarball'] == dc.TRACE_NAME and profile['tarball_bytes'] <= dc.MAX_RETURN_BYTES
-  with tarfile.open(out / dc.TRACE_NAME) as tar:
+  assert profile['tarball'] == dp.TRACE_NAME and profile['tarball_bytes'] <= dp.MAX_RETURN_BYTES
+  with tarfile.open(out / dp.TRACE_NAME) as tar:
     names = tar.getnames()
   assert any(re.fullmatch(r'trace/plugins/profile/[^/]+/[^/]+\.xplane\.pb', n) for n in names), names
   assert any(n.endswith('.trace.json.gz') for n in names)
@@ -109,7 +112,7 @@ def test_smoke_train_input_layouts_and_wheels_are_plausible(smoke):
   assert train['rc'] == 0 and not train['cpu_xla_flags_removed']
   assert train['steps'] == 70 and train['epochs'] == pytest.approx(1.0)   # 2,250 images / 32
   assert train['images_per_s_median_after_first'] > 0 and 0 <= train['val']['top1'] <= 1
-  lines = (out / dc.DEMO_METRICS_NAME).read_text().splitlines()
+  lines = (out / dp.DEMO_METRICS_NAME).read_text().splitlines()
   assert any(json.loads(line)['split'] == 'val' for line in lines)
 
   inputs = parts['input']
@@ -126,7 +129,7 @@ def test_smoke_train_input_layouts_and_wheels_are_plausible(smoke):
   assert layouts['layouts']['single']['images_per_s'] > 0
 
   wheels = parts['wheels']
-  assert wheels['listed'] == len(dc.read_wheels_list()) and not wheels['no_wheel_carried']
+  assert wheels['listed'] == len(device_wheels.read_wheels_list()) and not wheels['no_wheel_carried']
   assert all(v.startswith('ok') for v in wheels['imports'].values()), wheels['imports']
 
 
@@ -141,10 +144,15 @@ class Block(importlib.abc.MetaPathFinder):
       raise ImportError(f'{name} is blocked (not installed on the device)')
 sys.meta_path.insert(0, Block())
 import dataclasses
-from benchmarks import device_check as dc
-plan = dataclasses.replace(dc.SMOKE, model_configs=(('lenet', 'float32', 4, 'train'),), width=0.25,
+from benchmarks import device_parts
+from benchmarks import device_plan as dp
+from benchmarks import device_report
+from benchmarks import device_runner
+from benchmarks import device_wheels
+plan = dataclasses.replace(dp.SMOKE, model_configs=(('lenet', 'float32', 4, 'train'),), width=0.25,
                            image_size=28, profile=None)
-report = dc.run_model_part(plan, sys.argv[1], 120, trace_out=None, scratch=sys.argv[2], log=lambda *_: None)
+report = device_parts.run_model_part(plan, sys.argv[1], 120, trace_out=None, scratch=sys.argv[2],
+                                     log=lambda *_: None)
 imported = sorted({m.split('.')[0] for m in sys.modules} & set(BLOCKED))
 stub = getattr(sys.modules['ml_collections'], '__stub__', False)
 print('RESULT ' + json.dumps({'ml': report['ml_collections'], 'keys': list(report['results']),
@@ -168,7 +176,7 @@ def test_model_part_runs_without_any_of_the_carried_wheels(tmp_path):
 
 
 def test_full_plan_covers_the_issue_and_fits_eight_minutes():
-  plan = dc.FULL
+  plan = dp.FULL
   expected = set(itertools.product(('alexnet', 'alexnet_owt'), ('bfloat16', 'float32'), (128, 256, 512),
                                    ('train', 'infer')))
   assert set(plan.model_configs) == expected and len(plan.model_configs) == len(expected)
@@ -179,23 +187,23 @@ def test_full_plan_covers_the_issue_and_fits_eight_minutes():
   assert {c[2] for c in plan.model_configs[:8]} == {256}   # every mode and dtype at 256 first
   assert (plan.width, plan.image_size, plan.num_classes) == (1.0, 224, 1000)
   assert (*plan.profile, 'train') in plan.model_configs and plan.profile_steps == 3
-  assert set(plan.budgets) == set(dc.PARTS)
+  assert set(plan.budgets) == set(dp.PARTS)
   assert sum(plan.budgets.values()) <= plan.total_budget_s <= 8 * 60
-  assert plan.model_configs and dc.PARTS[:2] == ('wheels', 'model')   # the model step first
+  assert plan.model_configs and dp.PARTS[:2] == ('wheels', 'model')   # the model step first
   assert '--config.num_epochs=2' in plan.train_args and '--config.layout=single' in plan.train_args
-  assert set(dc.SMOKE.budgets) == set(dc.PARTS)
+  assert set(dp.SMOKE.budgets) == set(dp.PARTS)
 
 
 def test_wheels_list_is_pinned_and_meets_the_project_requirements():
-  entries = dc.read_wheels_list()
-  names = [dc.normalize(e['name']) for e in entries]
+  entries = device_wheels.read_wheels_list()
+  names = [device_wheels.normalize(e['name']) for e in entries]
   assert len(names) == len(set(names))   # two versions of one package stop the whole install
   assert {'grain', 'array-record', 'ml-collections', 'tensorboardx', 'tensorflow-datasets'} <= set(names)
   # Each pin satisfies setup.cfg's lower bound (not equality with this machine: PyPI moves on).
-  required = {dc.normalize(r.split('>=')[0]): r.split('>=')[1] for r in
+  required = {device_wheels.normalize(r.split('>=')[0]): r.split('>=')[1] for r in
               importlib.metadata.requires('alexnet_jax') if '>=' in r and ';' not in r}
   for e in entries:
-    floor = required.get(dc.normalize(e['name']))
+    floor = required.get(device_wheels.normalize(e['name']))
     if floor:
       as_tuple = lambda v: tuple(int(p) for p in v.split('.')[:3] if p.isdigit())
       assert as_tuple(e['version']) >= as_tuple(floor), (e, floor)
@@ -206,7 +214,7 @@ def test_wheel_files_are_found_by_normalized_name_and_version(tmp_path):
   for name in ('array_record-0.8.6-cp312-cp312-manylinux2014_x86_64.manylinux_2_17_x86_64.whl',
                'tensorboardx-2.6.5-py3-none-any.whl', 'grain-0.2.17-cp312-cp312-manylinux_2_28_x86_64.whl'):
     (tmp_path / name).write_bytes(b'')
-  find = lambda name, version: dc.wheel_file_for({'name': name, 'version': version}, str(tmp_path))
+  find = lambda name, version: device_wheels.wheel_file_for({'name': name, 'version': version}, str(tmp_path))
   assert find('array-record', '0.8.6').endswith('array_record-0.8.6-cp312-cp312-manylinux2014_x86_64.'
                                                 'manylinux_2_17_x86_64.whl')
   assert find('tensorboardX', '2.6.5').endswith('tensorboardx-2.6.5-py3-none-any.whl')
@@ -217,21 +225,21 @@ def test_wheels_list_rejects_unpinned_lines(tmp_path):
   path = tmp_path / 'w.txt'
   path.write_text('# comment\ngrain==0.2.18  # fine\nnumpy>=2\n')
   with pytest.raises(ValueError, match='NAME==VERSION'):
-    dc.read_wheels_list(str(path))
+    device_wheels.read_wheels_list(str(path))
 
 
 def test_children_get_no_cpu_only_xla_flag_and_never_a_blank_one(monkeypatch):
-  assert dc.sanitized_xla_flags('--xla_cpu_experimental_ynn_fusion_type=-individual_convolution '
+  assert device_runner.sanitized_xla_flags('--xla_cpu_experimental_ynn_fusion_type=-individual_convolution '
                                 '--xla_force_host_platform_device_count=2') == \
       '--xla_force_host_platform_device_count=2'
   monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution')
-  env = dc.child_env(None)
+  env = device_runner.child_env(None)
   assert 'XLA_FLAGS' not in env and env['PYTHONUNBUFFERED'] == '1'
   assert env['PYTHONPATH'].split(os.pathsep)[0] == ROOT
 
 
 def test_ml_collections_stub_reads_like_a_config_dict():
-  d = dc._ConfigDictStub(name='alexnet', width=0.5)
+  d = device_wheels.ConfigDictStub(name='alexnet', width=0.5)
   assert d.name == 'alexnet' and d.get('weight_init', 'paper') == 'paper'
   with pytest.raises(AttributeError):
     d.missing  # pylint: disable=pointless-statement
@@ -250,7 +258,7 @@ def test_summary_of_a_partial_run_names_what_is_missing():
              'alexnet_owt/bfloat16/b256/train': _row('alexnet_owt', 'bfloat16', 256, 'train', 200.0),
              'alexnet/bfloat16/b512/train': {'model': 'alexnet', 'dtype': 'bfloat16', 'batch': 512,
                                              'mode': 'train', 'error': 'XlaRuntimeError: out of memory'}}
-  assert dc.tower_ratios(results) == {'bfloat16/b256/train': pytest.approx(0.9)}
+  assert device_report.tower_ratios(results) == {'bfloat16/b256/train': pytest.approx(0.9)}
   report = {
       'plan': {'name': 'full'}, 'started': 'now', 'budget_s': 450, 'wall_s': 450.0, 'cores': 16,
       'machine': {'device_kind': 'NVIDIA H200', 'platform': 'gpu', 'device_count': 1},
@@ -264,7 +272,7 @@ def test_summary_of_a_partial_run_names_what_is_missing():
               'machine': {'platform': 'gpu'}, 'profile': {'key': 'k', 'skipped': 'no time left'}}},
           'train': {'status': 'skipped: no time left'},
       }}
-  md = dc.format_markdown(report)
+  md = device_report.format_markdown(report)
   for section in SECTIONS:
     assert section in md
   assert 'alexnet FLOP rate / alexnet_owt FLOP rate' in md and 'bfloat16/b256/train 0.90' in md
