@@ -71,6 +71,7 @@ from alexnet_jax.dashboard import runner as runner_lib
 from alexnet_jax.dashboard import security
 from alexnet_jax.dashboard import stream as stream_lib
 from alexnet_jax.dashboard import worker as worker_lib
+from alexnet_jax.runtime import process
 from alexnet_jax.runtime import status as status_lib
 
 _log = logging.getLogger(__name__)
@@ -280,11 +281,10 @@ def _hardware(pid: Optional[int], cache: dict) -> dict[str, Any]:
   """Process CPU % (since the previous look) and resident memory of a job's tool process."""
   if not isinstance(pid, int) or pid <= 0:
     return {}
+  ticks = process.cpu_ticks(pid)
+  if ticks is None:
+    return {}
   try:
-    with open(f'/proc/{pid}/stat', 'rb') as f:
-      fields = f.read().decode('ascii', 'replace')
-    fields = fields[fields.rfind(')') + 2:].split()
-    ticks = int(fields[11]) + int(fields[12])
     rss = 0
     with open(f'/proc/{pid}/status', encoding='ascii', errors='replace') as f:
       for line in f:
@@ -489,7 +489,7 @@ class Dashboard:
         'log_tail': jobs_lib.tail(os.path.join(workdir, log_name), 30)
         if row['state'] in ('failed', 'interrupted') else [],
         'files': sorted(self.job_files(job_id)), 'hardware': hardware, 'gpus': gpus,
-        'command': status_lib.command_string(job.doc['argv']) if job else row.get('command'),
+        'command': process.command_string(job.doc['argv']) if job else row.get('command'),
         'devices': row.get('devices') or [], 'size_bytes': row.get('size_bytes'),
         'wait_reason': row.get('wait_reason'),
         'classifications': self.classification_rows(job_id),
@@ -546,7 +546,7 @@ class Dashboard:
         'used_by': self.manager.users_of(job_id) if job else [],
         'log_tail': jobs_lib.tail(os.path.join(row['jobdir'], runner_lib.OUTPUT_LOG), 30)
         if row['state'] in ('failed', 'interrupted') and not row.get('external') else [],
-        'command': status_lib.command_string(job.doc['argv']) if job else row.get('command'),
+        'command': process.command_string(job.doc['argv']) if job else row.get('command'),
         'wait_reason': row.get('wait_reason'),
     }
     return _plain(view)
