@@ -47,7 +47,6 @@ import numpy as np
 from alexnet_jax.runtime import confinement
 from alexnet_jax.data import errors
 from alexnet_jax.data import loading
-from alexnet_jax.data import progress as progress_lib
 from alexnet_jax.data import records
 from alexnet_jax.data import reports
 from alexnet_jax.data import resize as resize_lib
@@ -55,6 +54,7 @@ from alexnet_jax.data import sources
 from alexnet_jax.data import splits as splits_lib
 from alexnet_jax.data import statistics
 from alexnet_jax.runtime import lock as lock_lib
+from alexnet_jax.runtime import progress as progress_lib
 from alexnet_jax.runtime import status as status_lib
 
 log = logging.getLogger(__name__)
@@ -223,8 +223,8 @@ def _write_split(tmp: str, split: splits_lib.SplitData, classes: list[str], opts
   writer = records.Writer(rec_path)
   counts = np.zeros(len(classes), np.int64)
   skipped, lines = [], []
-  prog = progress_lib.Progress(len(split), f'prepare {split.name}', interval_s=opts.progress_interval_s,
-                               stream=stream)
+  prog = progress_lib.Progress(len(split), f'prepare {split.name}', unit='img', tty=False,
+                               log_every_secs=opts.progress_interval_s, log_fn=progress_lib.print_to(stream))
   work = _Work(split, opts, accumulate=acc is not None)
   ds = grain.MapDataset.range(len(split)).map(work).to_iter_dataset(
       grain.ReadOptions(num_threads=workers, prefetch_buffer_size=max(8, 4 * workers)))
@@ -246,7 +246,7 @@ def _write_split(tmp: str, split: splits_lib.SplitData, classes: list[str], opts
     writer.close()
   for part in work.accumulators:
     acc.merge(part)
-  prog.finish()
+  prog.close()
   if not writer.count:
     os.remove(rec_path)
     return counts, skipped, 0
@@ -344,7 +344,7 @@ def _prepare(opts: PrepareOptions, output: str, stream: TextIO, status: status_l
 
   def report(prog: progress_lib.Progress, split_name: str) -> None:
     progress_state['split_start'] = prog.start
-    done = progress_state['before'] + prog.done
+    done = progress_state['before'] + prog.n
     elapsed = progress_state['seconds_before'] + time.monotonic() - prog.start
     rate = done / elapsed if elapsed > 0 and done else None
     status.update(phase='writing', split=split_name, done=done, total=total_images,
