@@ -20,8 +20,8 @@ RENAMED_CHILD = textwrap.dedent("""
 
 
 def test_stat_fields_are_counted_from_the_last_parenthesis():
-  child = subprocess.Popen([sys.executable, '-c', RENAMED_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                           text=True)
+  child = subprocess.Popen([sys.executable, '-c', RENAMED_CHILD], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True)
   try:
     assert child.stdout.readline().strip() == 'ready'
     with open(f'/proc/{child.pid}/comm', encoding='ascii') as f:

@@ -47,7 +47,7 @@ def test_log_lines_every_n_seconds_with_eta():
 
 
 def test_lines_printed_to_a_given_stream():
-  """Dataset preparation's form: lines (never a bar) on the stream it was given, the same text as the log's."""
+  """Dataset preparation's form: lines (never a bar) on the stream it was given, as the log's text."""
   clock, stream = FakeClock(), FakeTTY()
   with Progress(10, 'prepare train', unit='img', tty=False, log_every_secs=2.0, clock=clock,
                 log_fn=print_to(stream)) as p:

@@ -45,7 +45,6 @@ import math
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import quote, urlencode
 
@@ -234,19 +233,6 @@ def _printable_value(value: Any) -> Any:
       else value
 
 
-def _plain(value: Any) -> Any:
-  """Values as plain JSON for the browser (NaN/inf -> None, paths -> str)."""
-  if isinstance(value, float):
-    return value if math.isfinite(value) else None
-  if isinstance(value, dict):
-    return {str(k): _plain(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
-  if isinstance(value, Path):
-    return str(value)
-  return value
-
-
 
 def _form_fields(doc: dict[str, Any]) -> list[list[str]]:
   """A model job's New Model form, ``[[field, value], ...]`` as submitted (as parsed, for jobs made
@@ -369,7 +355,7 @@ class Dashboard:
 
   def render(self, template: str, request: Request, **context) -> HTMLResponse:
     context.setdefault('page', {})
-    context['page'] = _plain(context['page'])
+    context['page'] = fileio.plain(context['page'])
     html = self.env.get_template(template).render(
         request=request, token=self.page_token(request), jobs_dir=self.jobs_dir, version=self.version,
         devices=self.manager.device_summary(), **context)
@@ -502,7 +488,7 @@ class Dashboard:
     if c.get('optimizer'):
       view['solver_text'] = (f'{c["optimizer"]} · lr {c.get("learning_rate")} ({lr.get("policy", "?")}) · '
                              f'batch {c.get("batch_size")} · {c.get("num_epochs")} epochs')
-    return _plain(view)
+    return fileio.plain(view)
 
   def classification_rows(self, model_id: str) -> list[dict[str, Any]]:
     """The model's Classify Many jobs for its page: id, name, state and top-1 once known."""
@@ -549,7 +535,7 @@ class Dashboard:
         'command': process.command_string(job.doc['argv']) if job else row.get('command'),
         'wait_reason': row.get('wait_reason'),
     }
-    return _plain(view)
+    return fileio.plain(view)
 
   def index(self) -> dict[str, Any]:
     rows = self.manager.rows()
@@ -568,7 +554,7 @@ class Dashboard:
                     train_loss=r.get('train_loss'), dataset=r.get('dataset'), epoch=r.get('epoch'),
                     devices=r.get('devices') or [])
         models.append(item)
-    return _plain({'datasets': datasets, 'models': models, 'devices': self.manager.device_summary()})
+    return fileio.plain({'datasets': datasets, 'models': models, 'devices': self.manager.device_summary()})
 
   # -- Sparklines ---------------------------------------------------------------------------------------
 
@@ -1125,7 +1111,7 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
         continue
       workdir = row.get('jobdir') or row['path']
       records = listing_lib.read_metrics_tail(os.path.join(workdir, 'metrics.jsonl'), 4 * 2**20)
-      series.append({'id': job_id, 'name': row['name'], 'records': _plain(records)})
+      series.append({'id': job_id, 'name': row['name'], 'records': fileio.plain(records)})
     models = [r for r in dash.manager.rows() if r['kind'] == 'model']
     return dash.render('compare.html', request, series=series, models=models, chosen=chosen,
                        page={'series': series})

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import datetime
 import errno
-import json
 import logging
 import os
 import secrets
@@ -155,11 +154,7 @@ class Job:
 
 
 def read_job(jobdir: str) -> Optional[dict[str, Any]]:
-  try:
-    with open(os.path.join(jobdir, JOB_FILE), 'rb') as f:
-      doc = json.loads(f.read(4 * 2**20).decode('utf-8'))
-  except (OSError, ValueError):
-    return None
+  doc = fileio.read_json(os.path.join(jobdir, JOB_FILE), max_bytes=4 * 2**20)
   if not isinstance(doc, dict) or doc.get('kind') not in KINDS or not isinstance(doc.get('argv'), list):
     return None
   doc['id'] = os.path.basename(jobdir)
@@ -167,11 +162,7 @@ def read_job(jobdir: str) -> Optional[dict[str, Any]]:
 
 
 def read_exit(jobdir: str) -> Optional[dict[str, Any]]:
-  try:
-    with open(os.path.join(jobdir, runner_lib.EXIT_FILE), 'rb') as f:
-      record = json.loads(f.read(1 << 20).decode('utf-8'))
-  except (OSError, ValueError):
-    return None
+  record = fileio.read_json(os.path.join(jobdir, runner_lib.EXIT_FILE), max_bytes=1 << 20)
   return record if isinstance(record, dict) else None
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
-import json
 import logging
 import os
 import shutil
@@ -45,6 +44,7 @@ import zlib
 import numpy as np
 
 from alexnet_jax.runtime import confinement
+from alexnet_jax.runtime import fileio
 from alexnet_jax.data import errors
 from alexnet_jax.data import loading
 from alexnet_jax.data import records
@@ -427,8 +427,7 @@ def _prepare(opts: PrepareOptions, output: str, stream: TextIO, status: status_l
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)   # mkdtemp made it private; give it the usual permissions
     # stats.json last: a folder with stats.json is a prepared dataset.
-    with open(os.path.join(tmp, 'stats.json'), 'w', encoding='utf-8') as f:
-      json.dump(stats, f, indent=1, ensure_ascii=True)
+    fileio.write_json(os.path.join(tmp, 'stats.json'), stats, indent=1, ensure_ascii=True)
     if status is not None:                   # the record arrives with the dataset, in the same rename
       status_lib.write_status(os.path.join(tmp, status_lib.STATUS_FILE), status.snapshot(
           'done', exit_status=0, phase='done', source=description, done=total_images,
