@@ -33,16 +33,14 @@ import time
 
 from absl import app, flags
 
-from alexnet_jax.runtime import process
-
 FLAGS = flags.FLAGS
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-# The trainer's exit status after a signal stopped it with a snapshot (process.EXIT_STOPPED; not cli's
-# name, since cli defines flags of its own): not a failure, since the processes stop together, one after
+# The trainer's exit status after a signal stopped it with a snapshot (cli.STOPPED_EXIT_STATUS, not
+# imported: cli defines flags of its own): not a failure, since the processes stop together, one after
 # the other, and the last ones must not be disturbed while they finish the snapshot.
-STOPPED_EXIT_STATUS = process.EXIT_STOPPED
+STOPPED_EXIT_STATUS = 75
 
 
 def free_port() -> int:
@@ -193,7 +191,7 @@ def launch(command: list[str], num_processes: int, devices_per_process: int, *,
     return first_failure
   if stopped:
     return STOPPED_EXIT_STATUS
-  return process.EXIT_INTERRUPTED if signal.SIGINT in forwarded else process.EXIT_OK
+  return 130 if signal.SIGINT in forwarded else 0
 
 
 def main(argv):
