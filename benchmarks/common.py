@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import platform
 import shutil
@@ -29,8 +30,6 @@ import subprocess
 import tempfile
 import time
 from typing import Any, Callable, Sequence
-
-from alexnet_jax.runtime import fileio
 
 # ---- XLA option sets (per compilation) --------------------------------------------------------------
 
@@ -391,9 +390,21 @@ def fmt(v: Any) -> str:
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Writes a report as JSON atomically (a reader never sees half a file): arrays as lists, dataclasses as
-  dicts, NaN kept (``fileio.plain(finite=False)``)."""
-  fileio.write_json(path, fileio.plain(obj, finite=False), indent=2)
+  """Writes ``obj`` as JSON atomically (a reader never sees half a file)."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  with tempfile.NamedTemporaryFile('w', dir=directory, delete=False, suffix='.tmp',
+                                   encoding='utf-8') as f:
+    json.dump(obj, f, indent=2, default=_jsonable)
+  os.replace(f.name, path)
+
+
+def _jsonable(o):
+  if hasattr(o, 'tolist'):
+    return o.tolist()
+  if dataclasses.is_dataclass(o):
+    return dataclasses.asdict(o)
+  return str(o)
 
 
 def mib(n: float | None) -> float | None:
