@@ -42,6 +42,7 @@ import time
 import urllib.request
 
 from alexnet_jax.runtime import fileio
+from alexnet_jax.runtime import process
 from alexnet_jax.dashboard import stream as stream_lib
 
 HZ = os.sysconf('SC_CLK_TCK')
@@ -168,10 +169,10 @@ class Server:
 
 
 def cpu_seconds(pid: int) -> float:
-  with open(f'/proc/{pid}/stat', 'rb') as f:
-    fields = f.read().decode()
-  fields = fields[fields.rfind(')') + 2:].split()
-  return (int(fields[11]) + int(fields[12])) / HZ
+  ticks = process.cpu_ticks(pid)
+  if ticks is None:
+    raise OSError(f'cannot read /proc/{pid}/stat')
+  return ticks / HZ
 
 
 def get_ms(url: str) -> float:
@@ -212,12 +213,11 @@ def measure_renders(server: Server, ids: dict, repeats: int) -> dict:
 def mark_running(jobs_dir: str, job_id: str) -> None:
   """Makes a job look re-attached and running (its pid is this process), so its stream polls at the
   running rate (``app.STREAM_POLL_S``) rather than the finished one."""
-  from alexnet_jax.runtime import status as status_lib  # pylint: disable=g-import-not-at-top
   path = os.path.join(jobs_dir, job_id, 'job.json')
   with open(path) as f:
     doc = json.load(f)
-  doc.update(state='running', pid=os.getpid(), host=socket.gethostname(), boot_id=status_lib.boot_id(),
-             process_start_ticks=status_lib.process_start_ticks())
+  doc.update(state='running', pid=os.getpid(), host=socket.gethostname(), boot_id=process.boot_id(),
+             process_start_ticks=process.process_start_ticks())
   fileio.write_json(path, doc)
   os.unlink(os.path.join(jobs_dir, job_id, 'exit.json'))
 

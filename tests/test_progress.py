@@ -4,7 +4,7 @@ import io
 
 import numpy as np
 
-from alexnet_jax.runtime.progress import Progress, format_seconds
+from alexnet_jax.runtime.progress import Progress, format_seconds, print_to
 
 
 class FakeClock:
@@ -44,6 +44,20 @@ def test_log_lines_every_n_seconds_with_eta():
   assert lines[0] == ('train: 20/100 (20.0%), 2 step/s, elapsed 00:10, ETA 00:40, '
                       'loss=0.1235 step=7 lr=0.01')
   assert lines[-1].startswith('train: 50/100 (50.0%), 2 step/s, elapsed 00:25, ETA 00:25')
+
+
+def test_lines_printed_to_a_given_stream():
+  """Dataset preparation's form: lines (never a bar) on the stream it was given, as the log's text."""
+  clock, stream = FakeClock(), FakeTTY()
+  with Progress(10, 'prepare train', unit='img', tty=False, log_every_secs=2.0, clock=clock,
+                log_fn=print_to(stream)) as p:
+    for _ in range(7):
+      clock.t += 0.5
+      p.update()
+  lines = stream.getvalue().splitlines()
+  assert lines == ['prepare train: 4/10 (40.0%), 2 img/s, elapsed 00:02, ETA 00:03',
+                   'prepare train: 7/10 (70.0%), 2 img/s, elapsed 00:04, ETA 00:02']
+  assert p.start == 1000.0 and p.n == 7
 
 
 def test_log_every_steps_and_resume_initial():

@@ -17,6 +17,8 @@ import pytest
 from absl import logging as absl_logging
 
 from alexnet_jax.runtime import lock as lock_lib
+from alexnet_jax.runtime import logs
+from alexnet_jax.runtime import process
 from alexnet_jax.runtime import status as status_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,8 +73,8 @@ def test_status_through_a_life(tmp_path, monkeypatch):
   assert rec['command'].endswith(f"-m alexnet_jax.train --config=experiments/demo.py --workdir={wd}")
   assert rec['started'].endswith('+00:00') and abs(rec['started_unix'] - time.time()) < 60
   if os.path.exists('/proc/self/stat'):
-    assert rec['process_start_ticks'] == status_lib.process_start_ticks()
-  assert status_lib.process_alive(rec) is True and status_lib.effective_state(rec) == 'running'
+    assert rec['process_start_ticks'] == process.process_start_ticks()
+  assert process.process_alive(rec) is True and status_lib.effective_state(rec) == 'running'
 
   # Throttled: a burst of updates within min_interval_s writes nothing; the last values wait in memory.
   for step in range(1, 200):
@@ -248,31 +250,31 @@ def test_effective_state_of_live_exited_and_killed_processes(tmp_path, children)
   p_killed.wait(timeout=30)
   assert status_lib.effective_state(status_lib.read_status(killed)) == 'interrupted'
   assert status_lib.effective_state(status_lib.read_status(exited)) == 'interrupted'
-  assert status_lib.process_alive(status_lib.read_status(exited)) is False
+  assert process.process_alive(status_lib.read_status(exited)) is False
   rec = status_lib.read_status(live)
-  assert status_lib.effective_state(rec) == 'running' and status_lib.process_alive(rec) is True
+  assert status_lib.effective_state(rec) == 'running' and process.process_alive(rec) is True
 
   # pid reuse: the pid exists (the live child) but started at another time.
   if rec.get('process_start_ticks') is not None:
     reused = dict(rec, process_start_ticks=rec['process_start_ticks'] - 1)
-    assert status_lib.process_alive(reused) is False
+    assert process.process_alive(reused) is False
     assert status_lib.effective_state(reused) == 'interrupted'
   if rec.get('boot_id'):
     assert status_lib.effective_state(dict(rec, boot_id='another-boot')) == 'interrupted'
   # Another host cannot be checked from here: unknown, and the recorded state stands.
   elsewhere = dict(rec, host=rec['host'] + '-elsewhere', pid=p_exited.pid)
-  assert status_lib.process_alive(elsewhere) is None
+  assert process.process_alive(elsewhere) is None
   assert status_lib.effective_state(elsewhere) == 'running'
 
 
 def test_command_is_the_rerun_form():
-  argv = status_lib.command_argv(['/venv/lib/python3/site-packages/alexnet_jax/train.py', '--a=b c'])
+  argv = process.command_argv(['/venv/lib/python3/site-packages/alexnet_jax/train.py', '--a=b c'])
   assert argv[1:] == ['-m', 'alexnet_jax.train', '--a=b c']
-  assert status_lib.command_argv(['/venv/bin/alexnet-train', '--x'])[1:] == ['-m', 'alexnet_jax.train', '--x']
-  assert status_lib.command_argv(['/r/alexnet_jax/data/__main__.py'])[1:] == ['-m', 'alexnet_jax.data']
-  assert status_lib.command_argv(['tools/my_script.py', '-v'])[1:] == ['tools/my_script.py', '-v']
-  assert status_lib.command_argv(['/usr/bin/other', 'a']) == ['/usr/bin/other', 'a']
-  text = status_lib.command_string(['/r/alexnet_jax/train.py', "--workdir=runs/it's here"])
+  assert process.command_argv(['/venv/bin/alexnet-train', '--x'])[1:] == ['-m', 'alexnet_jax.train', '--x']
+  assert process.command_argv(['/r/alexnet_jax/data/__main__.py'])[1:] == ['-m', 'alexnet_jax.data']
+  assert process.command_argv(['tools/my_script.py', '-v'])[1:] == ['tools/my_script.py', '-v']
+  assert process.command_argv(['/usr/bin/other', 'a']) == ['/usr/bin/other', 'a']
+  text = process.command_string(['/r/alexnet_jax/train.py', "--workdir=runs/it's here"])
   assert text.endswith("-m alexnet_jax.train '--workdir=runs/it'\"'\"'s here'")
 
 
@@ -280,8 +282,8 @@ def test_log_file_gets_each_line_once(tmp_path):
   root = logging.getLogger()
   old_level = root.level
   root.setLevel(logging.INFO)
-  h1 = status_lib.attach_log_file(tmp_path)
-  h2 = status_lib.attach_log_file(tmp_path, 'train.log')
+  h1 = logs.attach_log_file(tmp_path)
+  h2 = logs.attach_log_file(tmp_path, 'train.log')
   try:
     assert h1 is h2
     absl_logging.info('step %d: loss %.2f', 7, 0.5)
@@ -295,7 +297,7 @@ def test_log_file_gets_each_line_once(tmp_path):
   assert lines[0].startswith('I') and lines[0].endswith('] step 7: loss 0.50')   # absl's console format
   assert lines[1].startswith('W') and lines[1].endswith("] class 'cats' has no image")
   assert h1 not in root.handlers
-  status_lib.detach_log_file(None)
+  logs.detach_log_file(None)
 
 
 # ---- The lock ----------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from alexnet_jax.runtime import cli
 from alexnet_jax.training import evaluation, profiling, trainer
 from alexnet_jax.training.cadence import Cadence
 from alexnet_jax.run import checkpoints, metrics_writer
-from alexnet_jax.runtime import status
+from alexnet_jax.runtime import logs, status
 from alexnet_jax.data import synthetic
 from tests import tiny_experiment
 
@@ -279,5 +279,5 @@ def test_a_dataset_smaller_than_the_batch_trains_and_says_so(folder, tmp_path):
                                        str(workdir))
   assert results['step'] == 2 and np.isfinite(results['train']['loss'])
   assert [r['step'] for r in metrics_writer.read_metrics(workdir, split='val')] == [1, 2]
-  log = (workdir / status.LOG_FILE).read_text()
+  log = (workdir / logs.LOG_FILE).read_text()
   assert '18 images, fewer than one global batch of 32' in log and 'wraps around' in log

@@ -45,7 +45,6 @@ import math
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import quote, urlencode
 
@@ -72,6 +71,7 @@ from alexnet_jax.dashboard import runner as runner_lib
 from alexnet_jax.dashboard import security
 from alexnet_jax.dashboard import stream as stream_lib
 from alexnet_jax.dashboard import worker as worker_lib
+from alexnet_jax.runtime import process
 from alexnet_jax.runtime import status as status_lib
 
 _log = logging.getLogger(__name__)
@@ -234,19 +234,6 @@ def _printable_value(value: Any) -> Any:
       else value
 
 
-def _plain(value: Any) -> Any:
-  """Values as plain JSON for the browser (NaN/inf -> None, paths -> str)."""
-  if isinstance(value, float):
-    return value if math.isfinite(value) else None
-  if isinstance(value, dict):
-    return {str(k): _plain(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
-  if isinstance(value, Path):
-    return str(value)
-  return value
-
-
 
 def _form_fields(doc: dict[str, Any]) -> list[list[str]]:
   """A model job's New Model form, ``[[field, value], ...]`` as submitted (as parsed, for jobs made
@@ -281,11 +268,10 @@ def _hardware(pid: Optional[int], cache: dict) -> dict[str, Any]:
   """Process CPU % (since the previous look) and resident memory of a job's tool process."""
   if not isinstance(pid, int) or pid <= 0:
     return {}
+  ticks = process.cpu_ticks(pid)
+  if ticks is None:
+    return {}
   try:
-    with open(f'/proc/{pid}/stat', 'rb') as f:
-      fields = f.read().decode('ascii', 'replace')
-    fields = fields[fields.rfind(')') + 2:].split()
-    ticks = int(fields[11]) + int(fields[12])
     rss = 0
     with open(f'/proc/{pid}/status', encoding='ascii', errors='replace') as f:
       for line in f:
@@ -370,7 +356,7 @@ class Dashboard:
 
   def render(self, template: str, request: Request, **context) -> HTMLResponse:
     context.setdefault('page', {})
-    context['page'] = _plain(context['page'])
+    context['page'] = fileio.plain(context['page'])
     html = self.env.get_template(template).render(
         request=request, token=self.page_token(request), jobs_dir=self.jobs_dir, version=self.version,
         devices=self.manager.device_summary(), **context)
@@ -490,7 +476,7 @@ class Dashboard:
         'log_tail': jobs_lib.tail(os.path.join(workdir, log_name), 30)
         if row['state'] in ('failed', 'interrupted') else [],
         'files': sorted(self.job_files(job_id)), 'hardware': hardware, 'gpus': gpus,
-        'command': status_lib.command_string(job.doc['argv']) if job else row.get('command'),
+        'command': process.command_string(job.doc['argv']) if job else row.get('command'),
         'devices': row.get('devices') or [], 'size_bytes': row.get('size_bytes'),
         'wait_reason': row.get('wait_reason'),
         'classifications': self.classification_rows(job_id),
@@ -503,7 +489,7 @@ class Dashboard:
     if c.get('optimizer'):
       view['solver_text'] = (f'{c["optimizer"]} · lr {c.get("learning_rate")} ({lr.get("policy", "?")}) · '
                              f'batch {c.get("batch_size")} · {c.get("num_epochs")} epochs')
-    return _plain(view)
+    return fileio.plain(view)
 
   def classification_rows(self, model_id: str) -> list[dict[str, Any]]:
     """The model's Classify Many jobs for its page: id, name, state and top-1 once known."""
@@ -547,10 +533,10 @@ class Dashboard:
         'used_by': self.manager.users_of(job_id) if job else [],
         'log_tail': jobs_lib.tail(os.path.join(row['jobdir'], runner_lib.OUTPUT_LOG), 30)
         if row['state'] in ('failed', 'interrupted') and not row.get('external') else [],
-        'command': status_lib.command_string(job.doc['argv']) if job else row.get('command'),
+        'command': process.command_string(job.doc['argv']) if job else row.get('command'),
         'wait_reason': row.get('wait_reason'),
     }
-    return _plain(view)
+    return fileio.plain(view)
 
   def index(self) -> dict[str, Any]:
     rows = self.manager.rows()
@@ -569,7 +555,7 @@ class Dashboard:
                     train_loss=r.get('train_loss'), dataset=r.get('dataset'), epoch=r.get('epoch'),
                     devices=r.get('devices') or [])
         models.append(item)
-    return _plain({'datasets': datasets, 'models': models, 'devices': self.manager.device_summary()})
+    return fileio.plain({'datasets': datasets, 'models': models, 'devices': self.manager.device_summary()})
 
   # -- Sparklines ---------------------------------------------------------------------------------------
 
@@ -1120,7 +1106,7 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
         continue
       workdir = row.get('jobdir') or row['path']
       records = listing_lib.read_metrics_tail(os.path.join(workdir, 'metrics.jsonl'), 4 * 2**20)
-      series.append({'id': job_id, 'name': row['name'], 'records': _plain(records)})
+      series.append({'id': job_id, 'name': row['name'], 'records': fileio.plain(records)})
     models = [r for r in dash.manager.rows() if r['kind'] == 'model']
     return dash.render('compare.html', request, series=series, models=models, chosen=chosen,
                        page={'series': series})

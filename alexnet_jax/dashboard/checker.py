@@ -12,7 +12,6 @@ with ``predictor.py``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -20,6 +19,7 @@ import threading
 from typing import Any, Optional
 
 from alexnet_jax.dashboard import worker_process
+from alexnet_jax.runtime import fileio
 from alexnet_jax.dashboard.worker_process import WorkerError
 
 _log = logging.getLogger(__name__)
@@ -46,12 +46,8 @@ class Checker:
   # -- Process --------------------------------------------------------------------------------------
 
   def _read_cached(self) -> Optional[dict]:
-    try:
-      with open(os.path.join(self.state_dir, TABLES_FILE), encoding='utf-8') as f:
-        value = json.load(f)
-      return value if isinstance(value, dict) and 'layouts' in value else None
-    except (OSError, ValueError):
-      return None
+    value = fileio.read_json(os.path.join(self.state_dir, TABLES_FILE))
+    return value if isinstance(value, dict) and 'layouts' in value else None
 
   def ask(self, request: dict, timeout: Optional[float] = None) -> dict:
     """One request, one answer; raises WorkerError when the worker cannot answer."""
@@ -72,11 +68,7 @@ class Checker:
         return
       self._tables = tables
       try:
-        os.makedirs(self.state_dir, exist_ok=True)
-        tmp = os.path.join(self.state_dir, f'{TABLES_FILE}.tmp-{os.getpid()}')
-        with open(tmp, 'w', encoding='utf-8') as f:
-          json.dump(tables, f)
-        os.replace(tmp, os.path.join(self.state_dir, TABLES_FILE))
+        fileio.write_json(os.path.join(self.state_dir, TABLES_FILE), tables)
       except OSError:
         pass
       self._tables_ready.set()

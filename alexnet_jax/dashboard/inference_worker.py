@@ -386,11 +386,9 @@ def census(request: dict) -> dict[str, Any]:
   key = dict(shape, layouts=names, batch=CENSUS_BATCH, devices=jax.device_count(),
              platform=jax.default_backend(), version=CENSUS_VERSION)
   path = os.path.join(_cache_dir(request), f'census-{_digest(key)}.json')
-  try:
-    with open(path, encoding='utf-8') as f:
-      return dict(json.load(f), cached=True, path=path, seconds=round(time.perf_counter() - started, 4))
-  except (OSError, ValueError):
-    pass
+  cached = fileio.read_json(path)
+  if isinstance(cached, dict):
+    return dict(cached, cached=True, path=path, seconds=round(time.perf_counter() - started, 4))
   try:
     network = models.build(ml_collections.ConfigDict(shape['model']), shape['num_classes'])
   except (ValueError, TypeError) as e:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import datetime
 import errno
-import json
 import logging
 import os
 import secrets
@@ -52,6 +51,7 @@ from alexnet_jax.runtime import fileio
 from alexnet_jax.run import listing as listing_lib   # discovery and rows: status files only, no JAX
 from alexnet_jax.dashboard import runner as runner_lib
 from alexnet_jax.runtime import lock as lock_lib
+from alexnet_jax.runtime import process
 from alexnet_jax.runtime import status as status_lib
 
 _log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ QUEUED, RUNNING, DONE, FAILED, STOPPED, INTERRUPTED = (
     'queued', 'running', 'done', 'failed', 'stopped', 'interrupted')
 FINAL = (DONE, FAILED, STOPPED, INTERRUPTED)
 RESUMABLE = (STOPPED, INTERRUPTED, FAILED)
-STOPPED_EXIT_STATUSES = (75, 130)        # train's snapshot-and-stop; Ctrl-C
+STOPPED_EXIT_STATUSES = (process.EXIT_STOPPED, process.EXIT_INTERRUPTED)   # snapshot-and-stop; Ctrl-C
 ROWS_TTL_S = 2.0                         # the runs listing is reused this long between requests
 
 
@@ -154,11 +154,7 @@ class Job:
 
 
 def read_job(jobdir: str) -> Optional[dict[str, Any]]:
-  try:
-    with open(os.path.join(jobdir, JOB_FILE), 'rb') as f:
-      doc = json.loads(f.read(4 * 2**20).decode('utf-8'))
-  except (OSError, ValueError):
-    return None
+  doc = fileio.read_json(os.path.join(jobdir, JOB_FILE), max_bytes=4 * 2**20)
   if not isinstance(doc, dict) or doc.get('kind') not in KINDS or not isinstance(doc.get('argv'), list):
     return None
   doc['id'] = os.path.basename(jobdir)
@@ -166,11 +162,7 @@ def read_job(jobdir: str) -> Optional[dict[str, Any]]:
 
 
 def read_exit(jobdir: str) -> Optional[dict[str, Any]]:
-  try:
-    with open(os.path.join(jobdir, runner_lib.EXIT_FILE), 'rb') as f:
-      record = json.loads(f.read(1 << 20).decode('utf-8'))
-  except (OSError, ValueError):
-    return None
+  record = fileio.read_json(os.path.join(jobdir, runner_lib.EXIT_FILE), max_bytes=1 << 20)
   return record if isinstance(record, dict) else None
 
 
@@ -288,7 +280,7 @@ class JobManager:
       self._children.pop(job.id, None)
       self._finish(job, record)
       return True
-    if child is None and status_lib.process_alive(job.process_record()) is not False:
+    if child is None and process.process_alive(job.process_record()) is not False:
       return False                                   # re-attached (or another host: cannot tell)
     if child is not None:
       self._children.pop(job.id, None)
@@ -486,8 +478,8 @@ class JobManager:
       return
     self._children[job.id] = child
     job.wait_reason = None
-    job.doc.update(pid=child.pid, host=socket.gethostname(), boot_id=status_lib.boot_id(),
-                   process_start_ticks=status_lib.process_start_ticks(child.pid), devices=devices,
+    job.doc.update(pid=child.pid, host=socket.gethostname(), boot_id=process.boot_id(),
+                   process_start_ticks=process.process_start_ticks(child.pid), devices=devices,
                    attempt=int(job.doc.get('attempt') or 0) + 1, exit_status=None, error=None,
                    abort_requested=False, started_unix=round(time.time(), 3))
     job.set_state(RUNNING, f'pid {child.pid}' + (f' on {", ".join(devices)}' if devices else ''))
@@ -564,7 +556,7 @@ class JobManager:
       if force:
         job.doc['force_stopped'] = True
       self._save(job)
-      if status_lib.process_alive(job.process_record()) is False:
+      if process.process_alive(job.process_record()) is False:
         self._refresh(job)
         self._save(job)
         return job.state
@@ -586,7 +578,7 @@ class JobManager:
   def _abort_external(self, job_id: str) -> str:
     row = self._external_row(job_id)
     record = status_lib.read_status(row['status_file']) if row.get('status_file') else None
-    if row['status'] != 'running' or status_lib.process_alive(record) is not True:
+    if row['status'] != 'running' or process.process_alive(record) is not True:
       raise JobError(f'{job_id} is {row["status"]}, not running here')
     try:
       os.kill(int(record['pid']), signal.SIGTERM)   # its own pid only: its group may be a user's shell

@@ -18,40 +18,23 @@ starting the tool is passed on to the tool once it exists, so no tool runs on af
 tool's stdout and stderr are appended to ``JOBDIR/output.log`` (the log the Dataset job page shows;
 the trainer also keeps ``train.log``).
 
-Only the standard library is imported: the runner must start in milliseconds and never import JAX.
+Only the standard library (and ``runtime.process``, ``runtime.fileio``, which import nothing else) is
+imported: the runner must start in milliseconds and never import JAX.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+from alexnet_jax.runtime import fileio
+from alexnet_jax.runtime import process
+
 EXIT_FILE = 'exit.json'
 OUTPUT_LOG = 'output.log'
-
-
-def _start_ticks(pid: int):
-  """Field 22 of /proc/PID/stat (the process start time), as ``run/status.py`` records it."""
-  try:
-    with open(f'/proc/{pid}/stat', 'rb') as f:
-      data = f.read().decode('ascii', 'replace')
-    return int(data[data.rfind(')') + 2:].split()[19])
-  except (OSError, ValueError, IndexError):
-    return None
-
-
-def _write_json(path: str, record: dict) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(record, f, indent=1)
-    f.write('\n')
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 _early_signals: list[int] = []   # signals taken before the tool was started (see ``main``)
@@ -68,7 +51,7 @@ def main(argv: list[str]) -> int:
   global _tool_started  # pylint: disable=global-statement
   if len(argv) < 4 or argv[2] != '--':
     print('usage: python -m alexnet_jax.dashboard.runner JOBDIR -- COMMAND...', file=sys.stderr)
-    return 2
+    return process.EXIT_USER_ERROR
   jobdir, command = argv[1], argv[3:]
   for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(signum, _ignore)
@@ -101,10 +84,10 @@ def main(argv: list[str]) -> int:
       'started_unix': round(started, 3),
       'finished_unix': round(time.time(), 3),
       'runner_pid': os.getpid(),
-      'runner_start_ticks': _start_ticks(os.getpid()),
+      'runner_start_ticks': process.process_start_ticks(),
       'child_pid': child_pid,
   }
-  _write_json(os.path.join(jobdir, EXIT_FILE), record)
+  fileio.write_json(os.path.join(jobdir, EXIT_FILE), record, indent=1, fsync=True)
   return status if status >= 0 else 128 - status
 
 

@@ -19,6 +19,8 @@ import json
 import os
 from typing import Any, Optional
 
+from alexnet_jax.runtime import fileio
+
 
 class MetricsTail:
   def __init__(self, path: str, max_read: int = 16 * 2**20):
@@ -66,15 +68,5 @@ class MetricsTail:
       except ValueError:
         continue
       if isinstance(record, dict):
-        records.append(_finite(record))
+        records.append(fileio.plain(record))   # NaN/Infinity as None: JSON.parse refuses them
     return reset, records
-
-
-def _finite(record: dict[str, Any]) -> dict[str, Any]:
-  """NaN/Infinity (which the writer may emit) as None: the browser's JSON.parse refuses them."""
-  out = {}
-  for k, v in record.items():
-    if isinstance(v, float) and (v != v or v in (float('inf'), float('-inf'))):
-      v = None
-    out[k] = v
-  return out

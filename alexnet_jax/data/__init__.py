@@ -22,7 +22,6 @@ Modules, one job each:
     records.py     the prepared-dataset record format (ArrayRecord)
     preparation.py prepare_dataset: DIGITS' "New Dataset" job (python -m alexnet_jax.prepare)
     reports.py     histogram.png, contact sheets, mean.png
-    progress.py    progress lines with rate and ETA
     synthetic.py   generated image folders (tests, benchmarks, demos) and a folder of hostile files
 
 Typical use (the trainer):

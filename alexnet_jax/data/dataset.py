@@ -24,7 +24,6 @@ With `config.data.mean = 'none'` and ImageNet PCA values, no pass is needed and 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from typing import Any
@@ -171,11 +170,10 @@ def _load_cached(directory: str | None, fingerprint: str):
   if not directory:
     return None
   path = os.path.join(directory, contract_lib.CONTRACT_FILE)
+  d = fileio.read_json(path)
+  if not isinstance(d, dict) or d.get('fingerprint') != fingerprint:
+    return None
   try:
-    with open(path, encoding='utf-8') as f:
-      d = json.load(f)
-    if d.get('fingerprint') != fingerprint:
-      return None
     mean = np.load(os.path.join(directory, contract_lib.MEAN_FILE)).astype(np.float32)
     return mean, np.asarray(d['pca_eigval'], np.float32), np.asarray(d['pca_eigvec'], np.float32)
   except (OSError, ValueError, KeyError):

@@ -31,7 +31,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
-import json
 import logging
 import os
 import shutil
@@ -45,9 +44,9 @@ import zlib
 import numpy as np
 
 from alexnet_jax.runtime import confinement
+from alexnet_jax.runtime import fileio
 from alexnet_jax.data import errors
 from alexnet_jax.data import loading
-from alexnet_jax.data import progress as progress_lib
 from alexnet_jax.data import records
 from alexnet_jax.data import reports
 from alexnet_jax.data import resize as resize_lib
@@ -55,6 +54,7 @@ from alexnet_jax.data import sources
 from alexnet_jax.data import splits as splits_lib
 from alexnet_jax.data import statistics
 from alexnet_jax.runtime import lock as lock_lib
+from alexnet_jax.runtime import progress as progress_lib
 from alexnet_jax.runtime import status as status_lib
 
 log = logging.getLogger(__name__)
@@ -223,8 +223,8 @@ def _write_split(tmp: str, split: splits_lib.SplitData, classes: list[str], opts
   writer = records.Writer(rec_path)
   counts = np.zeros(len(classes), np.int64)
   skipped, lines = [], []
-  prog = progress_lib.Progress(len(split), f'prepare {split.name}', interval_s=opts.progress_interval_s,
-                               stream=stream)
+  prog = progress_lib.Progress(len(split), f'prepare {split.name}', unit='img', tty=False,
+                               log_every_secs=opts.progress_interval_s, log_fn=progress_lib.print_to(stream))
   work = _Work(split, opts, accumulate=acc is not None)
   ds = grain.MapDataset.range(len(split)).map(work).to_iter_dataset(
       grain.ReadOptions(num_threads=workers, prefetch_buffer_size=max(8, 4 * workers)))
@@ -246,7 +246,7 @@ def _write_split(tmp: str, split: splits_lib.SplitData, classes: list[str], opts
     writer.close()
   for part in work.accumulators:
     acc.merge(part)
-  prog.finish()
+  prog.close()
   if not writer.count:
     os.remove(rec_path)
     return counts, skipped, 0
@@ -344,7 +344,7 @@ def _prepare(opts: PrepareOptions, output: str, stream: TextIO, status: status_l
 
   def report(prog: progress_lib.Progress, split_name: str) -> None:
     progress_state['split_start'] = prog.start
-    done = progress_state['before'] + prog.done
+    done = progress_state['before'] + prog.n
     elapsed = progress_state['seconds_before'] + time.monotonic() - prog.start
     rate = done / elapsed if elapsed > 0 and done else None
     status.update(phase='writing', split=split_name, done=done, total=total_images,
@@ -427,8 +427,7 @@ def _prepare(opts: PrepareOptions, output: str, stream: TextIO, status: status_l
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)   # mkdtemp made it private; give it the usual permissions
     # stats.json last: a folder with stats.json is a prepared dataset.
-    with open(os.path.join(tmp, 'stats.json'), 'w', encoding='utf-8') as f:
-      json.dump(stats, f, indent=1, ensure_ascii=True)
+    fileio.write_json(os.path.join(tmp, 'stats.json'), stats, indent=1, ensure_ascii=True)
     if status is not None:                   # the record arrives with the dataset, in the same rename
       status_lib.write_status(os.path.join(tmp, status_lib.STATUS_FILE), status.snapshot(
           'done', exit_status=0, phase='done', source=description, done=total_images,

@@ -42,6 +42,7 @@ from alexnet_jax import data as data_lib
 from alexnet_jax.data import lists as lists_lib
 from alexnet_jax.run import metrics_writer
 from alexnet_jax.run.workdir import CONFIG_FILE, read_config
+from alexnet_jax.runtime import fileio
 
 PARAMS_FILE = 'params.npz'
 MANIFEST_FILE = 'manifest.json'
@@ -301,8 +302,7 @@ def write_manifest(directory: str, names: tuple[str, ...] = BUNDLE_FILES) -> dic
               'files': {name: {'sha256': sha256_file(os.path.join(directory, name)),
                                'bytes': os.path.getsize(os.path.join(directory, name))}
                         for name in names}}
-  with open(os.path.join(directory, MANIFEST_FILE), 'w', encoding='utf-8') as f:
-    json.dump(manifest, f, indent=2, sort_keys=True)
+  fileio.write_json(os.path.join(directory, MANIFEST_FILE), manifest, indent=2, sort_keys=True)
   return manifest
 
 
@@ -339,8 +339,7 @@ def write_bundle_dir(directory: str, *, workdir: str, host_params: dict[str, Any
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'source_workdir': os.path.abspath(workdir),
   }
-  with open(os.path.join(directory, INFO_FILE), 'w', encoding='utf-8') as f:
-    json.dump(info, f, indent=2)
+  fileio.write_json(os.path.join(directory, INFO_FILE), info, indent=2)
   write_manifest(directory)
   return info
 

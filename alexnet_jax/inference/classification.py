@@ -221,12 +221,12 @@ def write_results(results: Results, fmt: str, output: str = '', report_dir: str 
       written.append(plots.plot_confusion_matrix(np.asarray(results.accuracy['confusion']),
                                                  results.classes, paths['confusion']))
       if fmt != 'json':
-        written.append(write_text_atomic(json.dumps(results.accuracy, indent=1), paths['accuracy']))
+        written.append(fileio.write_json(paths['accuracy'], results.accuracy, indent=1))
     if results.top_n_per_category is not None:
       written.append(top_n_sheet(results, paths['top_n_png']))
       if fmt != 'json':
         doc = {c: [[n, p] for n, p in rows] for c, rows in results.top_n_per_category.items()}
-        written.append(write_text_atomic(json.dumps(doc, indent=1), paths['top_n_json']))
+        written.append(fileio.write_json(paths['top_n_json'], doc, indent=1))
   if csv_output:
     written.append(write_text_atomic(to_csv(results), csv_output))
   if fmt == 'json':

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import math
 import os
 import shutil
@@ -355,6 +354,5 @@ def _write_all(model: inference.Model, params: dict[str, Any], crop: Optional[np
 
   files.append(STATS_FILE)
   stats['files'] = sorted(files)
-  with open(os.path.join(out, STATS_FILE), 'w', encoding='utf-8') as f:
-    json.dump(stats, f, indent=2)
+  fileio.write_json(os.path.join(out, STATS_FILE), stats, indent=2)
   return stats

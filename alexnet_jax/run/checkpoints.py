@@ -44,8 +44,9 @@ from typing import Any, Callable, Mapping, Optional
 import logging as std_logging
 
 from absl import logging
-import jax
 import orbax.checkpoint as ocp
+
+from alexnet_jax.runtime import fileio
 
 try:  # grain is only needed when a data iterator is saved or restored.
   import grain
@@ -215,7 +216,7 @@ class Checkpointer:
              _META: ocp.args.JsonSave(dict(meta or {}))}
     if data_iterator is not None:
       items[_DATA] = grain.checkpoint.CheckpointSave(data_iterator)
-    metrics = None if metrics is None else {k: _jsonable(v) for k, v in metrics.items()}
+    metrics = None if metrics is None else fileio.plain(metrics, finite=False)   # orbax writes them as JSON
     try:   # orbax first waits for the previous save: its failure surfaces here
       saved = self._mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
     except Exception as e:  # pylint: disable=broad-except
@@ -397,14 +398,3 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
-
-
-def _jsonable(v: Any) -> Any:
-  """Numbers from numpy/jax as Python floats/ints (orbax writes the metrics as JSON)."""
-  if isinstance(v, (bool, int, float, str)) or v is None:
-    return v
-  if hasattr(v, 'item') and getattr(v, 'size', 2) == 1:
-    return v.item()
-  if isinstance(v, jax.Array):
-    return jax.device_get(v).tolist()
-  return v

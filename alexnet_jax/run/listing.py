@@ -26,6 +26,7 @@ import re
 import time
 from typing import Any, Optional, Sequence
 
+from alexnet_jax.runtime import fileio
 from alexnet_jax.runtime import progress
 from alexnet_jax.runtime import status as status_lib
 
@@ -55,14 +56,6 @@ def _number(value: Any) -> Optional[float]:
 
 def _int(value: Any) -> Optional[int]:
   return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _read_json(path: str, limit: int = 4 * 2**20) -> Any:
-  try:
-    with open(path, 'rb') as f:
-      return json.loads(f.read(limit).decode('utf-8'))
-  except (OSError, ValueError):
-    return None
 
 
 def _mtime(path: str) -> Optional[float]:
@@ -130,7 +123,7 @@ def _derive_from_metrics(row: dict[str, Any], folder: str) -> None:
     row['best_val_top1'] = float(best['top1'])
     row['best_epoch'] = _number(best.get('epoch'))
     row['best_step'] = _int(best.get('step'))
-  config = _read_json(os.path.join(folder, CONFIG_FILE))
+  config = fileio.read_json(os.path.join(folder, CONFIG_FILE), max_bytes=4 * 2**20)
   if isinstance(config, dict):
     row['num_epochs'] = _number(config.get('num_epochs'))
     if row.get('num_epochs') and row.get('epoch') is not None:
@@ -142,7 +135,7 @@ def _derive_from_metrics(row: dict[str, Any], folder: str) -> None:
 
 
 def _derive_from_sweep(row: dict[str, Any], folder: str) -> None:
-  summary = _read_json(os.path.join(folder, SWEEP_SUMMARY))
+  summary = fileio.read_json(os.path.join(folder, SWEEP_SUMMARY), max_bytes=4 * 2**20)
   if not isinstance(summary, dict) or not isinstance(summary.get('points'), list):
     return
   points = [p for p in summary['points'] if isinstance(p, dict)]
@@ -165,7 +158,7 @@ def _empty_row(name: str, path: str, kind: str) -> dict[str, Any]:
 
 
 def _from_status(row: dict[str, Any], record: dict[str, Any], now: float) -> None:
-  """Fills a row from a status.json record (module docstring of run/status.py)."""
+  """Fills a row from a status.json record (module docstring of runtime/status.py)."""
   state = status_lib.effective_state(record)
   row['recorded_state'] = record.get('state')
   row['status'] = state if state in STATUSES else 'unknown'

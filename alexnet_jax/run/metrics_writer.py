@@ -35,23 +35,6 @@ METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
 
 
-def _plain(value: Any) -> Any:
-  """numpy / jax scalars as Python numbers (exact: float32 -> the same value as a float64)."""
-  if isinstance(value, (bool, str)) or value is None:
-    return value
-  if isinstance(value, numbers.Integral):
-    return int(value)
-  if isinstance(value, numbers.Real):
-    return float(value)
-  if hasattr(value, 'shape') and hasattr(value, 'tolist'):  # np / jax arrays (device_get implicitly)
-    return value.tolist()
-  if isinstance(value, dict):
-    return {str(k): _plain(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
-  return value
-
-
 def _repair_tail(path: str) -> None:
   """Cuts a trailing partial line (a process killed in the middle of a write)."""
   try:
@@ -137,11 +120,12 @@ class MetricsWriter:
     Numeric scalars also go to TensorBoard as `split/name`; other JSON-able values (lists, dicts,
     strings) only to the JSON line. NaN/inf are written as JSON's NaN/Infinity (Python reads them).
     """
-    record: dict[str, Any] = {'step': int(step), 'epoch': _plain(epoch), 'split': str(split)}
+    record: dict[str, Any] = {'step': int(step), 'epoch': fileio.plain(epoch, finite=False),
+                              'split': str(split)}
     for name, value in metrics.items():
       if name in record:
         raise ValueError(f'metric name {name!r} clashes with a record field')
-      record[name] = _plain(value)
+      record[name] = fileio.plain(value, finite=False)
     if not self.enabled:
       return record
     line = json.dumps(record, separators=(', ', ': '))

@@ -23,7 +23,7 @@ from absl import flags
 from absl import logging
 
 from alexnet_jax.runtime import host_memory
-from alexnet_jax.runtime import status
+from alexnet_jax.runtime import process
 
 flags.DEFINE_bool('verbose', False, 'Print the traceback of user errors too (for bug reports).')
 flags.DEFINE_bool('retain_host_memory', True,
@@ -36,7 +36,7 @@ flags.DEFINE_bool('retain_host_memory', True,
 QUIET_LIBRARIES = ('/orbax/', '/grain/', '/etils/', '/jax/_src/xla_bridge.py')
 
 ASYNCIO_BASE_EVENTS = os.path.join('asyncio', 'base_events.py')
-STOPPED_EXIT_STATUS = status.STOPPED_EXIT_STATUS   # 75: stopped by a signal after a snapshot
+STOPPED_EXIT_STATUS = process.EXIT_STOPPED   # 75: stopped by a signal after a snapshot (the commands' name)
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -77,8 +77,6 @@ def _quiet_abandoned_work() -> None:
     if flags.FLAGS.verbose or not _is_abandoned_work(f'{args.exc_value!r} {args.thread!r}'):
       default_thread(args)
   sys.unraisablehook, threading.excepthook = unraisable, thread_error
-
-USER_ERRORS = status.USER_ERRORS   # OSError, ValueError, FloatingPointError, KeyError
 
 
 def _in_multiprocess_run() -> bool:
@@ -125,16 +123,16 @@ def run(main: Callable[[list[str]], None]) -> None:
       host_memory.retain_freed_memory()   # before main starts XLA's threads
     try:
       exit_status = main(argv)
-    except USER_ERRORS as e:
+    except process.USER_ERRORS as e:
       if flags.FLAGS.verbose:
         traceback.print_exc()
       print(f'error: {user_message(e)}', file=sys.stderr)
-      _exit(2)
+      _exit(process.EXIT_USER_ERROR)
     except Exception:  # pylint: disable=broad-except
       if not _in_multiprocess_run():
         raise
       traceback.print_exc()
-      _exit(1)
+      _exit(process.EXIT_FAILED)
     if exit_status:
       _exit(int(exit_status))
   app.run(wrapped)

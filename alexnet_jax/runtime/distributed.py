@@ -39,7 +39,7 @@ from typing import Any, Mapping
 
 from absl import flags, logging
 
-from alexnet_jax.runtime import status as status_lib
+from alexnet_jax.runtime import process
 
 # jax (and devices.py, which imports it) load only when ``initialize`` runs: the commands define these
 # flags before parsing them, and ``--help`` should not wait for jax to import.
@@ -296,4 +296,4 @@ def relaunch_argv(argv: list[str] | None = None, environ: Mapping[str, str] | No
   per_process = _int_env(env, ENV_PREFIX + 'DEVICES_PER_PROCESS')
   if per_process:
     launcher.append(f'--devices_per_process={per_process}')
-  return launcher + ['--'] + status_lib.command_argv(argv)
+  return launcher + ['--'] + process.command_argv(argv)

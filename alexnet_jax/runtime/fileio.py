@@ -12,13 +12,19 @@ for, not the hidden temporary file, and says why in words::
     cannot write runs/demo/config.json: no space left on device
 
 The temporary file is removed, and the destination is left as it was.
+
+The JSON files of the package are read with ``read_json`` (None for a missing or broken file) and written
+with ``write_json``; ``plain`` turns numpy / jax values, paths and non-finite numbers into plain JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
+import math
+import numbers
 import os
 import shutil
 import stat
@@ -108,12 +114,15 @@ def _is_ours(e: OSError, tmp: str) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = 'wb', **open_kwargs: Any) -> Iterator[Any]:
+def atomic_write(path: str | os.PathLike, mode: str = 'wb', *, fsync: bool = False,
+                 **open_kwargs: Any) -> Iterator[Any]:
   """``with atomic_write(path, 'w') as f: ...`` writes ``path`` whole or not at all.
 
   Args:
     path: the destination; its folder is created if needed.
     mode: ``'wb'`` or ``'w'`` (text mode is UTF-8 unless ``encoding=`` says otherwise).
+    fsync: also flush the file to the disk before the rename (a record that must survive a power cut,
+      e.g. how a dashboard job ended).
     **open_kwargs: passed to ``open`` (``encoding``, ``errors``, ``newline``).
 
   Raises:
@@ -140,6 +149,9 @@ def atomic_write(path: str | os.PathLike, mode: str = 'wb', **open_kwargs: Any) 
     try:
       with f:
         yield f
+        if fsync:
+          f.flush()
+          os.fsync(f.fileno())
       # Closing flushed the last buffer: a full disk may only show here.
       os.chmod(tmp, _mode_for(path))
       os.replace(tmp, path)
@@ -160,6 +172,36 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> str:
   return os.fspath(path)
 
 
+# ---- JSON ---------------------------------------------------------------------------------------------
+
+def plain(value: Any, *, finite: bool = True) -> Any:
+  """Python, numpy or jax values as plain JSON: numbers, strings, lists and dicts (with string keys).
+
+  numpy / jax scalars become Python numbers (exact: a float32 becomes the same value as a float), arrays
+  and tuples lists, paths and other objects their ``str``, dataclasses dicts. With ``finite`` (the
+  default) NaN and infinities become None, as a browser's ``JSON.parse`` refuses them; ``finite=False``
+  keeps them for files only Python reads back (``metrics.jsonl``, a checkpoint's metrics).
+  """
+  if value is None or isinstance(value, (bool, str)):
+    return value
+  if isinstance(value, numbers.Integral):
+    return int(value)
+  if isinstance(value, numbers.Real):
+    value = float(value)
+    return value if math.isfinite(value) or not finite else None
+  if isinstance(value, dict):
+    return {str(k): plain(v, finite=finite) for k, v in value.items()}
+  if isinstance(value, (list, tuple, set, frozenset)):
+    return [plain(v, finite=finite) for v in value]
+  if hasattr(value, 'tolist'):              # numpy / jax arrays and scalars
+    return plain(value.tolist(), finite=finite)
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    return plain(dataclasses.asdict(value), finite=finite)
+  if isinstance(value, os.PathLike):
+    return os.fspath(value)
+  return str(value)
+
+
 def read_json(path: str | os.PathLike, max_bytes: int = 8 * 2**20) -> Any:
   """The JSON document in ``path`` (its first ``max_bytes``), or None if it is missing or not JSON."""
   try:
@@ -169,9 +211,13 @@ def read_json(path: str | os.PathLike, max_bytes: int = 8 * 2**20) -> Any:
     return None
 
 
-def write_json(path: str | os.PathLike, obj: Any, **kwargs) -> str:
-  """Writes ``obj`` as JSON (``json.dump``'s ``kwargs``) to ``path`` atomically; returns ``path``."""
-  with atomic_write(path, 'w') as f:
+def write_json(path: str | os.PathLike, obj: Any, *, fsync: bool = False, **kwargs) -> str:
+  """Writes ``obj`` as JSON (``json.dump``'s ``kwargs``) to ``path`` atomically; returns ``path``.
+
+  ``fsync`` also flushes it to the disk before the rename (``atomic_write``). Pass ``plain(obj)`` for
+  values that are not JSON already.
+  """
+  with atomic_write(path, 'w', fsync=fsync) as f:
     json.dump(obj, f, **kwargs)
   return os.fspath(path)
 

@@ -33,7 +33,7 @@ import time
 from typing import Any, Optional
 
 from alexnet_jax.runtime import fileio
-from alexnet_jax.runtime import status as status_lib
+from alexnet_jax.runtime import process
 
 LOCK_FILE = '.lock'
 _READ_RETRIES = 10              # the holder truncates then writes: give it a moment to finish
@@ -72,7 +72,7 @@ def describe_holder(holder: Optional[dict[str, Any]]) -> str:
   if not holder or not holder.get('pid'):
     return 'another process'
   text = f'process {holder["pid"]}'
-  if holder.get('pid') == os.getpid() and status_lib.process_alive(holder):
+  if holder.get('pid') == os.getpid() and process.process_alive(holder):
     text += ' (this process)'
   if holder.get('host'):
     text += f' on host {holder["host"]}'
@@ -142,7 +142,7 @@ class WorkdirLock:
     return self
 
   def _write_holder(self, fd: int) -> None:
-    holder = status_lib.process_identity(self.argv)
+    holder = process.process_identity(self.argv)
     now = time.time()
     holder.update(what=self.what, workdir=os.path.abspath(self.workdir),
                   acquired=datetime.datetime.fromtimestamp(now, datetime.timezone.utc).isoformat(

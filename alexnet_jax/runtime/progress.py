@@ -1,7 +1,7 @@
 """Progress of long loops: a one-line bar on a terminal, a periodic log line otherwise.
 
-What it is for: the training loop, evaluation and dataset preparation show how far they are and when
-they will finish, without a new dependency (no tqdm):
+What it is for: the training loop, evaluation, classification and dataset preparation show how far they
+are and when they will finish, without a new dependency (no tqdm):
 
     with Progress(total=num_steps, desc='train', initial=start_step) as p:
       for step in range(start_step, num_steps):
@@ -12,7 +12,12 @@ they will finish, without a new dependency (no tqdm):
   redrawn in place at most every `redraw_secs`.
 * otherwise (a log file, a CI job, a notebook's captured stderr): one absl `logging.info` line every
   `log_every_secs` seconds and/or `log_every_steps` steps, plus one at the end:
-  `train: 1260/3000 (42.0%) 20.3 step/s, elapsed 1:02, ETA 1:25, loss=0.41`.
+  `train: 1260/3000 (42.0%), 20.3 step/s, elapsed 01:02, ETA 01:25, loss=0.41`. A tool that writes its
+  progress to a stream it was given rather than to the log (dataset preparation: lines that survive
+  `tee` and CI output) passes `tty=False, log_fn=print_to(stream)`.
+
+Durations read 01:02 under an hour and 1:02:03 from one hour on (`format_seconds`), everywhere: the bar,
+the log lines, `python -m alexnet_jax.runs` and the dashboard's tables.
 
 The rate is measured over the recent updates (a window of 64), so the first step's compilation and a
 resume's restore do not distort the ETA for long; `initial` counts steps done before a resume, which
@@ -42,6 +47,13 @@ def format_seconds(seconds: float) -> str:
   return f'{hours}:{minutes:02d}:{secs:02d}' if hours else f'{minutes:02d}:{secs:02d}'
 
 
+def print_to(stream: Optional[TextIO] = None) -> Callable[..., None]:
+  """A `log_fn` that prints each line to `stream` (default: the current sys.stderr), flushed at once."""
+  def log(fmt: str, *args: Any) -> None:
+    print(fmt % args, file=stream if stream is not None else sys.stderr, flush=True)
+  return log
+
+
 def _format_value(value: Any) -> str:
   """Integers as is, other numbers (Python, numpy or jax scalars) with 4 significant digits."""
   if isinstance(value, (bool, str)):
@@ -67,7 +79,8 @@ class Progress:
     stream: where the bar goes; defaults to sys.stderr.
     tty: force bar (True) or log lines (False); default: `stream.isatty()`.
     redraw_secs: TTY: minimum time between redraws.
-    clock, log_fn: injectable for tests (time.monotonic, absl logging.info).
+    clock: injectable for tests (time.monotonic); `start` is its reading when the progress began.
+    log_fn: where non-TTY lines go (absl logging.info; `print_to(stream)` prints them).
   """
 
   def __init__(self, total: Optional[int], desc: str = '', initial: int = 0, unit: str = 'step',
@@ -91,11 +104,11 @@ class Progress:
     self._clock = clock
     self._log = log_fn
     self.postfix: dict[str, Any] = {}
-    self._start = clock()
+    self.start = clock()
     self._samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
-    self._samples.append((self._start, self.n))
+    self._samples.append((self.start, self.n))
     self._last_draw = -math.inf
-    self._last_log_time = self._start
+    self._last_log_time = self.start
     self._last_log_step = self.n
     self._closed = False
     self._last_width = 0
@@ -104,7 +117,7 @@ class Progress:
 
   @property
   def elapsed(self) -> float:
-    return self._clock() - self._start
+    return self._clock() - self.start
 
   @property
   def rate(self) -> Optional[float]:
@@ -202,7 +215,7 @@ class Progress:
   def _draw(self, now: float) -> None:
     self._last_draw = now
     width = shutil.get_terminal_size((100, 20)).columns
-    elapsed = format_seconds(now - self._start)
+    elapsed = format_seconds(now - self.start)
     if self.total:
       frac = min(max(self.n / self.total, 0.0), 1.0)
       eta = format_seconds(0 if self._finished() else self.eta)

@@ -24,19 +24,17 @@ The file, ``WORKDIR/status.json``::
 
 and ``"finished"``, ``"finished_unix"``, ``"exit_status"`` and ``"error"`` once it has ended.
 
-*Is it alive?* A pid alone is not enough: after the process dies the kernel may give its pid to another
-program. The writer records the process's start time (field 22 of ``/proc/self/stat``, clock ticks since
-boot) and the boot id (``/proc/sys/kernel/random/boot_id``); ``process_alive`` requires the same host,
-the same boot, a live pid and the same start time. ``effective_state`` turns a 'running' record whose
-process is gone into 'interrupted'.
+*Is it alive?* The record holds the writer's identity (``process.process_identity``: pid, host, start
+time, boot id); ``effective_state`` turns a 'running' record whose process is gone
+(``process.process_alive``) into 'interrupted'.
 
 Writes are atomic (a temporary file in the same folder, renamed over the old one), so a reader never sees
 half a file; the new file keeps the mode of the one it replaces (``fileio``), so a status.json made
 group-readable (0640) stays so. Non-finite numbers are written as ``null``: the file must
 be plain JSON for a browser's ``JSON.parse``. ``read_status`` never raises on bad content.
 
-``attach_log_file`` also copies the tool's log lines (absl / Python logging, in the console's format) to
-``WORKDIR/train.log``, the raw log DIGITS showed on a job's page.
+The tool's log lines are copied to ``WORKDIR/train.log`` by ``logs.py``; who the process is and the exit
+statuses are ``process.py``'s.
 """
 
 from __future__ import annotations
@@ -45,26 +43,17 @@ import datetime
 import json
 import logging
 import math
-import numbers
 import os
-import shlex
-import shutil
-import socket
 import sys
 import threading
 import time
 from typing import Any, Optional, Sequence
 
 from alexnet_jax.runtime import fileio
+from alexnet_jax.runtime import process
 
 STATUS_FILE = 'status.json'
-LOG_FILE = 'train.log'
 VERSION = 1
-# Exit status of a run stopped by SIGTERM/SIGINT after saving a snapshot: resumable, not finished
-# (sysexits.h EX_TEMPFAIL, "try again later"), so a scheduler can tell it from a finished run (0).
-STOPPED_EXIT_STATUS = 75
-# What the commands report as a user's error (one line, exit status 2) rather than a bug (cli.run).
-USER_ERRORS = (OSError, ValueError, FloatingPointError, KeyError)
 KINDS = ('train', 'prepare', 'sweep', 'evaluate', 'classify')
 RUNNING = 'running'
 FINAL_STATES = ('done', 'failed', 'stopped')
@@ -83,164 +72,12 @@ def _iso(unix: float) -> str:
   return datetime.datetime.fromtimestamp(unix, datetime.timezone.utc).isoformat(timespec='seconds')
 
 
-def _plain(value: Any) -> Any:
-  """Python, numpy or jax values as plain JSON: numbers, strings, lists, dicts; NaN/inf as None."""
-  if value is None or isinstance(value, (bool, str)):
-    return value
-  if isinstance(value, numbers.Integral):
-    return int(value)
-  if isinstance(value, numbers.Real):
-    value = float(value)
-    return value if math.isfinite(value) else None
-  if isinstance(value, dict):
-    return {str(k): _plain(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple, set, frozenset)):
-    return [_plain(v) for v in value]
-  if hasattr(value, 'tolist'):              # numpy / jax arrays and scalars
-    return _plain(value.tolist())
-  if isinstance(value, os.PathLike):
-    return os.fspath(value)
-  return str(value)
-
-
 def one_line_error(exc: BaseException) -> str:
   """``'TypeName: first line of the message'``, cut to a few hundred characters."""
   text = str(exc).strip().splitlines()
   message = text[0] if text else ''
   line = f'{type(exc).__name__}: {message}' if message else type(exc).__name__
   return line if len(line) <= _ERROR_CHARS else line[:_ERROR_CHARS - 3] + '...'
-
-
-# ---- Process identity -------------------------------------------------------------------------------
-
-def _proc_stat_fields(pid: int) -> Optional[list[str]]:
-  """Fields 3.. of /proc/PID/stat (after the parenthesized command name, which may hold spaces)."""
-  try:
-    with open(f'/proc/{int(pid)}/stat', 'rb') as f:
-      data = f.read().decode('ascii', 'replace')
-  except (OSError, ValueError):
-    return None
-  close = data.rfind(')')
-  return data[close + 2:].split() if close >= 0 else None
-
-
-def process_start_ticks(pid: Optional[int] = None) -> Optional[int]:
-  """When process ``pid`` (default: this one) started, in clock ticks since boot; None without /proc."""
-  fields = _proc_stat_fields(os.getpid() if pid is None else pid)
-  try:
-    return int(fields[19]) if fields else None      # field 22 of proc(5); fields[0] is field 3
-  except (IndexError, ValueError):
-    return None
-
-
-def boot_id() -> Optional[str]:
-  """This boot's random id (Linux), so that a record from before a reboot never looks alive."""
-  try:
-    with open('/proc/sys/kernel/random/boot_id', encoding='ascii') as f:
-      return f.read().strip() or None
-  except OSError:
-    return None
-
-
-def _python_word() -> str:
-  """'python' when that is the interpreter running now (a venv on PATH), else sys.executable."""
-  exe = sys.executable or 'python'
-  found = shutil.which('python')
-  try:
-    if found and os.path.realpath(found) == os.path.realpath(exe):
-      return 'python'
-  except OSError:
-    pass
-  return exe
-
-
-def command_argv(argv: Optional[Sequence[str]] = None) -> list[str]:
-  """The argv that reruns this tool, in its ``python -m alexnet_jax.<tool>`` form.
-
-  ``argv[0]`` as Python sets it for ``python -m alexnet_jax.train`` (``.../alexnet_jax/train.py``) or a
-  console script (``.../bin/alexnet-train``) becomes ``python -m alexnet_jax.train``; another script
-  ``x.py`` becomes ``python x.py``; anything else is kept as it is.
-  """
-  argv = list(sys.argv if argv is None else argv)
-  if not argv:
-    return []
-  head, args = str(argv[0]), [str(a) for a in argv[1:]]
-  python = _python_word()
-  parts = os.path.normpath(os.path.abspath(head)).split(os.sep)
-  if head.endswith('.py') and 'alexnet_jax' in parts[:-1]:
-    at = len(parts) - 1 - parts[::-1].index('alexnet_jax')
-    names = parts[at:]
-    names[-1] = names[-1][:-3]
-    if names[-1] == '__main__':
-      names.pop()
-    return [python, '-m', '.'.join(names), *args]
-  base = os.path.basename(head)
-  if base.startswith('alexnet-') and not base.endswith('.py'):
-    return [python, '-m', 'alexnet_jax.' + base[len('alexnet-'):].replace('-', '_'), *args]
-  if head.endswith('.py'):
-    return [python, head, *args]
-  return [head, *args]
-
-
-def command_string(argv: Optional[Sequence[str]] = None) -> str:
-  """``shlex.join(command_argv(argv))``: a line to paste into a shell."""
-  return shlex.join(command_argv(argv))
-
-
-def process_identity(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-  """pid, host, process start time, boot id, argv, command and cwd of this process."""
-  argv = list(sys.argv if argv is None else argv)
-  return {
-      'pid': os.getpid(),
-      'host': socket.gethostname(),
-      'process_start_ticks': process_start_ticks(),
-      'boot_id': boot_id(),
-      'argv': [str(a) for a in argv],
-      'command': command_string(argv),
-      'cwd': os.getcwd(),
-  }
-
-
-def process_alive(record: Optional[dict[str, Any]]) -> Optional[bool]:
-  """Whether the process a status (or lock holder) record names is still the one running.
-
-  Returns:
-    True: same host, same boot, the pid exists and started when the record says (where /proc tells).
-    False: on this host, the pid is gone (or a zombie), the machine rebooted, or the pid now belongs
-      to a process started at another time (reuse).
-    None: unknown -- the record is from another host, or has no pid.
-  """
-  if not isinstance(record, dict):
-    return None
-  host = record.get('host')
-  if host and host != socket.gethostname():
-    return None
-  pid = record.get('pid')
-  if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-    return None
-  recorded_boot, current_boot = record.get('boot_id'), boot_id()
-  if recorded_boot and current_boot and recorded_boot != current_boot:
-    return False
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    pass                                    # exists, owned by someone else
-  except OSError:
-    return None
-  fields = _proc_stat_fields(pid)
-  if fields is None:
-    return None if os.path.isdir('/proc/self') else True   # raced with its exit / no /proc at all
-  if fields and fields[0] in ('Z', 'X'):
-    return False                            # a zombie: dead, not yet reaped by its parent
-  recorded = record.get('process_start_ticks')
-  if isinstance(recorded, int) and not isinstance(recorded, bool):
-    try:
-      return int(fields[19]) == recorded
-    except (IndexError, ValueError):
-      return True
-  return True
 
 
 def effective_state(record: Optional[dict[str, Any]]) -> str:
@@ -254,7 +91,7 @@ def effective_state(record: Optional[dict[str, Any]]) -> str:
   state = record.get('state')
   if not isinstance(state, str) or not state:
     return 'unknown'
-  if state == RUNNING and process_alive(record) is False:
+  if state == RUNNING and process.process_alive(record) is False:
     return INTERRUPTED
   return state
 
@@ -358,7 +195,7 @@ class StatusWriter:
     """
     with self._lock:
       doc = dict(self._doc)
-      doc.update(_plain(fields))
+      doc.update(fileio.plain(fields))
       if state is not None:
         doc['state'] = state
       self._stamp(doc, time.time(), final=state in FINAL_STATES)
@@ -401,14 +238,14 @@ class StatusWriter:
     """
     with self._lock:
       if self._started and not self._finished:
-        self._doc.update(_plain(fields))
+        self._doc.update(fileio.plain(fields))
         self._write()
         return self
       now = time.time()
       previous = read_status(self.path) if self.enabled else None
       previous = previous if isinstance(previous, dict) and previous.get('state') != UNREADABLE else {}
       attempt = previous.get('attempt')
-      identity = process_identity(self.argv)
+      identity = process.process_identity(self.argv)
       self._doc = {
           'version': VERSION,
           'kind': self.kind,
@@ -422,7 +259,7 @@ class StatusWriter:
           'first_started_unix': (previous.get('first_started_unix') or previous.get('started_unix')
                                  or round(now, 3)),
       }
-      self._doc.update(_plain(fields))
+      self._doc.update(fileio.plain(fields))
       self._started, self._finished = True, False
       self._write(strict=True)
       return self
@@ -450,7 +287,7 @@ class StatusWriter:
         return True
       if not fields and not force:
         return False
-      self._doc.update(_plain(fields))
+      self._doc.update(fileio.plain(fields))
       self._dirty = True
       if force or time.monotonic() - self._last_write >= self.min_interval_s:
         self._write()
@@ -474,12 +311,13 @@ class StatusWriter:
     with self._lock:
       if not self._started or self._finished:
         return
-      self._doc.update(_plain(fields))
+      self._doc.update(fileio.plain(fields))
       self._doc['state'] = state
       if error is not None:
         self._doc['error'] = str(error)
       if exit_status is None:
-        exit_status = 0 if state == 'done' else 1 if state == 'failed' else None
+        exit_status = (process.EXIT_OK if state == 'done' else process.EXIT_FAILED if state == 'failed'
+                       else None)
       if exit_status is not None:
         self._doc['exit_status'] = int(exit_status)
       self._finished = True
@@ -488,17 +326,18 @@ class StatusWriter:
   def record_exception(self, exc: BaseException) -> None:
     """Finishes as the exception says: KeyboardInterrupt 'stopped', SystemExit by its code, else 'failed'."""
     if isinstance(exc, KeyboardInterrupt):
-      self.finish('stopped', error='KeyboardInterrupt: interrupted', exit_status=130)
+      self.finish('stopped', error='KeyboardInterrupt: interrupted', exit_status=process.EXIT_INTERRUPTED)
     elif isinstance(exc, SystemExit):
       code = exc.code
       if code is None or code == 0:
-        self.finish('done', exit_status=0)
+        self.finish('done', exit_status=process.EXIT_OK)
       else:
         self.finish('failed', error=code if isinstance(code, str) else f'exit status {code}',
-                    exit_status=code if isinstance(code, int) else 1)
+                    exit_status=code if isinstance(code, int) else process.EXIT_FAILED)
     else:   # a user error exits 2 (cli.run), a bug 1: the record says what the shell saw
       self.finish('failed', error=one_line_error(exc),
-                  exit_status=2 if isinstance(exc, USER_ERRORS) else 1)
+                  exit_status=process.EXIT_USER_ERROR if isinstance(exc, process.USER_ERRORS)
+                  else process.EXIT_FAILED)
 
   def discard(self) -> None:
     """Removes this writer's file and writes nothing more (its record was published elsewhere)."""
@@ -529,73 +368,4 @@ def write_status(path: str | os.PathLike, record: dict[str, Any]) -> str:
   ``fileio.write_json``: a temporary file renamed over the old one, which keeps the replaced file's
   permission bits; plain JSON (NaN/inf become null).
   """
-  return fileio.write_json(path, _plain(record), indent=1, allow_nan=False)
-
-
-# ---- The raw log -------------------------------------------------------------------------------------
-
-class _WorkdirLog(logging.FileHandler):
-  """A file handler appending to WORKDIR/<filename>; ``detach()`` removes it from the root logger.
-
-  A write that fails (a full disk) turns the copy off with one line on stderr instead of logging's
-  ``--- Logging error ---`` traceback for every later record: the console still has every line.
-  """
-
-  def detach(self) -> None:
-    detach_log_file(self)
-
-  def handleError(self, record: logging.LogRecord) -> None:
-    del record
-    error = sys.exc_info()[1]
-    self.setLevel(logging.CRITICAL + 1)   # nothing more goes to the file
-    print(f'warning: stopped copying the log to {self.baseFilename} ({error})', file=sys.stderr)
-
-
-def _console_formatter() -> logging.Formatter:
-  try:
-    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-    return absl_logging.PythonFormatter()
-  except ImportError:
-    return logging.Formatter('%(levelname)s %(asctime)s %(name)s: %(message)s')
-
-
-def attach_log_file(workdir: str | os.PathLike, filename: str = LOG_FILE) -> logging.Handler:
-  """Appends every log record (absl and Python logging) to ``WORKDIR/<filename>``, as the console shows it.
-
-  Attaching the same file twice returns the handler already attached, so no line is written twice. The
-  handler takes the console handler's filters (e.g. the quieted libraries of ``cli.run``) and the absl
-  line format (``I0101 12:00:00.123456 4242 train.py:300] ...``).
-
-  Returns:
-    The handler; pass it to ``detach_log_file`` (or call its ``detach()``) to stop.
-  """
-  path = os.path.abspath(os.path.join(os.fspath(workdir), filename))
-  root = logging.getLogger()
-  for handler in root.handlers:
-    if isinstance(handler, logging.FileHandler) and os.path.abspath(handler.baseFilename) == path:
-      return handler
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  handler = _WorkdirLog(path, mode='a', encoding='utf-8')
-  handler.setFormatter(_console_formatter())
-  absl_handler = None
-  try:
-    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-    absl_handler = absl_logging.get_absl_handler()
-  except ImportError:
-    pass
-  for console in root.handlers:
-    if console is absl_handler or isinstance(console, logging.StreamHandler) and not isinstance(
-        console, logging.FileHandler):
-      for f in console.filters:
-        handler.addFilter(f)
-      break
-  root.addHandler(handler)
-  return handler
-
-
-def detach_log_file(handle: Optional[logging.Handler]) -> None:
-  """Stops and closes a handler from ``attach_log_file`` (None: nothing to do)."""
-  if handle is None:
-    return
-  logging.getLogger().removeHandler(handle)
-  handle.close()
+  return fileio.write_json(path, fileio.plain(record), indent=1, allow_nan=False)

@@ -22,6 +22,7 @@ from alexnet_jax.run import plots
 from alexnet_jax.runtime import fileio
 from alexnet_jax.training import trainer
 from alexnet_jax.run import metrics_writer
+from alexnet_jax.runtime import process
 from alexnet_jax.runtime import status as status_lib
 
 SUMMARY_JSON = 'sweep_summary.json'
@@ -240,7 +241,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, grid: Sequence[st
     live.start(total_points=len(points), points_done=0)
     summary = _run_points(workdir, axes, points, is_main, live)
     live.finish('stopped' if summary.get('interrupted') else 'done', best=summary.get('best'),
-                exit_status=status_lib.STOPPED_EXIT_STATUS if summary.get('interrupted') else 0)
+                exit_status=process.EXIT_STOPPED if summary.get('interrupted') else process.EXIT_OK)
   return summary
 
 

@@ -42,7 +42,7 @@ from alexnet_jax.data import device_augment
 from alexnet_jax.parallel import layouts, step as step_lib
 from alexnet_jax.runtime.progress import Progress
 from alexnet_jax.run import checkpoints, metrics_writer
-from alexnet_jax.runtime import lock, status as status_lib, stopping
+from alexnet_jax.runtime import lock, logs, process, status as status_lib, stopping
 from alexnet_jax.run import workdir as workdir_lib
 
 
@@ -73,7 +73,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       results = _train(config, workdir, status, is_main)
       if results.get('stopped_by_signal'):
         status.finish('stopped', message=results['stopped'],
-                      exit_status=status_lib.STOPPED_EXIT_STATUS)
+                      exit_status=process.EXIT_STOPPED)
       else:
         status.finish('done', message=results.get('stopped'))
       return results
@@ -82,11 +82,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 @contextlib.contextmanager
 def _log_file(workdir: str, *, enabled: bool):
   """The run's own log lines also go to ``WORKDIR/train.log`` (DIGITS' raw log) while it runs."""
-  handle = status_lib.attach_log_file(workdir) if enabled else None
+  handle = logs.attach_log_file(workdir) if enabled else None
   try:
     yield
   finally:
-    status_lib.detach_log_file(handle)
+    logs.detach_log_file(handle)
 
 
 def _train(config, workdir, status, is_main):
