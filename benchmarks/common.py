@@ -392,8 +392,8 @@ def fmt(v: Any) -> str:
 
 def write_json(path: str, obj: Any) -> None:
   """Writes ``obj`` as indented JSON atomically (a reader never sees half a file); arrays become lists,
-  dataclasses dicts, anything else its ``str``."""
-  fileio.write_json(path, obj, indent=2, default=_jsonable)
+  dataclasses dicts, anything else its ``str`` (``fileio.plain``; NaN stays NaN)."""
+  fileio.write_json(path, fileio.plain(obj, finite=False), indent=2)
 
 
 def print_and_save(text: str, report: Any, json_path: str | None) -> None:
@@ -405,12 +405,6 @@ def print_and_save(text: str, report: Any, json_path: str | None) -> None:
     print(f'wrote {json_path}')
 
 
-def _jsonable(o):
-  if hasattr(o, 'tolist'):
-    return o.tolist()
-  if dataclasses.is_dataclass(o):
-    return dataclasses.asdict(o)
-  return str(o)
 
 
 def mib(n: float | None) -> float | None:
