@@ -13,20 +13,11 @@ from __future__ import annotations
 
 import collections
 
-from absl import app, flags
+from absl import flags
 
-from alexnet_jax.runtime import fileio
+from alexnet_jax.runtime import cli, fileio
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('layouts', ['single', 'model', 'data', 'hybrid'], 'Layouts to compare.')
-flags.DEFINE_integer('devices', 4, 'Devices to use (forced CPU host devices when no accelerator).')
-flags.DEFINE_string('model', 'alexnet', 'alexnet | alexnet_owt')
-flags.DEFINE_float('width', 0.25, 'Channel multiplier (1.0 = the paper).')
-flags.DEFINE_integer('batch', 8, 'Global batch size.')
-flags.DEFINE_string('image_size', '224', "The network input: WIDTH,HEIGHT (DIGITS' order) or one "
-                    'number for a square.')
-flags.DEFINE_integer('num_classes', 1000, 'Classes of the classifier.')
-flags.DEFINE_string('json', None, 'Also write the report as JSON to this path.')
 
 
 def format_table(name: str, report: dict) -> str:
@@ -54,17 +45,16 @@ def format_table(name: str, report: dict) -> str:
 
 def main(argv):
   del argv
+  from alexnet_jax.data import sizes
+  try:
+    width, height = sizes.parse_image_size(FLAGS.image_size)   # a user error before JAX starts
+  except ValueError as e:
+    raise ValueError(f'--image_size={FLAGS.image_size}: {e}') from None
   from alexnet_jax.runtime.devices import ensure_devices
   ensure_devices(FLAGS.devices)
   import ml_collections
   from alexnet_jax import models
-  from alexnet_jax.data import sizes
   from alexnet_jax.parallel import compare, layouts
-
-  try:
-    width, height = sizes.parse_image_size(FLAGS.image_size)
-  except ValueError as e:
-    raise app.UsageError(f'--image_size={FLAGS.image_size}: {e}') from None
 
   model_config = ml_collections.ConfigDict(dict(
       name=FLAGS.model, width=FLAGS.width, dropout=0.5, lrn='paper', bias_init='paper',
@@ -87,8 +77,22 @@ def main(argv):
     print(f'wrote {FLAGS.json}')
 
 
+def define_flags() -> None:
+  """Flags of the command (defined only when it runs, so that importing this module defines none)."""
+  flags.DEFINE_list('layouts', ['single', 'model', 'data', 'hybrid'], 'Layouts to compare.')
+  flags.DEFINE_integer('devices', 4, 'Devices to use (forced CPU host devices when no accelerator).')
+  flags.DEFINE_string('model', 'alexnet', 'alexnet | alexnet_owt')
+  flags.DEFINE_float('width', 0.25, 'Channel multiplier (1.0 = the paper).')
+  flags.DEFINE_integer('batch', 8, 'Global batch size.')
+  flags.DEFINE_string('image_size', '224', "The network input: WIDTH,HEIGHT (DIGITS' order) or one "
+                      'number for a square.')
+  flags.DEFINE_integer('num_classes', 1000, 'Classes of the classifier.')
+  flags.DEFINE_string('json', None, 'Also write the report as JSON to this path.')
+
+
 def run():
-  app.run(main)
+  define_flags()
+  cli.run(main)
 
 
 if __name__ == '__main__':

@@ -31,16 +31,17 @@ import sys
 import threading
 import time
 
-from absl import app, flags
+from absl import flags
+
+from alexnet_jax.runtime import cli
 
 FLAGS = flags.FLAGS
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-# The trainer's exit status after a signal stopped it with a snapshot (cli.STOPPED_EXIT_STATUS, not
-# imported: cli defines flags of its own): not a failure, since the processes stop together, one after
-# the other, and the last ones must not be disturbed while they finish the snapshot.
-STOPPED_EXIT_STATUS = 75
+# The trainer's exit status after a signal stopped it with a snapshot: not a failure, since the processes
+# stop together, one after the other, and the last ones must not be disturbed while they finish the snapshot.
+STOPPED_EXIT_STATUS = cli.STOPPED_EXIT_STATUS
 
 
 def free_port() -> int:
@@ -197,18 +198,24 @@ def launch(command: list[str], num_processes: int, devices_per_process: int, *,
 def main(argv):
   command = argv[1:]
   if not command:
-    raise app.UsageError('give the command after --, e.g. -- python -m alexnet_jax.train ...')
-  sys.exit(launch(command, FLAGS.num_processes, FLAGS.devices_per_process,
-                  heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds))
+    raise ValueError('give the command after --, e.g. -- python -m alexnet_jax.train ...')
+  return launch(command, FLAGS.num_processes, FLAGS.devices_per_process,
+                heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
 
 
-def run():
+def define_flags() -> None:
+  """Flags of the command (defined only when it runs, so that importing this module defines none)."""
   flags.DEFINE_integer('num_processes', 2, 'Processes to start.')
   flags.DEFINE_integer('devices_per_process', 1, 'CPU host devices each process forces.')
   flags.DEFINE_integer('heartbeat_timeout_seconds', 30,
                        'How long survivors wait for a dead process before failing.')
-  app.run(main)
+  # The launcher runs no XLA: glibc's malloc defaults (its processes choose their own).
+  flags.FLAGS.set_default('retain_host_memory', False)
 
+
+def run():
+  define_flags()
+  cli.run(main)
 
 if __name__ == '__main__':
   run()

@@ -21,6 +21,7 @@ from typing import Callable
 from absl import app
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
 from alexnet_jax.runtime import host_memory
 from alexnet_jax.runtime import status
@@ -116,8 +117,36 @@ def _exit(status: int) -> None:
   sys.exit(status)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag reported as a user error (one line, exit status 2) and a help
+  flag (``--help``, ``--helpfull``: absl prints the usage, then exits 1) answering with exit status 0."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = ' '.join(line.strip() for line in str(e).splitlines() if line.strip())
+    print(f'error: {message} (--help lists the flags)', file=sys.stderr)
+    sys.exit(2)
+  except SystemExit as e:
+    # Only the help flags exit during parsing (a bad value raises flags.Error, above).
+    sys.exit(0 if e.code == 1 else e.code)
+
+
+def experiment(flag: str = 'config'):
+  """The experiment of a ``config_flags`` flag (``--config=experiments/NAME.py``), read as the command
+  starts: a file that cannot be loaded (missing, or failing to import) is reported in one line naming it,
+  where the lazily loaded flag would raise a multi-line OSError at its first use."""
+  config = getattr(flags.FLAGS, flag)
+  try:
+    config.keys()
+  except OSError as e:
+    reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+    raise FileNotFoundError(f'--{flag}={config_flags.get_config_filename(flags.FLAGS[flag])}: cannot '
+                            f'load the experiment file ({reason})') from None
+  return config
+
+
 def run(main: Callable[[list[str]], None]) -> None:
-  """``absl.app.run(main)``, with user errors printed as one line and exit status 2."""
+  """``absl.app.run(main)``, with user errors printed as one line and exit status 2 (a bad flag too)."""
   def wrapped(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
     _quiet_abandoned_work()
@@ -137,4 +166,4 @@ def run(main: Callable[[list[str]], None]) -> None:
       _exit(1)
     if exit_status:
       _exit(int(exit_status))
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=parse_flags)

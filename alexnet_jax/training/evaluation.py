@@ -23,6 +23,7 @@ import os
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 
 from alexnet_jax import data, metrics, models
@@ -129,9 +130,15 @@ def write_eval(workdir: str, split: str, step: int, summary: dict[str, Any]) -> 
 
 
 def run_evaluation(workdir: str, *, split: str = 'val', step: str = 'latest', ten_crop: bool = False,
-                   layout_name: str | None = None) -> tuple[str, dict[str, Any]]:
-  """Evaluates a checkpoint of the run in ``workdir``; returns (json path, summary)."""
-  config = workdir_lib.read_config(workdir)
+                   layout_name: str | None = None, config: ml_collections.ConfigDict | None = None
+                   ) -> tuple[str, dict[str, Any]]:
+  """Evaluates a checkpoint of the run in ``workdir``; returns (json path, summary).
+
+  ``config`` is the run's ``config.json`` when the caller has read it already (the command does, to
+  choose the devices before JAX starts); by default it is read here.
+  """
+  if config is None:
+    config = workdir_lib.read_config(workdir)
   dataset = workdir_lib.load_run_dataset(config, workdir)
   if not dataset.has_split(split):
     raise ValueError(f'--split={split}: the dataset of {workdir} has no {split!r} split '
