@@ -23,6 +23,7 @@ import os
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -54,9 +55,9 @@ def evaluate_split(eval_step, params, dataset, data_config, split: str, *, batch
   def score_oldest() -> None:
     nonlocal failed
     logits, host = pending.popleft()
-    labels = gather_to_host_rows(host['label'])
-    mask = gather_to_host_rows(host['mask'])
-    failed += int(gather_to_host_rows(host['replaced']).sum())
+    labels = gather_to_host(host['label'])
+    mask = gather_to_host(host['mask'])
+    failed += int(gather_to_host(host['replaced']).sum())
     acc.update_from_logits(gather_to_host(logits), labels, mask)
     bar.update(1)
 
@@ -102,20 +103,12 @@ def batch_placer(sharding, fields: tuple[str, ...]):
   return place
 
 
-def gather_to_host(x: jax.Array) -> np.ndarray:
-  """A global array as one numpy array on every process."""
+def gather_to_host(x: jax.Array | np.ndarray) -> np.ndarray:
+  """One numpy array on every process: a global array whole, or a batch's per-process rows (a host array)
+  concatenated in process order (the layout of the global batch)."""
   if jax.process_count() == 1:
     return np.asarray(x)
-  from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def gather_to_host_rows(local: np.ndarray) -> np.ndarray:
-  """Per-process rows of a batch, concatenated in process order (the layout of the global batch)."""
-  if jax.process_count() == 1:
-    return np.asarray(local)
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(local, tiled=True))
 
 
 def write_eval(workdir: str, split: str, step: int, summary: dict[str, Any]) -> str:
