@@ -11,36 +11,11 @@ devices first.
 
 from __future__ import annotations
 
-import collections
-
 from absl import flags
 
 from alexnet_jax.runtime import cli, fileio
 
 FLAGS = flags.FLAGS
-
-
-def format_table(name: str, report: dict) -> str:
-  lines = [f'== {name}  (mesh data={report["mesh"]["data"]} x model={report["mesh"]["model"]})']
-  grouped = collections.OrderedDict()
-  for c in report['collectives']:
-    key = (c['pass'], c['layer'], c['op'], c['axis'])
-    count, total = grouped.get(key, (0, 0))
-    grouped[key] = (count + 1, total + c['bytes'])
-  if grouped:
-    lines.append(f'  {"pass":9s} {"layer":8s} {"op":15s} {"axis":10s} {"n":>3s} {"bytes":>12s}')
-    for (pass_, layer, op, axis), (count, total) in grouped.items():
-      lines.append(f'  {pass_:9s} {layer:8s} {op:15s} {axis:10s} {count:3d} {total:12,d}')
-  else:
-    lines.append('  (no communication)')
-  total = sum(c['bytes'] for c in report['collectives'])
-  lines.append(f'  total communicated per device per step: {total:,d} bytes')
-  lines.append(f'  parameters: {report["param_count"]:,d}; held per device: '
-               f'{report["param_bytes_per_device"]:,d} bytes')
-  if 'max_abs_diff_logits' in report:
-    lines.append(f'  vs single: max |logits diff| {report["max_abs_diff_logits"]:.3g}, '
-                 f'max relative grad diff {report["max_rel_diff_grads"]:.3g}')
-  return '\n'.join(lines)
 
 
 def main(argv):
@@ -71,7 +46,7 @@ def main(argv):
             'image_size': [width, height], 'num_classes': FLAGS.num_classes,
             'layouts': {name: runs[name].to_json(reference) for name in FLAGS.layouts}}
   for name in FLAGS.layouts:
-    print(format_table(name, report['layouts'][name]))
+    print(compare.format_table(name, report['layouts'][name]))
   if FLAGS.json:
     fileio.write_json(FLAGS.json, report, indent=2)
     print(f'wrote {FLAGS.json}')

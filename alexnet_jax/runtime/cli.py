@@ -5,8 +5,9 @@ default; see host_memory.py).
 
 A wrong flag, a missing file, an unusable dataset or a full disk is the user's to fix, not a bug: it is
 reported as ``error: <message>`` on stderr with exit status 2, without a traceback (``--verbose`` adds
-it, for diagnosing). Anything else is a bug and keeps its traceback (exit status 1). A tool's ``main``
-may return an exit status: the trainer returns ``STOPPED_EXIT_STATUS`` when a signal stopped it.
+it, for diagnosing); an unknown flag or a bad flag value too, and ``--help`` exits 0. Anything else is
+a bug and keeps its traceback (exit status 1). A tool's ``main`` may return an exit status: the trainer
+returns ``STOPPED_EXIT_STATUS`` when a signal stopped it.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def experiment(flag: str = 'config'):
   try:
     config.keys()
   except OSError as e:
-    reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+    reason = ([line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__])[-1]
     raise FileNotFoundError(f'--{flag}={config_flags.get_config_filename(flags.FLAGS[flag])}: cannot '
                             f'load the experiment file ({reason})') from None
   return config
