@@ -11,60 +11,25 @@ devices first.
 
 from __future__ import annotations
 
-import collections
+from absl import flags
 
-from absl import app, flags
-
-from alexnet_jax.runtime import fileio
+from alexnet_jax.runtime import cli, fileio
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('layouts', ['single', 'model', 'data', 'hybrid'], 'Layouts to compare.')
-flags.DEFINE_integer('devices', 4, 'Devices to use (forced CPU host devices when no accelerator).')
-flags.DEFINE_string('model', 'alexnet', 'alexnet | alexnet_owt')
-flags.DEFINE_float('width', 0.25, 'Channel multiplier (1.0 = the paper).')
-flags.DEFINE_integer('batch', 8, 'Global batch size.')
-flags.DEFINE_string('image_size', '224', "The network input: WIDTH,HEIGHT (DIGITS' order) or one "
-                    'number for a square.')
-flags.DEFINE_integer('num_classes', 1000, 'Classes of the classifier.')
-flags.DEFINE_string('json', None, 'Also write the report as JSON to this path.')
-
-
-def format_table(name: str, report: dict) -> str:
-  lines = [f'== {name}  (mesh data={report["mesh"]["data"]} x model={report["mesh"]["model"]})']
-  grouped = collections.OrderedDict()
-  for c in report['collectives']:
-    key = (c['pass'], c['layer'], c['op'], c['axis'])
-    count, total = grouped.get(key, (0, 0))
-    grouped[key] = (count + 1, total + c['bytes'])
-  if grouped:
-    lines.append(f'  {"pass":9s} {"layer":8s} {"op":15s} {"axis":10s} {"n":>3s} {"bytes":>12s}')
-    for (pass_, layer, op, axis), (count, total) in grouped.items():
-      lines.append(f'  {pass_:9s} {layer:8s} {op:15s} {axis:10s} {count:3d} {total:12,d}')
-  else:
-    lines.append('  (no communication)')
-  total = sum(c['bytes'] for c in report['collectives'])
-  lines.append(f'  total communicated per device per step: {total:,d} bytes')
-  lines.append(f'  parameters: {report["param_count"]:,d}; held per device: '
-               f'{report["param_bytes_per_device"]:,d} bytes')
-  if 'max_abs_diff_logits' in report:
-    lines.append(f'  vs single: max |logits diff| {report["max_abs_diff_logits"]:.3g}, '
-                 f'max relative grad diff {report["max_rel_diff_grads"]:.3g}')
-  return '\n'.join(lines)
 
 
 def main(argv):
   del argv
+  from alexnet_jax.data import sizes
+  try:
+    width, height = sizes.parse_image_size(FLAGS.image_size)   # a user error before JAX starts
+  except ValueError as e:
+    raise ValueError(f'--image_size={FLAGS.image_size}: {e}') from None
   from alexnet_jax.runtime.devices import ensure_devices
   ensure_devices(FLAGS.devices)
   import ml_collections
   from alexnet_jax import models
-  from alexnet_jax.data import sizes
   from alexnet_jax.parallel import compare, layouts
-
-  try:
-    width, height = sizes.parse_image_size(FLAGS.image_size)
-  except ValueError as e:
-    raise app.UsageError(f'--image_size={FLAGS.image_size}: {e}') from None
 
   model_config = ml_collections.ConfigDict(dict(
       name=FLAGS.model, width=FLAGS.width, dropout=0.5, lrn='paper', bias_init='paper',
@@ -81,14 +46,28 @@ def main(argv):
             'image_size': [width, height], 'num_classes': FLAGS.num_classes,
             'layouts': {name: runs[name].to_json(reference) for name in FLAGS.layouts}}
   for name in FLAGS.layouts:
-    print(format_table(name, report['layouts'][name]))
+    print(compare.format_table(name, report['layouts'][name]))
   if FLAGS.json:
     fileio.write_json(FLAGS.json, report, indent=2)
     print(f'wrote {FLAGS.json}')
 
 
+def define_flags() -> None:
+  """Flags of the command (defined only when it runs, so that importing this module defines none)."""
+  flags.DEFINE_list('layouts', ['single', 'model', 'data', 'hybrid'], 'Layouts to compare.')
+  flags.DEFINE_integer('devices', 4, 'Devices to use (forced CPU host devices when no accelerator).')
+  flags.DEFINE_string('model', 'alexnet', 'alexnet | alexnet_owt')
+  flags.DEFINE_float('width', 0.25, 'Channel multiplier (1.0 = the paper).')
+  flags.DEFINE_integer('batch', 8, 'Global batch size.')
+  flags.DEFINE_string('image_size', '224', "The network input: WIDTH,HEIGHT (DIGITS' order) or one "
+                      'number for a square.')
+  flags.DEFINE_integer('num_classes', 1000, 'Classes of the classifier.')
+  flags.DEFINE_string('json', None, 'Also write the report as JSON to this path.')
+
+
 def run():
-  app.run(main)
+  define_flags()
+  cli.run(main)
 
 
 if __name__ == '__main__':

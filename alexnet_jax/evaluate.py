@@ -30,15 +30,17 @@ def main(argv):
   from alexnet_jax.training import evaluation
   from alexnet_jax.run import workdir as workdir_lib
   from alexnet_jax.runtime import status as status_lib
-  config = workdir_lib.read_config(FLAGS.workdir)
-  config.layout = FLAGS.layout
-  devices.ensure_devices(workdir_lib.devices_needed(config))
+  config = workdir_lib.read_config(FLAGS.workdir)   # read once: the library call below takes it
+  on_layout = config.copy_and_resolve_references()   # the run's config, on the layout asked for
+  on_layout.layout = FLAGS.layout
+  devices.ensure_devices(workdir_lib.devices_needed(on_layout))
   ten_crop = config.data.get('ten_crop_eval', False) if FLAGS.ten_crop is None else FLAGS.ten_crop
   # Its own status beside its results (WORKDIR/eval/status.json): the run's status.json is the trainer's.
   with status_lib.StatusWriter(os.path.join(FLAGS.workdir, 'eval'), 'evaluate') as live:
     live.start(split=FLAGS.split, requested_step=FLAGS.step, ten_crop=ten_crop, layout=FLAGS.layout)
     path, summary = evaluation.run_evaluation(FLAGS.workdir, split=FLAGS.split, step=FLAGS.step,
-                                              ten_crop=ten_crop, layout_name=FLAGS.layout)
+                                              ten_crop=ten_crop, layout_name=FLAGS.layout,
+                                              config=config)
     live.finish('done', results=path, **{k: summary[k] for k in ('loss', 'top1', 'top5', 'count')})
   print(f'{FLAGS.split}: loss {summary["loss"]:.4f}  top-1 {100 * summary["top1"]:.2f}%  '
         f'top-5 {100 * summary["top5"]:.2f}%  ({summary["count"]} images'

@@ -44,10 +44,12 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments {argv[1:]}: give --workdir and --output')
-  from alexnet_jax.inference import exporting
+  from alexnet_jax.inference import bundle, exporting
   from alexnet_jax.runtime import devices
+  files = bundle.read_model_files(FLAGS.workdir)   # read once, and a missing run is named before JAX starts
   devices.ensure_devices(1)
-  path, info = exporting.export_model(FLAGS.workdir, FLAGS.output, step=FLAGS.step, overwrite=FLAGS.overwrite)
+  path, info = exporting.export_model(FLAGS.workdir, FLAGS.output, step=FLAGS.step, overwrite=FLAGS.overwrite,
+                                      files=files)
   val = info['metrics'].get('val') or {}
   summary = f'step {info["step"]}'
   if 'top1' in val:

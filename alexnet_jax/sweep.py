@@ -22,7 +22,8 @@ it can be read while the sweep runs.
 
 ``--config.X=V`` overrides apply to every point; ``--grid`` values are converted to the type of the field
 they replace (``--grid=config.data.flip=true,false`` gives booleans). The library function
-``run_sweep(config, workdir, grid)`` is what the command calls; a notebook or a test can call it too.
+``run_sweep(config, workdir, grid)`` is what a notebook or a test calls; the command parses the grid itself
+(to choose the devices before JAX starts) and calls its second half, ``run_sweep_points``.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ def main(argv):
   del argv
   from alexnet_jax.training import sweeping
   import jax
-  config = FLAGS.config
-  points = sweeping.make_points(config, sweeping.parse_grid(FLAGS.grid, config))  # before JAX starts
+  config = cli.experiment('config')
+  axes = sweeping.parse_grid(FLAGS.grid, config)   # parsed once, before JAX starts
+  points = sweeping.make_points(config, axes)
   from alexnet_jax.run import workdir as workdir_lib
   distributed.initialize_from_flags(max(workdir_lib.devices_needed(p.config) for p in points))
-  summary = sweeping.run_sweep(config, FLAGS.workdir, FLAGS.grid)
+  summary = sweeping.run_sweep_points(FLAGS.workdir, axes, points)
   if jax.process_index() == 0:
     print(sweeping.format_table(summary))
     print(f'summary: {os.path.join(os.path.abspath(FLAGS.workdir), sweeping.SUMMARY_JSON)}')

@@ -32,7 +32,7 @@ def main(argv):
                      f'--config.FIELD=VALUE')
   from alexnet_jax.training import config_checks
   from alexnet_jax.run import workdir as workdir_lib
-  config = FLAGS.config
+  config = cli.experiment('config')
   config_checks.validate(config)   # before devices or processes are set up
   distributed.initialize_from_flags(workdir_lib.devices_needed(config))
   from alexnet_jax.training import trainer

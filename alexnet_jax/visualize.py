@@ -28,10 +28,11 @@ def main(argv):
   if bool(FLAGS.workdir) == bool(FLAGS.bundle):
     raise ValueError('give exactly one of --workdir and --bundle')
   from alexnet_jax import data as data_lib, inference
-  from alexnet_jax.inference import visualization
+  from alexnet_jax.inference import bundle, visualization
   from alexnet_jax.runtime import devices
+  files = bundle.read_model_files(FLAGS.workdir or FLAGS.bundle)   # a missing one is named before JAX starts
   devices.ensure_devices(1)
-  model = inference.load(FLAGS.workdir or FLAGS.bundle, step=FLAGS.step, layout='single')
+  model = inference.load_from_files(files, step=FLAGS.step, layout='single')
   try:
     stats = visualization.visualize(model, FLAGS.output, image=FLAGS.image, overwrite=FLAGS.overwrite)
   except data_lib.DecodeError as e:

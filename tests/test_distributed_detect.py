@@ -13,7 +13,7 @@ import sys
 import pytest
 from absl import flags
 
-from alexnet_jax import launch
+from alexnet_jax.runtime import launcher as launch
 from alexnet_jax.runtime import distributed
 from tests.test_train import REPO
 

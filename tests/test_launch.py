@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from alexnet_jax import launch
+from alexnet_jax.runtime import launcher as launch
 from alexnet_jax.runtime import cli
 from tests.test_train import REPO
 

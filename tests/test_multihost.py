@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import launch, models
+from alexnet_jax import models
+from alexnet_jax.runtime import launcher as launch
 from alexnet_jax.training import trainer
 from alexnet_jax.run import workdir as workdir_lib
 from alexnet_jax.data import synthetic

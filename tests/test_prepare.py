@@ -177,9 +177,9 @@ def test_command_line(tmp_path):
   assert 'Prepared' in r.stdout and 'train: 6 images' in r.stdout and 'val: 2 images' in r.stdout
   assert 'ETA' in r.stderr or 'done in' in r.stderr
   r = _run_cli(f'--source={src}', f'--output={out}')
-  assert r.returncode == 1 and 'already exists' in r.stderr and '--overwrite' in r.stderr
+  assert r.returncode == 2 and 'already exists' in r.stderr and '--overwrite' in r.stderr
   r = _run_cli(f'--source={tmp_path}/missing', f'--output={tmp_path}/o2')
-  assert r.returncode == 1 and 'no such file or directory' in r.stderr
+  assert r.returncode == 2 and 'no such file or directory' in r.stderr
 
 
 def test_prepare_from_tfds(tmp_path):

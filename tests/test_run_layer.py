@@ -200,12 +200,6 @@ def test_evaluate_and_classify_share_their_defaults():
   assert defaults[0] == defaults[1] == ['single', 'None']
 
 
-# ---- Import structure -----------------------------------------------------------------------------------
-
-TOOLS = {'train', 'evaluate', 'classify', 'export', 'visualize', 'sweep', 'prepare', 'census', 'launch',
-         'runs'}
-
-
 # ---- Start-up -------------------------------------------------------------------------------------------
 
 def test_an_xla_flag_this_jaxlib_lacks_is_never_passed(monkeypatch):
@@ -223,7 +217,7 @@ def test_an_xla_flag_this_jaxlib_lacks_is_never_passed(monkeypatch):
   assert os.environ['XLA_FLAGS'] == ''
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   # And a process whose jaxlib lacks the flag starts: simulate by making the lookup fail.
-  code = ('from alexnet_jax import devices; devices.xla_knows_flag = lambda name: False; '
+  code = ('from alexnet_jax.runtime import devices; devices.xla_knows_flag = lambda name: False; '
           'devices.ensure_devices(2); import os; print(os.environ.get("XLA_FLAGS", ""))')
   out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
                        env={**os.environ, 'XLA_FLAGS': ''}, timeout=120)
@@ -231,15 +225,9 @@ def test_an_xla_flag_this_jaxlib_lacks_is_never_passed(monkeypatch):
   assert 'ynn' not in out.stdout
 
 
-def test_help_imports_no_jax_and_user_errors_start_no_backend(tmp_path):
-  probe = ('import sys, runpy\nsys.argv = ["train", "--help"]\ntry:\n'
-           '  runpy.run_module("alexnet_jax.{tool}", run_name="__main__")\nexcept SystemExit:\n  pass\n'
-           'print("JAX_IMPORTED" if "jax" in sys.modules else "NO_JAX")')
-  for tool in sorted(TOOLS):
-    out = subprocess.run([sys.executable, '-c', probe.format(tool=tool)], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip().endswith('NO_JAX'), (tool, out.stdout[-500:], out.stderr[-2000:])
-  # A user error: one line, no TPU notice, no orbax traceback, exit status 2.
+def test_a_user_error_inside_the_trainer_is_one_line(tmp_path):
+  # (--help without JAX and each command's first user errors: tests/test_commands.py.)
+  # A user error found by the trainer: one line, no TPU notice, no orbax traceback, exit status 2.
   out = subprocess.run([sys.executable, '-m', 'alexnet_jax.train', '--config=tests/tiny_experiment.py',
                         f'--workdir={tmp_path / "run"}', '--config.data.source=/nonexistent'],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -256,7 +244,7 @@ def test_a_second_trainer_on_a_busy_workdir_stops_at_once(tmp_path, children):
   from tests import tiny_experiment
   workdir = tmp_path / 'busy'
   holder = subprocess.Popen(
-      [sys.executable, '-c', 'import sys, time\nfrom alexnet_jax.run import lock\n'
+      [sys.executable, '-c', 'import sys, time\nfrom alexnet_jax.runtime import lock\n'
        f'held = lock.WorkdirLock({str(workdir)!r}).acquire()\nprint("ready", flush=True)\n'
        'time.sleep(120)'], cwd=REPO, stdout=subprocess.PIPE, text=True)
   children.append(holder)

@@ -254,7 +254,7 @@ def test_second_prepare_of_an_output_is_refused(image_folder, tmp_path):
     r = subprocess.run([sys.executable, '-m', 'alexnet_jax.prepare', f'--source={image_folder}',
                         f'--output={out}', '--image_size=16,16'], cwd=REPO, env=ENV, capture_output=True,
                        text=True, timeout=60)
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2, r.stderr
     assert f'is in use by process {first.pid} on host' in r.stderr, r.stderr
     assert f'-m alexnet_jax.prepare --source={image_folder} --output={out}' in r.stderr
     assert 'use another --output' in r.stderr and 'Traceback' not in r.stderr

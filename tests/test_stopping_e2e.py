@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from alexnet_jax import launch
+from alexnet_jax.runtime import launcher as launch
 from alexnet_jax.training import trainer
 from alexnet_jax.data import synthetic
 from alexnet_jax.parallel import compare

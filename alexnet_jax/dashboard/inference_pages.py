@@ -675,10 +675,10 @@ def open_bounded(path: str, size: tuple[int, int]):
 
 def _thumbnail(path: str, size: int) -> bytes:
   import PIL.Image  # pylint: disable=g-import-not-at-top  (as app.py: the web process starts without it)
+  from alexnet_jax.data import reports  # pylint: disable=g-import-not-at-top  (numpy + Pillow only)
   try:
     with IMAGE_WORK, open_bounded(path, (size, size)) as im:
-      im = im.convert('RGB')
-      im.thumbnail((size, size))
+      im = reports.thumbnail(im, size, fit='within')
       out = io.BytesIO()
       im.save(out, format='PNG')
       return out.getvalue()

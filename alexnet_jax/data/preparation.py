@@ -241,7 +241,7 @@ def _write_split(tmp: str, split: splits_lib.SplitData, classes: list[str], opts
       counts[label] += 1
       lines.append(f'{path} {label}\n')
       if thumbs is not None and len(thumbs[label]) < reports.SHEET_MAX:
-        thumbs[label].append(reports.thumbnail(image))
+        thumbs[label].append(np.asarray(reports.thumbnail(image)))
   finally:
     writer.close()
   for part in work.accumulators:

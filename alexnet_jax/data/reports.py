@@ -56,10 +56,36 @@ def save_histogram(path: str, classes: list[str], counts: dict[str, np.ndarray])
   plt.close(fig)
 
 
-def thumbnail(image: np.ndarray, size: int = THUMB) -> np.ndarray:
-  """uint8 [size, size, 3] thumbnail of a uint8 [H, W, C] image."""
-  pil = PIL.Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).convert('RGB')
-  return np.asarray(pil.resize((size, size), PIL.Image.BILINEAR))
+THUMBNAIL_FITS = ('squash', 'pad', 'within')
+
+
+def thumbnail(image: PIL.Image.Image | np.ndarray, size: int = THUMB, *, fit: str = 'squash'
+              ) -> PIL.Image.Image:
+  """The package's one thumbnail: an RGB Pillow image of ``image`` (Pillow's, or uint8 [H, W, C]).
+
+  ``fit`` says how the aspect ratio is treated:
+    squash  exactly ``size`` x ``size``, the aspect ratio ignored (the contact sheets, as DIGITS' look);
+    pad     ``size`` x ``size``, the image scaled to fit and centred on white (classify's top-N sheet);
+    within  scaled down to fit in ``size`` x ``size``, never up, not padded (the dashboard's thumbnails;
+            Pillow's ``Image.thumbnail``).
+  Numpy and Pillow only: the dashboard's web process uses it too.
+  """
+  if isinstance(image, np.ndarray):
+    image = PIL.Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+  image = image.convert('RGB')
+  if fit == 'squash':
+    return image.resize((size, size), PIL.Image.BILINEAR)
+  if fit == 'within':
+    image.thumbnail((size, size))
+    return image
+  if fit != 'pad':
+    raise ValueError(f'fit={fit!r}: choose one of {", ".join(THUMBNAIL_FITS)}')
+  scale = size / max(image.size)
+  image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                       PIL.Image.BILINEAR)
+  canvas = PIL.Image.new('RGB', (size, size), (255, 255, 255))
+  canvas.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
+  return canvas
 
 
 def save_contact_sheet(path: str, thumbs: list[np.ndarray], columns: int = SHEET_COLUMNS) -> None:

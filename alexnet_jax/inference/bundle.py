@@ -40,6 +40,7 @@ import numpy as np
 
 from alexnet_jax import data as data_lib
 from alexnet_jax.data import lists as lists_lib
+from alexnet_jax.models import trees
 from alexnet_jax.run import metrics_writer
 from alexnet_jax.run.workdir import CONFIG_FILE, read_config
 from alexnet_jax.runtime import fileio
@@ -217,28 +218,15 @@ def _read_bundle_dir(directory: str, *, name: str) -> ModelFiles:
 
 # ---- Parameters as one .npz file -----------------------------------------------------------------------
 
-def flatten_params(params: Any, prefix: str = '', *, to_host: bool = True) -> dict[str, Any]:
+def flatten_params(params: Any, *, to_host: bool = True) -> dict[str, Any]:
   """``{'towers': {'conv1': {'kernel': a}}}`` -> ``{'towers/conv1/kernel': a}``; with ``to_host`` the
   leaves become numpy arrays (gathered from whatever devices hold them)."""
-  out: dict[str, Any] = {}
-  for key, value in params.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, dict):
-      out.update(flatten_params(value, name + '/', to_host=to_host))
-    else:
-      out[name] = np.asarray(jax.device_get(value)) if to_host else value
-  return out
+  flat = trees.flatten(params)
+  return {name: np.asarray(jax.device_get(value)) for name, value in flat.items()} if to_host else flat
 
 
 def unflatten_params(flat: dict[str, np.ndarray]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for name, value in flat.items():
-    node = tree
-    *path, leaf = name.split('/')
-    for part in path:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree
+  return trees.unflatten(flat)
 
 
 def save_params_npz(params: Any, path: str) -> None:
@@ -326,7 +314,7 @@ def write_bundle_dir(directory: str, *, workdir: str, host_params: dict[str, Any
       'model': {'name': network.name, 'width': config.model.width,
                 'towers': network.num_towers, 'num_classes': len(classes),
                 'dtype': config.model.dtype, 'lrn': config.model.lrn,
-                'parameters': int(sum(a.size for a in _leaves(host_params)))},
+                'parameters': trees.param_count(host_params)},
       'classes': list(classes),
       'preprocess': contract,
       'ten_crop': bool(ten_crop),
@@ -343,10 +331,3 @@ def write_bundle_dir(directory: str, *, workdir: str, host_params: dict[str, Any
   write_manifest(directory)
   return info
 
-
-def _leaves(tree):
-  for value in tree.values():
-    if isinstance(value, dict):
-      yield from _leaves(value)
-    else:
-      yield value

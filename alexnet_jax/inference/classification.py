@@ -16,8 +16,10 @@ import time
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import PIL.Image
 
 from alexnet_jax import inference, metrics
+from alexnet_jax.data import reports
 from alexnet_jax.inference import visualization
 from alexnet_jax.run import plots
 from alexnet_jax.runtime import fileio
@@ -191,12 +193,22 @@ def report_paths(output: str, report_dir: str) -> Optional[dict[str, str]]:
   return None
 
 
+def _sheet_cell(path: str, size: int) -> PIL.Image.Image:
+  """The image's thumbnail, letterboxed on white; a grey square if it cannot be read (the sheet is still
+  useful with one grey cell)."""
+  try:
+    with PIL.Image.open(path) as image:
+      return reports.thumbnail(image, size, fit='pad')
+  except Exception:  # noqa: BLE001
+    return PIL.Image.new('RGB', (size, size), (200, 200, 200))
+
+
 def top_n_sheet(results: Results, path: str) -> str:
   """The top-N-per-category contact sheet (a row per class, at most ``MAX_SHEET_CLASSES`` rows)."""
   by_name = {e.name: e.path for e in results.entries}
   rows = []
   for cls, picks in list(results.top_n_per_category.items())[:MAX_SHEET_CLASSES]:
-    rows.append((cls, [(visualization.thumbnail(by_name[name], 96),
+    rows.append((cls, [(_sheet_cell(by_name[name], 96),
                         f'{100 * p:.1f}% {os.path.basename(name)}'[:16]) for name, p in picks]))
   more = len(results.top_n_per_category) - len(rows)
   title = 'top predictions per category' + (f' (first {len(rows)} classes; {more} more in the JSON)'

@@ -28,8 +28,12 @@ def _archive_format(output: str) -> str:
 
 
 def export_model(workdir: str | os.PathLike, output: str | os.PathLike, *, step: str | int = 'latest',
-                 overwrite: bool = False) -> tuple[str, dict[str, Any]]:
+                 overwrite: bool = False, files: bundle.ModelFiles | None = None
+                 ) -> tuple[str, dict[str, Any]]:
   """Exports snapshot ``step`` of the run in ``workdir`` to ``output`` (.tar.gz, .tgz, .zip or a folder).
+
+  ``files`` is ``bundle.read_model_files(workdir)`` when the caller has read them already (the command
+  does, before JAX starts); by default they are read here.
 
   Returns (the bundle's path, its info.json). Raises FileExistsError if ``output`` exists and not
   ``overwrite``; FileNotFoundError for a workdir without checkpoints or a missing step.
@@ -44,7 +48,9 @@ def export_model(workdir: str | os.PathLike, output: str | os.PathLike, *, step:
   if os.path.isdir(workdir) and os.path.exists(os.path.join(workdir, bundle.MANIFEST_FILE)):
     raise ValueError(f'--workdir={workdir} is already a bundle; copy it instead of exporting it')
   # Restore on one device: the arrays come back [tower, ...] whatever layout trained them.
-  model = inference.load(workdir, step=step, layout='single')
+  if files is None:
+    files = bundle.read_model_files(workdir)
+  model = inference.load_from_files(files, step=step, layout='single')
   if model.kind != 'workdir':
     raise ValueError(f'--workdir={workdir} is not a training run')
   staging = fileio.make_staging_dir(output)

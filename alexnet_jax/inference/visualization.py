@@ -46,6 +46,7 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
 from alexnet_jax import inference, metrics
+from alexnet_jax.models import trees
 from alexnet_jax.run import plots
 from alexnet_jax.runtime import fileio
 from alexnet_jax.parallel import forward
@@ -125,21 +126,6 @@ def _font(size: int = 11):
     return PIL.ImageFont.load_default(size=size)
   except TypeError:  # Pillow without FreeType: the fixed bitmap font
     return PIL.ImageFont.load_default()
-
-
-def thumbnail(source: Any, size: int) -> PIL.Image.Image:
-  """An RGB ``size``x``size`` thumbnail of a path or PIL image, letterboxed on white; grey if unreadable."""
-  canvas = PIL.Image.new('RGB', (size, size), (255, 255, 255))
-  try:
-    im = source if isinstance(source, PIL.Image.Image) else PIL.Image.open(source)
-    im = im.convert('RGB')
-    scale = size / max(im.size)
-    im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-                   PIL.Image.BILINEAR)
-    canvas.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
-  except Exception:  # noqa: BLE001  (a sheet is still useful with one grey cell)
-    canvas.paste((200, 200, 200), (0, 0, size, size))
-  return canvas
 
 
 def image_grid(rows: Sequence[tuple[str, Sequence[tuple[PIL.Image.Image, str]]]], *, cell: int = 96,
@@ -250,7 +236,7 @@ def weight_stats(params: dict[str, Any]) -> dict[str, Any]:
   for layer, leaves in params['towers'].items():
     kernel = np.asarray(leaves['kernel'])
     entry = {'kernel_shape': list(kernel.shape),
-             'parameters': int(sum(np.asarray(v).size for v in leaves.values())),
+             'parameters': trees.param_count(leaves),
              'weights': summary_stats(kernel),
              'per_tower': [summary_stats(kernel[t]) for t in range(kernel.shape[0])]}
     if 'bias' in leaves:
@@ -320,7 +306,7 @@ def _write_all(model: inference.Model, params: dict[str, Any], crop: Optional[np
   stats: dict[str, Any] = {
       'model': {'name': model.network.name, 'towers': model.network.num_towers,
                 'classes': model.num_classes, 'step': model.step, 'source': model.path,
-                'parameters': int(sum(np.asarray(a).size for a in jax.tree.leaves(params)))},
+                'parameters': trees.param_count(params)},
       'conv1_color': {'per_tower': color_specificity(conv1),
                       'meaning': 'share of kernel energy that is colour, not grey (0: colour-agnostic)'},
       'layers': weight_stats(params)}

@@ -45,6 +45,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from alexnet_jax.models import trees
 from alexnet_jax.models.towers import Stage, TowerModule, TowerNetwork
 
 SEPARATOR = '__'
@@ -99,18 +100,12 @@ def train_argument(cls: type[nn.Module]) -> str | None:
 def flatten_layers(tree: dict[str, Any]) -> dict[str, dict[str, Any]]:
   """A module's nested parameters as ``{layer: {leaf: array}}``, nested module names joined by ``__``."""
   out: dict[str, dict[str, Any]] = {}
-
-  def visit(node, path):
-    for key, value in node.items():
+  for path, value in trees.leaves_by_path(tree):
+    for depth, key in enumerate(path):
       if SEPARATOR in key:
-        raise ValueError(f'custom network: the parameter path {"/".join(path + (key,))} contains '
+        raise ValueError(f'custom network: the parameter path {"/".join(path[:depth + 1])} contains '
                          f'{SEPARATOR!r}, which this wrapper uses to join module names; rename it')
-      if isinstance(value, dict):
-        visit(value, path + (key,))
-      else:
-        out.setdefault(SEPARATOR.join(path) if path else ROOT_LAYER, {})[key] = value
-
-  visit(tree, ())
+    out.setdefault(SEPARATOR.join(path[:-1]) if len(path) > 1 else ROOT_LAYER, {})[path[-1]] = value
   return out
 
 

@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from alexnet_jax.models import trees
+
 Params = dict[str, Any]
 
 
@@ -101,7 +103,7 @@ class TowerNetwork:
     return [logits[..., i * k:(i + 1) * k] for i in range(logits.shape[-1] // k)]
 
   def param_count(self, params: Params) -> int:
-    return sum(int(a.size) for a in jax.tree.leaves(params))
+    return trees.param_count(params)
 
 
 class TowerModule(nn.Module):

@@ -8,6 +8,7 @@ the ``single`` layout within float32 round-off.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Any
 
@@ -114,3 +115,28 @@ def run_layout(network: TowerNetwork, name: str, *, batch: int, image_size: int 
                    loss=float(loss), logits=np.asarray(logits),
                    grads=jax.tree.map(np.asarray, grads),
                    compiled=compiled if keep_compiled else None)
+
+
+def format_table(name: str, report: dict) -> str:
+  """One layout's ``LayoutRun.to_json`` report as text: its collectives grouped by pass, layer, op and axis,
+  the bytes communicated, the parameters held per device and the difference from ``single``."""
+  lines = [f'== {name}  (mesh data={report["mesh"]["data"]} x model={report["mesh"]["model"]})']
+  grouped = collections.OrderedDict()
+  for c in report['collectives']:
+    key = (c['pass'], c['layer'], c['op'], c['axis'])
+    count, total = grouped.get(key, (0, 0))
+    grouped[key] = (count + 1, total + c['bytes'])
+  if grouped:
+    lines.append(f'  {"pass":9s} {"layer":8s} {"op":15s} {"axis":10s} {"n":>3s} {"bytes":>12s}')
+    for (pass_, layer, op, axis), (count, total) in grouped.items():
+      lines.append(f'  {pass_:9s} {layer:8s} {op:15s} {axis:10s} {count:3d} {total:12,d}')
+  else:
+    lines.append('  (no communication)')
+  total = sum(c['bytes'] for c in report['collectives'])
+  lines.append(f'  total communicated per device per step: {total:,d} bytes')
+  lines.append(f'  parameters: {report["param_count"]:,d}; held per device: '
+               f'{report["param_bytes_per_device"]:,d} bytes')
+  if 'max_abs_diff_logits' in report:
+    lines.append(f'  vs single: max |logits diff| {report["max_abs_diff_logits"]:.3g}, '
+                 f'max relative grad diff {report["max_rel_diff_grads"]:.3g}')
+  return '\n'.join(lines)

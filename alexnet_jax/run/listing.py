@@ -14,7 +14,7 @@ It never descends into ``checkpoints/``, ``eval/``, ``plots/``, ``synthetic/``, 
 recorded as running whose process is gone (same host; pid and process start time, so a reused pid is not
 mistaken for it). It never reads a checkpoint and imports no JAX (500 runs in ~0.3 s:
 ``benchmarks/runs_listing.py``). Sizes are disk usage (allocated blocks), links not followed, each inode
-counted once.
+counted once. ``format_table(rows)`` is how ``runs`` prints them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import json
 import math
 import os
 import re
+import shlex
+import socket
 import time
 from typing import Any, Optional, Sequence
 
@@ -395,3 +397,67 @@ def format_size(nbytes: Optional[int]) -> str:
       return f'{int(value)} B' if unit == 'B' else f'{value:.1f} {unit}'
     value /= 1024
   return '-'
+
+
+# ---- Showing them (python -m alexnet_jax.runs) -------------------------------------------------------
+
+def _format_best(row: dict[str, Any]) -> str:
+  top1 = row.get('best_val_top1')
+  if top1 is None:
+    return '-'
+  text = f'{100 * top1:.2f}%'
+  if row.get('best_epoch') is not None:
+    text += f' (ep {row["best_epoch"]:g})'
+  elif row.get('best_step') is not None:
+    text += f' (step {row["best_step"]})'
+  return text
+
+
+def resume_command(row: dict[str, Any], cwd: Optional[str] = None) -> Optional[str]:
+  """The row's command, prefixed with ``cd <its folder> &&`` when it was started from another folder."""
+  command = row.get('command')
+  if not command:
+    return None
+  cwd = os.getcwd() if cwd is None else cwd
+  where = row.get('cwd')
+  if where and os.path.normpath(where) != os.path.normpath(cwd):
+    return f'cd {shlex.quote(where)} && {command}'
+  return command
+
+
+HEADER = ('NAME', 'KIND', 'STATUS', 'PROGRESS', 'ETA', 'BEST VAL TOP-1', 'TRAIN LOSS', 'ELAPSED', 'SIZE')
+
+
+def format_table(rows: Sequence[dict[str, Any]], *, cwd: Optional[str] = None) -> str:
+  """The rows as an aligned text table; interrupted and stopped rows add their resume command, failed
+  ones their error, rows of another host that host."""
+  if not rows:
+    return 'no runs or datasets found'
+  cells = []
+  for r in rows:
+    cells.append((r['name'], r['kind'], r['status'],
+                  '-' if r.get('progress') is None else f'{100 * r["progress"]:.1f}%',
+                  format_seconds(r.get('eta_seconds')) if r['status'] == 'running' else '-',
+                  _format_best(r),
+                  '-' if r.get('train_loss') is None else f'{r["train_loss"]:.4g}',
+                  format_seconds(r.get('elapsed_seconds')), format_size(r.get('size_bytes'))))
+  widths = [max(len(str(c[i])) for c in [HEADER, *cells]) for i in range(len(HEADER))]
+
+  def line(values):
+    return '  '.join(str(v).ljust(w) for v, w in zip(values, widths)).rstrip()
+
+  here = socket.gethostname()
+  out = [line(HEADER)]
+  for r, c in zip(rows, cells):
+    out.append(line(c))
+    if r['status'] in ('interrupted', 'stopped'):
+      command = resume_command(r, cwd)
+      if command:
+        out.append(f'  resume: {command}')
+    elif r['status'] == 'failed' and r.get('error'):
+      out.append(f'  error: {r["error"]}')
+    elif r['status'] == 'unknown' and r.get('error'):
+      out.append(f'  note: {r["error"]}')
+    if r['status'] == 'running' and r.get('host') and r['host'] != here:
+      out.append(f'  on host {r["host"]} (pid {r.get("pid")}): not checked from here')
+  return '\n'.join(out)

@@ -24,6 +24,7 @@ import ml_collections
 
 from alexnet_jax import data, models
 from alexnet_jax.data import demo as demo_data
+from alexnet_jax.models import trees
 from alexnet_jax.runtime import fileio
 from alexnet_jax.parallel import layouts, step as step_lib
 from alexnet_jax.run import checkpoints
@@ -42,20 +43,9 @@ VALUES_BEFORE_FIELDS_EXISTED = {'data.augment_on': 'host', 'bias_lr_mult': 1.0}
 
 # ---- config.json ------------------------------------------------------------------------------------
 
-def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
-  """``{'data': {'source': s}}`` -> ``{'data.source': s}`` (the names users type after --config.)."""
-  out = {}
-  for key, value in d.items():
-    if isinstance(value, dict):
-      out.update(flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
 def check_resume_compatible(saved: dict, current: dict) -> None:
   """Raises ValueError naming every field that differs and would change the results."""
-  old, new = ({**VALUES_BEFORE_FIELDS_EXISTED, **flatten(d)} for d in (saved, current))
+  old, new = ({**VALUES_BEFORE_FIELDS_EXISTED, **trees.flatten(d, '.')} for d in (saved, current))
   for d in (old, new):   # 256, [256, 256] and '256,256' are one size
     try:
       d['data.image_size'] = list(data.parse_image_size(d['data.image_size']))

@@ -5,8 +5,9 @@ default; see host_memory.py).
 
 A wrong flag, a missing file, an unusable dataset or a full disk is the user's to fix, not a bug: it is
 reported as ``error: <message>`` on stderr with exit status 2, without a traceback (``--verbose`` adds
-it, for diagnosing). Anything else is a bug and keeps its traceback (exit status 1). A tool's ``main``
-may return an exit status: the trainer returns ``STOPPED_EXIT_STATUS`` when a signal stopped it.
+it, for diagnosing); an unknown flag or a bad flag value too, and ``--help`` exits 0. Anything else is
+a bug and keeps its traceback (exit status 1). A tool's ``main`` may return an exit status: the trainer
+returns ``STOPPED_EXIT_STATUS`` when a signal stopped it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Callable
 from absl import app
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
 from alexnet_jax.runtime import host_memory
 from alexnet_jax.runtime import process
@@ -114,8 +116,36 @@ def _exit(status: int) -> None:
   sys.exit(status)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag reported as a user error (one line, exit status 2) and a help
+  flag (``--help``, ``--helpfull``: absl prints the usage, then exits 1) answering with exit status 0."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = ' '.join(line.strip() for line in str(e).splitlines() if line.strip())
+    print(f'error: {message} (--help lists the flags)', file=sys.stderr)
+    sys.exit(process.EXIT_USER_ERROR)
+  except SystemExit as e:
+    # Only the help flags exit during parsing (a bad value raises flags.Error, above).
+    sys.exit(process.EXIT_OK if e.code == 1 else e.code)
+
+
+def experiment(flag: str = 'config'):
+  """The experiment of a ``config_flags`` flag (``--config=experiments/NAME.py``), read as the command
+  starts: a file that cannot be loaded (missing, or failing to import) is reported in one line naming it,
+  where the lazily loaded flag would raise a multi-line OSError at its first use."""
+  config = getattr(flags.FLAGS, flag)
+  try:
+    config.keys()
+  except OSError as e:
+    reason = ([line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__])[-1]
+    raise FileNotFoundError(f'--{flag}={config_flags.get_config_filename(flags.FLAGS[flag])}: cannot '
+                            f'load the experiment file ({reason})') from None
+  return config
+
+
 def run(main: Callable[[list[str]], None]) -> None:
-  """``absl.app.run(main)``, with user errors printed as one line and exit status 2."""
+  """``absl.app.run(main)``, with user errors printed as one line and exit status 2 (a bad flag too)."""
   def wrapped(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
     _quiet_abandoned_work()
@@ -135,4 +165,4 @@ def run(main: Callable[[list[str]], None]) -> None:
       _exit(process.EXIT_FAILED)
     if exit_status:
       _exit(int(exit_status))
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=parse_flags)

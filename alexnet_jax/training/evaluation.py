@@ -23,6 +23,8 @@ import os
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
+import ml_collections
 import numpy as np
 
 from alexnet_jax import data, metrics, models
@@ -53,9 +55,9 @@ def evaluate_split(eval_step, params, dataset, data_config, split: str, *, batch
   def score_oldest() -> None:
     nonlocal failed
     logits, host = pending.popleft()
-    labels = gather_to_host_rows(host['label'])
-    mask = gather_to_host_rows(host['mask'])
-    failed += int(gather_to_host_rows(host['replaced']).sum())
+    labels = gather_to_host(host['label'])
+    mask = gather_to_host(host['mask'])
+    failed += int(gather_to_host(host['replaced']).sum())
     acc.update_from_logits(gather_to_host(logits), labels, mask)
     bar.update(1)
 
@@ -101,20 +103,12 @@ def batch_placer(sharding, fields: tuple[str, ...]):
   return place
 
 
-def gather_to_host(x: jax.Array) -> np.ndarray:
-  """A global array as one numpy array on every process."""
+def gather_to_host(x: jax.Array | np.ndarray) -> np.ndarray:
+  """One numpy array on every process: a global array whole, or a batch's per-process rows (a host array)
+  concatenated in process order (the layout of the global batch)."""
   if jax.process_count() == 1:
     return np.asarray(x)
-  from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def gather_to_host_rows(local: np.ndarray) -> np.ndarray:
-  """Per-process rows of a batch, concatenated in process order (the layout of the global batch)."""
-  if jax.process_count() == 1:
-    return np.asarray(local)
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(local, tiled=True))
 
 
 def write_eval(workdir: str, split: str, step: int, summary: dict[str, Any]) -> str:
@@ -129,9 +123,15 @@ def write_eval(workdir: str, split: str, step: int, summary: dict[str, Any]) -> 
 
 
 def run_evaluation(workdir: str, *, split: str = 'val', step: str = 'latest', ten_crop: bool = False,
-                   layout_name: str | None = None) -> tuple[str, dict[str, Any]]:
-  """Evaluates a checkpoint of the run in ``workdir``; returns (json path, summary)."""
-  config = workdir_lib.read_config(workdir)
+                   layout_name: str | None = None, config: ml_collections.ConfigDict | None = None
+                   ) -> tuple[str, dict[str, Any]]:
+  """Evaluates a checkpoint of the run in ``workdir``; returns (json path, summary).
+
+  ``config`` is the run's ``config.json`` when the caller has read it already (the command does, to
+  choose the devices before JAX starts); by default it is read here.
+  """
+  if config is None:
+    config = workdir_lib.read_config(workdir)
   dataset = workdir_lib.load_run_dataset(config, workdir)
   if not dataset.has_split(split):
     raise ValueError(f'--split={split}: the dataset of {workdir} has no {split!r} split '

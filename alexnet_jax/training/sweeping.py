@@ -232,9 +232,14 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, grid: Sequence[st
     ``done``, ``skipped`` (finished earlier), ``stopped`` or ``pending`` --, ``best_val_top1``,
     ``best_step``, ``best_epoch``, ``final_val_top1``), plus ``interrupted`` when a signal stopped it.
   """
-  workdir = os.path.abspath(workdir)
   axes = parse_grid(grid, config)
-  points = make_points(config, axes)
+  return run_sweep_points(workdir, axes, make_points(config, axes))
+
+
+def run_sweep_points(workdir: str, axes: Sequence[Axis], points: Sequence[Point]) -> dict[str, Any]:
+  """``run_sweep`` on a grid already parsed (``parse_grid``, ``make_points``): what the command calls,
+  having parsed the grid to choose the devices before JAX starts."""
+  workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   with status_lib.StatusWriter(workdir, 'sweep', enabled=is_main) as live:
