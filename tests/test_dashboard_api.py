@@ -894,7 +894,7 @@ def test_new_model_takes_a_300x200_dataset_and_a_blank_crop_is_none():
   """The seed's lab: a 300 x 200 dataset, crop size blank (DIGITS: none). The form passes W,H and crop 0;
   the worker's own checks (the real flag parsing and check_network) accept them for the full AlexNet,
   and a crop larger than the shorter side is named on the crop field."""
-  from alexnet_jax.dashboard import worker  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.dashboard.workers import config_worker as worker  # pylint: disable=g-import-not-at-top
   datasets = {'lab': {'state': 'done', 'image_size': [300, 200], 'channels': 3, 'resize_mode': 'squash',
                       'output': '/data/lab', 'num_classes': 3}}
   form = _model_form('lab', crop_size='', width='1', experiment=forms.DEFAULT_EXPERIMENT)

@@ -62,16 +62,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from alexnet_jax.runtime import confinement
 from alexnet_jax.runtime import fileio
 from alexnet_jax.run import listing as listing_lib   # discovery and rows: status files only, no JAX
-from alexnet_jax.dashboard import checker as checker_lib
 from alexnet_jax.dashboard import forms
 from alexnet_jax.dashboard import gpu_usage
 from alexnet_jax.dashboard import inference_pages
 from alexnet_jax.dashboard import jobs as jobs_lib
-from alexnet_jax.dashboard import runner as runner_lib
 from alexnet_jax.dashboard import security
 from alexnet_jax.dashboard import stream as stream_lib
-from alexnet_jax.dashboard import worker as worker_lib
 from alexnet_jax.runtime import status as status_lib
+from alexnet_jax.dashboard.workers import config_client
+from alexnet_jax.dashboard.workers import runner as runner_lib
 
 _log = logging.getLogger(__name__)
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -327,7 +326,7 @@ class Dashboard:
     loopback = security.is_loopback(settings.host)
     self.require_token = (not loopback) if settings.require_token is None else settings.require_token
     self.hosts = security.allowed_hosts(settings.host, settings.allowed_hosts)
-    self.checker = checker_lib.Checker(self.state_dir)
+    self.checker = config_client.ConfigClient(self.state_dir)
     self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
                                   trim_blocks=True, lstrip_blocks=True, finalize=_printable_value)
     self.env.globals.update(fmt_time=fmt_time, fmt_pct=fmt_pct, fmt_seconds=listing_lib.format_seconds,
@@ -989,7 +988,7 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
       values['dataset'] = dataset
     tables = dash.checker.tables(wait_s=20)
     datasets = dash.datasets_for_form()
-    experiments = [e['name'] for e in worker_lib.list_experiments()]
+    experiments = [e['name'] for e in config_client.list_experiments()]
     return dash.render('new_model.html', request, values=values, datasets=datasets, tables=tables,
                        experiments=experiments, previous=sorted(dash.previous_models()),
                        page={'datasets': datasets, 'tables': tables, 'values': values})
@@ -997,7 +996,7 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
   @app.post('/models/images/classification.json')
   async def create_model(request: Request):
     fields, _, _ = await _read_form(request)
-    experiments = {e['name']: e['path'] for e in worker_lib.list_experiments()}
+    experiments = {e['name']: e['path'] for e in config_client.list_experiments()}
     datasets = await asyncio.to_thread(dash.datasets_for_form)
     try:
       parsed = forms.parse_model_form(fields, datasets=datasets, previous=dash.previous_models(),
@@ -1009,7 +1008,7 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
       try:
         answer = await asyncio.to_thread(dash.checker.check, parsed['experiment'], overrides,
                                          parsed['num_classes'])
-      except checker_lib.WorkerError as e:
+      except config_client.WorkerError as e:
         return _error(503, {'config': f'settings could not be checked: {e}; try again'})
       if answer.get('problems'):
         return _error(400, forms.map_problems(answer['problems']))
@@ -1034,7 +1033,7 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
   def lr_curve(request: Request):
     fields = dict(request.query_params)
     fields.setdefault('model_name', 'lr')
-    experiments = {e['name']: e['path'] for e in worker_lib.list_experiments()}
+    experiments = {e['name']: e['path'] for e in config_client.list_experiments()}
     datasets = dash.datasets_for_form()
     steps_per_epoch = 100
     try:
@@ -1048,7 +1047,7 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
       steps_per_epoch = max(1, train // batch)
     try:
       answer = dash.checker.lr_curve(parsed['experiment'], parsed['points'][0], steps_per_epoch)
-    except checker_lib.WorkerError as e:
+    except config_client.WorkerError as e:
       return _error(503, {'config': str(e)})
     if answer.get('problems'):
       return _error(400, forms.map_problems(answer['problems']))

@@ -49,8 +49,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from alexnet_jax.data import lists as image_lists
 from alexnet_jax.runtime import confinement, fileio
 from alexnet_jax.dashboard import jobs as jobs_lib
-from alexnet_jax.dashboard import predictor as predictor_lib
-from alexnet_jax.dashboard import runner as runner_lib
+from alexnet_jax.dashboard.workers import inference_client as predictor_lib
+from alexnet_jax.dashboard.workers import runner as runner_lib
 from alexnet_jax.dashboard import security
 from alexnet_jax.run import listing as listing_lib
 from alexnet_jax.runtime import status as status_lib

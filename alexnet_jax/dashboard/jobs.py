@@ -50,7 +50,7 @@ from typing import Any, Callable, Optional
 
 from alexnet_jax.runtime import fileio
 from alexnet_jax.run import listing as listing_lib   # discovery and rows: status files only, no JAX
-from alexnet_jax.dashboard import runner as runner_lib
+from alexnet_jax.dashboard.workers import runner as runner_lib
 from alexnet_jax.runtime import lock as lock_lib
 from alexnet_jax.runtime import status as status_lib
 
@@ -474,7 +474,7 @@ class JobManager:
     gpus = [d[3:] for d in devices if d.startswith('gpu')]
     if gpus:
       env['CUDA_VISIBLE_DEVICES'] = ','.join(gpus)
-    command = [self.python, '-m', 'alexnet_jax.dashboard.runner', job.dir, '--', *job.doc['argv']]
+    command = [self.python, '-m', 'alexnet_jax.dashboard.workers.runner', job.dir, '--', *job.doc['argv']]
     try:
       child = subprocess.Popen(command, cwd=job.doc.get('cwd') or self.jobs_dir, env=env,
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

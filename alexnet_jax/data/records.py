@@ -109,9 +109,3 @@ class Writer:
 
   def close(self) -> None:
     self._w.close()
-
-
-def open_source(path: str):
-  """A random-access, picklable reader of one ArrayRecord file (`grain.sources.ArrayRecordDataSource`)."""
-  import grain  # pylint: disable=g-import-not-at-top
-  return grain.sources.ArrayRecordDataSource([path])

@@ -67,6 +67,7 @@ import threading
 import time
 from typing import Any
 
+import grain
 import numpy as np
 
 from alexnet_jax.runtime import fileio
@@ -189,7 +190,7 @@ class PreparedStore(_LazySource):
     self.path = path
 
   def _open(self):
-    return records.open_source(self.path)
+    return grain.sources.ArrayRecordDataSource([self.path])   # random access, picklable
 
   def read(self, key: int) -> np.ndarray:
     return records.decode_record(self.source[int(key)]).image

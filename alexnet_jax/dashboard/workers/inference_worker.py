@@ -1,9 +1,9 @@
 r"""The dashboard's inference process: classify, visualize, export and count communication, outside the web.
 
-    python -m alexnet_jax.dashboard.inference_worker [--cache_size=3]   # JSON lines, as worker.py
+    python -m alexnet_jax.dashboard.workers.inference_worker [--cache_size=3]   # JSON lines, as config_worker.py
 
 The web process never imports JAX (DASHBOARD.md), so Classify One, Download Model and the layout census
-of the model page run here, in a process that ``predictor.Predictor`` starts and talks to over a pipe
+of the model page run here, in a process that ``inference_client.Predictor`` starts and talks to over a pipe
 (``worker_process``). What makes it worth a process of its own is that it **keeps models loaded**: an
 LRU of ``inference.Model``s keyed by (workdir, concrete step, layout) -- plus the snapshot folder's inode
 and mtime, so a run deleted and trained again under the same name is not served stale -- so the first
@@ -55,7 +55,7 @@ from alexnet_jax import configs, data, inference, metrics, models
 from alexnet_jax.inference import bundle, exporting
 from alexnet_jax.runtime import devices, fileio
 from alexnet_jax.inference import visualization
-from alexnet_jax.dashboard.worker_process import one_line, serve
+from alexnet_jax.dashboard.workers.worker_process import one_line, serve
 from alexnet_jax.parallel import census as census_lib, compare, layouts, step as step_lib
 from alexnet_jax.run import checkpoints, listing
 from alexnet_jax.runtime import status
