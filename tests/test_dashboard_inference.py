@@ -1,4 +1,4 @@
-"""The dashboard's inference worker through its web-side client (``dashboard/predictor.py``).
+"""The dashboard's inference worker through its web-side client (``dashboard/workers/inference_client.py``).
 
 One tiny run is trained once per module: DIGITS' LeNet at 28 px, three classes (tests/test_classify.py's
 images and settings), in seconds; one ``Predictor`` serves the whole module, so its interactive worker

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from alexnet_jax.dashboard import jobs as jobs_lib
+from alexnet_jax.dashboard import errors as errors_lib
 from alexnet_jax.dashboard.workers import runner as runner_lib
 from alexnet_jax.dashboard import security
 from alexnet_jax.dashboard import stream as stream_lib
@@ -101,7 +102,7 @@ def test_abort_and_resume(tmp_path):
   m.tick()
   assert job.state == 'running' and job.doc['attempt'] == 2
   assert job.doc['argv'] == STOPPABLE                                       # the same argv
-  with pytest.raises(jobs_lib.JobError):
+  with pytest.raises(errors_lib.DashboardError):
     m.resume(job.id)                                                        # running: not resumable
   m.abort(job.id)
   assert _until(lambda: (m.tick(), job.state)[1] == 'stopped')
@@ -174,7 +175,7 @@ def test_queue_limits(tmp_path):
   assert model.state == 'running' and model.doc['devices'] == ['cpu']
   assert other.state == 'queued' and other.wait_reason == f'devices busy ({model.id})'
   assert m.device_summary() == {'devices': [{'name': 'cpu', 'job': model.id}], 'free': 0, 'total': 1}
-  with pytest.raises(jobs_lib.JobError, match='used by'):
+  with pytest.raises(errors_lib.DashboardError, match='used by'):
     m.delete(datasets[0].id)
   assert m.delete(model.id) == 'deleting'                # running: aborted first, removed when it stops
   assert _until(lambda: (m.tick(), m.get(model.id) is None)[1])

@@ -67,7 +67,6 @@ import threading
 import time
 from typing import Any
 
-import grain
 import numpy as np
 
 from alexnet_jax.runtime import fileio
@@ -190,6 +189,7 @@ class PreparedStore(_LazySource):
     self.path = path
 
   def _open(self):
+    import grain  # pylint: disable=g-import-not-at-top  (as records.py had it: importing sources stays light)
     return grain.sources.ArrayRecordDataSource([self.path])   # random access, picklable
 
   def read(self, key: int) -> np.ndarray:

@@ -131,4 +131,3 @@ class ConfigClient:
   def lr_curve(self, experiment: str, overrides: list[str], steps_per_epoch: int) -> dict:
     return self.ask({'op': 'lr_curve', 'experiment': experiment, 'overrides': overrides,
                      'steps_per_epoch': steps_per_epoch})
-

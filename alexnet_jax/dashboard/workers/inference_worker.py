@@ -14,7 +14,7 @@ preprocessing), ``visualization.visualize``, ``exporting.export_model``, ``paral
 On a CPU host it forces four host devices before JAX starts (``devices.force_cpu_devices``), so the
 two-tower layouts can be chosen (and the census compiles every layout); on an accelerator host it uses
 the devices there are. (The snapshot table the page shows is read by the web process itself, from
-metrics.jsonl: ``inference_pages.snapshot_table``.) Requests (``step`` is 'best', 'latest' or a number):
+metrics.jsonl: ``snapshots.snapshot_table``.) Requests (``step`` is 'best', 'latest' or a number):
 
     {"op": "classify_one", "workdir", "step", "layout", "top_k", "image_path",
      "out_dir"?, "visualize_dir"?}
