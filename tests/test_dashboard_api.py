@@ -25,8 +25,9 @@ with warnings.catch_warnings():                 # starlette: "install httpx2 ins
   from fastapi.testclient import TestClient  # noqa: E402
 
 from alexnet_jax.dashboard import app as app_lib  # noqa: E402
-from alexnet_jax.dashboard import forms  # noqa: E402
+from alexnet_jax.dashboard import model_form  # noqa: E402
 from alexnet_jax.dashboard import jobs as jobs_lib  # noqa: E402
+from alexnet_jax.dashboard import job_records  # noqa: E402
 from alexnet_jax.data import synthetic  # noqa: E402
 
 BASE = 'http://127.0.0.1:5000'
@@ -525,7 +526,7 @@ def test_start_time_without_jax(tmp_path):
 
 
 def test_forms_map_problems():
-  errors = forms.map_problems(['--config.data.crop_size=32: too small', '--config.layout=model: no',
+  errors = model_form.map_problems(['--config.data.crop_size=32: too small', '--config.layout=model: no',
                                'something else'])
   assert errors == {'crop_size': '--config.data.crop_size=32: too small', 'layout': '--config.layout=model: no',
                     'config': 'something else'}
@@ -570,7 +571,7 @@ def test_fine_tune_from_a_previous_model(client, model, dataset):
   assert client.delete(f'/jobs/{job.id}', headers=client.bearer).json()['result'] == 'deleted'
 
 
-# ---- Part 2: snapshots, Classify One/Many, download, census (inference_pages.py) ----------------------
+# ---- Part 2: snapshots, Classify One/Many, download, census (trained_model.py, routes/inference.py) ----------------------
 
 def _an_image(env):
   folder = env['root'] / 'three' / sorted(os.listdir(env['root'] / 'three'))[0]
@@ -776,7 +777,7 @@ def test_census_waits_for_the_files_the_trainer_writes_after_config_json(tmp_pat
                                             start_scheduler=False, start_worker=False))
   dash = app.state.dash
   job = dash.manager.create('model', name='m', argv=['python', '-c', 'pass'], form={})
-  job.set_state(jobs_lib.RUNNING)
+  job.set_state(job_records.RUNNING)
   (tmp_path / 'jobs' / job.id / 'config.json').write_text('{"model": {"name": "alexnet"}}')
   try:
     with warnings.catch_warnings():
@@ -894,18 +895,18 @@ def test_new_model_takes_a_300x200_dataset_and_a_blank_crop_is_none():
   """The seed's lab: a 300 x 200 dataset, crop size blank (DIGITS: none). The form passes W,H and crop 0;
   the worker's own checks (the real flag parsing and check_network) accept them for the full AlexNet,
   and a crop larger than the shorter side is named on the crop field."""
-  from alexnet_jax.dashboard import worker  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.dashboard.workers import config_worker as worker  # pylint: disable=g-import-not-at-top
   datasets = {'lab': {'state': 'done', 'image_size': [300, 200], 'channels': 3, 'resize_mode': 'squash',
                       'output': '/data/lab', 'num_classes': 3}}
-  form = _model_form('lab', crop_size='', width='1', experiment=forms.DEFAULT_EXPERIMENT)
-  parsed = forms.parse_model_form(form, datasets=datasets, previous={},
-                                  experiments=[forms.DEFAULT_EXPERIMENT])
+  form = _model_form('lab', crop_size='', width='1', experiment=model_form.DEFAULT_EXPERIMENT)
+  parsed = model_form.parse_model_form(form, datasets=datasets, previous={},
+                                  experiments=[model_form.DEFAULT_EXPERIMENT])
   point = parsed['points'][0]
   assert '--config.data.image_size=300,200' in point and '--config.data.crop_size=0' in point
   assert 'crop_size' not in parsed['form']   # the form shows the blank it was given
   assert worker.check(parsed['experiment'], point, 3)['problems'] == []
-  big = forms.parse_model_form(dict(form, crop_size='227'), datasets=datasets, previous={},
-                               experiments=[forms.DEFAULT_EXPERIMENT])
+  big = model_form.parse_model_form(dict(form, crop_size='227'), datasets=datasets, previous={},
+                               experiments=[model_form.DEFAULT_EXPERIMENT])
   problems = worker.check(big['experiment'], big['points'][0], 3)['problems']
-  assert forms.map_problems(problems).keys() == {'crop_size'}
+  assert model_form.map_problems(problems).keys() == {'crop_size'}
   assert 'or <= 200, the shorter side of --config.data.image_size=300,200' in problems[0]

@@ -1,4 +1,4 @@
-"""The dashboard's inference worker through its web-side client (``dashboard/predictor.py``).
+"""The dashboard's inference worker through its web-side client (``dashboard/workers/inference_client.py``).
 
 One tiny run is trained once per module: DIGITS' LeNet at 28 px, three classes (tests/test_classify.py's
 images and settings), in seconds; one ``Predictor`` serves the whole module, so its interactive worker
@@ -20,7 +20,7 @@ import pytest
 
 from alexnet_jax import inference
 from alexnet_jax.training import trainer
-from alexnet_jax.dashboard import inference_worker, predictor as predictor_lib, worker_process
+from alexnet_jax.dashboard.workers import inference_worker, inference_client as predictor_lib, worker_process
 from alexnet_jax.data import synthetic
 from alexnet_jax.run import workdir as workdir_lib
 from tests.test_classify import all_images, image_folder, tiny_config
@@ -60,7 +60,7 @@ def _classify(predictor, run_dir, image, **kwargs):
 
 
 def test_the_client_imports_no_jax():
-  code = ('import sys; from alexnet_jax.dashboard import predictor, worker_process; '
+  code = ('import sys; from alexnet_jax.dashboard.workers import inference_client, worker_process; '
           'print(sorted(m for m in sys.modules if m.split(".")[0] in ("jax", "jaxlib", "flax")))')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60,
                        check=True)

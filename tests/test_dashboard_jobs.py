@@ -14,7 +14,8 @@ import time
 import pytest
 
 from alexnet_jax.dashboard import jobs as jobs_lib
-from alexnet_jax.dashboard import runner as runner_lib
+from alexnet_jax.dashboard import errors as errors_lib
+from alexnet_jax.dashboard.workers import runner as runner_lib
 from alexnet_jax.dashboard import security
 from alexnet_jax.dashboard import stream as stream_lib
 
@@ -51,13 +52,13 @@ def _dataset_job(m, argv, name='d'):
 
 
 def test_runner_records_the_exit_status(tmp_path):
-  status = subprocess.run([sys.executable, '-m', 'alexnet_jax.dashboard.runner', str(tmp_path), '--',
+  status = subprocess.run([sys.executable, '-m', 'alexnet_jax.dashboard.workers.runner', str(tmp_path), '--',
                            'python', '-c', 'import sys; print("hello"); sys.exit(3)'], timeout=30).returncode
   assert status == 3
   record = json.loads((tmp_path / runner_lib.EXIT_FILE).read_text())
   assert record['exit_status'] == 3 and record['signal'] is None and record['runner_pid'] > 0
   assert 'hello' in (tmp_path / runner_lib.OUTPUT_LOG).read_text()
-  assert subprocess.run([sys.executable, '-m', 'alexnet_jax.dashboard.runner', 'x'],
+  assert subprocess.run([sys.executable, '-m', 'alexnet_jax.dashboard.workers.runner', 'x'],
                         capture_output=True, timeout=30).returncode == 2
 
 
@@ -65,7 +66,7 @@ def test_runner_records_the_exit_status(tmp_path):
 # the tool exists -- on a busy host the few milliseconds in which an Abort pressed at once lands there.
 EARLY_ABORT = '''
 import os, signal, subprocess, sys
-from alexnet_jax.dashboard import runner
+from alexnet_jax.dashboard.workers import runner
 start = subprocess.Popen
 def popen(*args, **kwargs):
   os.kill(os.getpid(), signal.SIGTERM)
@@ -101,7 +102,7 @@ def test_abort_and_resume(tmp_path):
   m.tick()
   assert job.state == 'running' and job.doc['attempt'] == 2
   assert job.doc['argv'] == STOPPABLE                                       # the same argv
-  with pytest.raises(jobs_lib.JobError):
+  with pytest.raises(errors_lib.DashboardError):
     m.resume(job.id)                                                        # running: not resumable
   m.abort(job.id)
   assert _until(lambda: (m.tick(), job.state)[1] == 'stopped')
@@ -174,7 +175,7 @@ def test_queue_limits(tmp_path):
   assert model.state == 'running' and model.doc['devices'] == ['cpu']
   assert other.state == 'queued' and other.wait_reason == f'devices busy ({model.id})'
   assert m.device_summary() == {'devices': [{'name': 'cpu', 'job': model.id}], 'free': 0, 'total': 1}
-  with pytest.raises(jobs_lib.JobError, match='used by'):
+  with pytest.raises(errors_lib.DashboardError, match='used by'):
     m.delete(datasets[0].id)
   assert m.delete(model.id) == 'deleting'                # running: aborted first, removed when it stops
   assert _until(lambda: (m.tick(), m.get(model.id) is None)[1])

@@ -24,8 +24,12 @@ with warnings.catch_warnings():                 # starlette: "install httpx2 ins
 from alexnet_jax.runtime import confinement  # noqa: E402
 from alexnet_jax.runtime import fileio  # noqa: E402
 from alexnet_jax.dashboard import app as app_lib  # noqa: E402
-from alexnet_jax.dashboard import inference_pages  # noqa: E402
+from alexnet_jax.dashboard import files  # noqa: E402
+from alexnet_jax.dashboard import images  # noqa: E402
+from alexnet_jax.dashboard import snapshots  # noqa: E402
+from alexnet_jax.dashboard.workers import inference_client  # noqa: E402
 from alexnet_jax.dashboard import jobs as jobs_lib  # noqa: E402
+from alexnet_jax.dashboard import job_records  # noqa: E402
 from alexnet_jax.data import errors as data_errors  # noqa: E402
 from alexnet_jax.data import preparation  # noqa: E402
 from alexnet_jax.data import synthetic  # noqa: E402
@@ -186,9 +190,9 @@ def test_non_utf8_paths_in_a_classify_result_answer_200(client, env):
   manager = client.app.state.dash.manager
   job = manager.create('classify', name='latin', argv=['true'], form={}, extra={'images': 1})
   name = '/data/caf\udce9.jpg'                               # os.fsdecode(b'/data/caf\xe9.jpg')
-  with open(os.path.join(job.dir, inference_pages.RESULT_FILE), 'w', encoding='ascii') as f:
+  with open(os.path.join(job.dir, job_records.RESULT_FILE), 'w', encoding='ascii') as f:
     json.dump({'predictions': {name: [['class_0', 0.9]]}, 'errors': [{'path': name, 'error': 'x'}]}, f)
-  fileio.write_json(os.path.join(job.dir, inference_pages.PROBLEMS_FILE),
+  fileio.write_json(os.path.join(job.dir, job_records.PROBLEMS_FILE),
                     [{'line': 3, 'text': 'raw\udcff bytes', 'reason': 'no label'}])
   r = client.get(f'/jobs/{job.id}.json')
   assert r.status_code == 200, r.text
@@ -297,14 +301,14 @@ def test_a_state_change_that_could_not_be_written_is_written_later(client, monke
   manager = client.app.state.dash.manager
   job = manager.create('dataset', name='quick', argv=[sys.executable, '-c', 'pass'], form={})
   manager.tick()
-  assert jobs_lib.read_job(job.dir)['state'] == 'running'
-  _wait_for(lambda: jobs_lib.read_exit(job.dir) is not None, what='the job to end')
+  assert job_records.read_job(job.dir)['state'] == 'running'
+  _wait_for(lambda: job_records.read_exit(job.dir) is not None, what='the job to end')
   with monkeypatch.context() as m:
     m.setattr(fileio, 'write_json', _enospc)
     _wait_for(lambda: (manager.tick(), job.state == 'done')[1], what='the end to be noticed')
-    assert jobs_lib.read_job(job.dir)['state'] == 'running'     # done in memory; the disk is full
+    assert job_records.read_job(job.dir)['state'] == 'running'     # done in memory; the disk is full
   manager.tick()                                     # space again: written at the next tick
-  assert jobs_lib.read_job(job.dir)['state'] == 'done'
+  assert job_records.read_job(job.dir)['state'] == 'done'
 
 
 # ---- 3. Image work bounded ---------------------------------------------------------------------------------
@@ -370,11 +374,11 @@ def test_thumbnails_refuse_images_past_the_pixel_cap(tmp_path):
   big = tmp_path / 'big.png'
   PIL.Image.new('L', (9000, 9000)).save(big)
   with pytest.raises(Exception) as e:
-    inference_pages._thumbnail(str(big), 96)           # pylint: disable=protected-access
+    images.thumbnail(str(big), 96)           # pylint: disable=protected-access
   assert getattr(e.value, 'status_code', None) == 404
   small = tmp_path / 'small.jpg'
   PIL.Image.new('RGB', (300, 200), (200, 10, 10)).save(small)
-  assert inference_pages._thumbnail(str(small), 96)[:4] == b'\x89PNG'   # pylint: disable=protected-access
+  assert images.thumbnail(str(small), 96)[:4] == b'\x89PNG'   # pylint: disable=protected-access
 
 
 # ---- 5. The token only for a browser that proved it has it; .dashboard private --------------------------
@@ -400,11 +404,11 @@ def test_dashboard_state_is_private(client, tmp_path):
   for folder in (dash.state_dir, dash.inference.vis_root, os.path.join(dash.state_dir, 'uploads'),
                  dash.inference.predictor.cache_dir):
     if folder.endswith('uploads'):
-      inference_pages.save_upload(dash.state_dir, b'x', 'a.png')
+      files.save_upload(dash.state_dir, b'x', 'a.png')
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700, folder
-  upload = inference_pages.save_upload(dash.state_dir, b'image bytes', 'b.jpg')
+  upload = files.save_upload(dash.state_dir, b'image bytes', 'b.jpg')
   assert stat.S_IMODE(os.stat(upload).st_mode) == 0o600
-  assert upload != inference_pages.save_upload(dash.state_dir, b'image bytes', 'b.jpg')   # one per request
+  assert upload != files.save_upload(dash.state_dir, b'image bytes', 'b.jpg')   # one per request
 
 
 # ---- 7. Caches bounded and removed with their job --------------------------------------------------------
@@ -420,11 +424,11 @@ def test_download_bundles_are_pruned_and_deleted_with_their_job(tmp_path):
     os.utime(path, (1000 + i, 1000 + i))
     made.append(path)
   (cache / 'census-x.json').write_text('{}')               # not a bundle: kept
-  inference_pages.prune_bundles(str(cache), str(made[1]), limit=2)    # the answered one stays, + newest
+  files.prune_bundles(str(cache), str(made[1]), limit=2)    # the answered one stays, + newest
   assert sorted(p.name for p in cache.iterdir() if not p.name.endswith('.json')) == sorted(
       [made[1].name, made[3].name])
   assert not (cache / f'{made[0].name}.info.json').exists()
-  inference_pages.remove_bundles(str(cache), 'b2')
+  files.remove_bundles(str(cache), 'b2')
   assert sorted(p.name for p in cache.iterdir()) == sorted(
       [made[1].name, made[1].name + '.info.json', 'census-x.json'])
 
@@ -437,12 +441,12 @@ def test_a_refused_classify_one_upload_is_not_kept(client, monkeypatch):
 
   def refuse(workdir, image, **kwargs):  # pylint: disable=unused-argument
     seen.append(os.path.exists(image))
-    raise inference_pages.predictor_lib.PredictorError('not an image', user_error=True)
+    raise inference_client.PredictorError('not an image', user_error=True)
 
   monkeypatch.setattr(dash.inference.predictor, 'classify_one', refuse)
   monkeypatch.setattr(dash.inference, 'model', lambda job_id: ({'id': 'm', 'name': 'm'}, '/nowhere'))
-  monkeypatch.setattr(inference_pages, 'snapshot_table', lambda workdir: {})
-  monkeypatch.setattr(inference_pages, 'choose_step', lambda table, **kw: 1)
+  monkeypatch.setattr(snapshots, 'snapshot_table', lambda workdir: {})
+  monkeypatch.setattr(snapshots, 'choose_step', lambda table, **kw: 1)
   r = client.post('/models/images/classification/classify_one.json', data={'job_id': 'm'},
                   files={'image_file': ('x.png', b'not an image')}, headers=client.bearer)
   assert r.status_code == 400 and 'not an image' in r.text, r.text
@@ -458,9 +462,9 @@ def test_a_name_past_the_limit_is_reported_as_too_long(client, env):
                   data=_folder_form(env['root'] / 'good', dataset_name=long), headers=client.bearer)
   assert r.status_code == 400
   assert r.json()['errors']['dataset_name'] == 'too long: 4001 characters; at most 4000'
-  from alexnet_jax.dashboard import forms
-  with pytest.raises(forms.FormErrors) as e:
-    forms.parse_model_form({'model_name': long, 'width': '1000'}, datasets={}, previous={},
+  from alexnet_jax.dashboard import errors as errors_lib, model_form
+  with pytest.raises(errors_lib.DashboardError) as e:
+    model_form.parse_model_form({'model_name': long, 'width': '1000'}, datasets={}, previous={},
                            experiments=['digits_exercise'])
   assert 'too long' in e.value.errors['model_name']
   assert 'from 0 to 4' in e.value.errors['width']                    # an upper bound on the width
@@ -472,13 +476,13 @@ def test_a_layout_the_snapshot_cannot_run_is_reported_on_the_layout_field(client
 
   def refuse(workdir, image, **kwargs):  # pylint: disable=unused-argument
     # The library's own refusal (the worker passes it on as a user error).
-    raise inference_pages.predictor_lib.PredictorError(layouts._single_tower_message('model', 1, 'lenet'),  # pylint: disable=protected-access
+    raise inference_client.PredictorError(layouts._single_tower_message('model', 1, 'lenet'),  # pylint: disable=protected-access
                                                        user_error=True)
 
   monkeypatch.setattr(dash.inference.predictor, 'classify_one', refuse)
   monkeypatch.setattr(dash.inference, 'model', lambda job_id: ({'id': 'm', 'name': 'm'}, '/nowhere'))
-  monkeypatch.setattr(inference_pages, 'snapshot_table', lambda workdir: {})
-  monkeypatch.setattr(inference_pages, 'choose_step', lambda table, **kw: 1)
+  monkeypatch.setattr(snapshots, 'snapshot_table', lambda workdir: {})
+  monkeypatch.setattr(snapshots, 'choose_step', lambda table, **kw: 1)
   r = client.post('/models/images/classification/classify_one.json',
                   data={'job_id': 'm', 'layout': 'model'}, files={'image_file': ('x.png', b'x')},
                   headers=client.bearer)
@@ -507,7 +511,7 @@ def test_long_names_wrap_and_plotly_shows_markup_as_text(tmp_path):
   (workdir / 'labels.txt').write_text('\n'.join(classes) + '\n')
   job = manager.create('classify', name='markup', argv=['true'], form={},
                        extra={'model_workdir': str(workdir), 'images': 2})
-  with open(os.path.join(job.dir, inference_pages.RESULT_FILE), 'w') as f:
+  with open(os.path.join(job.dir, job_records.RESULT_FILE), 'w') as f:
     json.dump({'predictions': {}, 'accuracy': {'top1': 1.0, 'top5': 1.0, 'count': 2, 'confusion': [[1, 0], [0, 1]],
                                                'per_class': {}}}, f)
   del manager

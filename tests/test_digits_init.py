@@ -102,11 +102,11 @@ def test_digits_experiments_start_as_digits_and_paper_as_the_paper():
 
 def test_dashboard_network_defaults_batch_is_the_prototxts_training_batch():
   """A blank batch size on New Model means DIGITS' "network defaults": each prototxt's training batch."""
-  from alexnet_jax.dashboard import forms
+  from alexnet_jax.dashboard import model_form
   dataset = {'state': 'done', 'image_size': [28, 28], 'channels': 1, 'resize_mode': 'squash',
              'output': '/data/ds', 'num_classes': 3}
   for network, batch in (('alexnet', 128), ('googlenet', 32), ('lenet', 64)):
-    parsed = forms.parse_model_form({'model_name': 'm', 'dataset': 'ds1', 'standard_networks': network,
+    parsed = model_form.parse_model_form({'model_name': 'm', 'dataset': 'ds1', 'standard_networks': network,
                                      'batch_size': ''}, datasets={'ds1': dataset}, previous={},
                                     experiments=['digits_exercise'])
     assert f'--config.batch_size={batch}' in parsed['points'][0], network

@@ -1,7 +1,6 @@
 """The run directory as one layer: read-only readers, damaged snapshots, config/metrics messages, the
 layout rules, the import structure, and start-up (the XLA flag guard, --help without jax)."""
 
-import ast
 import glob
 import json
 import os

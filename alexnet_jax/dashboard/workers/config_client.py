@@ -1,34 +1,64 @@
-"""The web side of ``worker.py``: one long-lived helper process that answers the library's questions.
+"""The web side of ``config_worker.py``: one long-lived helper process that answers the library's questions.
 
-``Checker.start()`` launches ``python -m alexnet_jax.dashboard.worker`` in the background (it imports
-JAX, ~3 s on 2 cores, while the web server is already answering), and asks it for the tables once
+``ConfigClient.start()`` launches ``python -m alexnet_jax.dashboard.workers.config_worker`` in the background
+(it imports JAX, ~3 s on 2 cores, while the web server is already answering), and asks it for the tables once
 (layouts with the devices each needs, networks, solvers, LR policies, mean and resize modes, the
 installed experiments). The tables are also kept in ``<jobs_dir>/.dashboard/tables.json``, so the next
 start shows the New Model page at once, before its worker is ready. ``check`` and ``lr_curve`` send one
 request each; they are serialized (one worker, one pipe) and time out rather than hang a request.
 A worker that died is started again at the next request (``worker_process.WorkerProcess``, shared
-with ``predictor.py``).
+with ``inference_client.py``). ``list_experiments`` reads the installed experiments' files here, without
+the worker: it needs no JAX.
 """
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import sys
 import threading
 from typing import Any, Optional
 
-from alexnet_jax.dashboard import worker_process
+import experiments
+
+from alexnet_jax.dashboard.workers import worker_process
+from alexnet_jax.dashboard.workers.worker_process import WorkerError
 from alexnet_jax.runtime import fileio
-from alexnet_jax.dashboard.worker_process import WorkerError
 
 _log = logging.getLogger(__name__)
 
 TABLES_FILE = 'tables.json'
-WORKER_MODULE = 'alexnet_jax.dashboard.worker'
+WORKER_MODULE = 'alexnet_jax.dashboard.workers.config_worker'
 
 
-class Checker:
+def list_experiments() -> list[dict]:
+  folder = os.path.dirname(os.path.abspath(experiments.__file__))
+  out = []
+  for name in sorted(os.listdir(folder)):
+    if not name.endswith('.py') or name.startswith('_'):
+      continue
+    path = os.path.join(folder, name)
+    doc = ''
+    try:
+      with open(path, encoding='utf-8') as f:
+        doc = (ast.get_docstring(ast.parse(f.read())) or '').strip()
+    except (OSError, SyntaxError, ValueError):
+      pass
+    out.append({'name': name[:-3], 'path': path, 'doc': doc.splitlines()[0] if doc else ''})
+  return out
+
+
+def experiment_path(name: str) -> str:
+  for e in list_experiments():
+    if e['name'] == name:
+      return e['path']
+  raise ValueError(f'experiment {name!r} is not one of the installed experiments')
+
+
+class ConfigClient:
+  """The config worker of one dashboard: started in the background, asked one question at a time."""
+
   def __init__(self, state_dir: str, *, python: str = sys.executable, timeout_s: float = 60.0):
     self.state_dir = state_dir
     self.python = python
@@ -93,4 +123,3 @@ class Checker:
   def lr_curve(self, experiment: str, overrides: list[str], steps_per_epoch: int) -> dict:
     return self.ask({'op': 'lr_curve', 'experiment': experiment, 'overrides': overrides,
                      'steps_per_epoch': steps_per_epoch})
-

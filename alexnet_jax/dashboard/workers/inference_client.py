@@ -27,9 +27,9 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from alexnet_jax.dashboard import worker_process
+from alexnet_jax.dashboard.workers import worker_process
 
-WORKER_MODULE = 'alexnet_jax.dashboard.inference_worker'
+WORKER_MODULE = 'alexnet_jax.dashboard.workers.inference_worker'
 INTERACTIVE, BACKGROUND = 'interactive', 'background'
 LANES = (INTERACTIVE, BACKGROUND)
 CACHE_DIR = 'inference'

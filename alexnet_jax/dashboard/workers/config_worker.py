@@ -1,12 +1,12 @@
 r"""The dashboard's JAX-side helper: a separate process that answers what only the library can tell.
 
-    python -m alexnet_jax.dashboard.worker      # JSON requests on stdin, one JSON answer per line on stdout
+    python -m alexnet_jax.dashboard.workers.config_worker   # JSON requests on stdin, one JSON answer per line on stdout
 
 The web process never imports JAX (it must start in under 2 s and stay small), yet the New Model form
 needs the library's own answers: which settings ``config_checks.problems`` refuses, whether the network
 fits the crop size (``check_network``), how many devices the layout needs (``parallel.layouts``), and the
 learning-rate curve of a policy (``optim.make_lr_schedule``). Nothing is copied: this process imports
-those modules once and answers every request from them; ``checker.Checker`` (web side) starts it in the
+those modules once and answers every request from them; ``config_client.ConfigClient`` (web side) starts it in the
 background at start-up and talks to it over a pipe. Requests:
 
     {"op": "tables"}
@@ -28,33 +28,8 @@ from __future__ import annotations
 import os
 import sys
 
-from alexnet_jax.dashboard.worker_process import one_line, serve
-
-
-def list_experiments() -> list[dict]:
-  import experiments  # pylint: disable=g-import-not-at-top
-  folder = os.path.dirname(os.path.abspath(experiments.__file__))
-  out = []
-  for name in sorted(os.listdir(folder)):
-    if not name.endswith('.py') or name.startswith('_'):
-      continue
-    path = os.path.join(folder, name)
-    doc = ''
-    try:
-      import ast  # pylint: disable=g-import-not-at-top
-      with open(path, encoding='utf-8') as f:
-        doc = (ast.get_docstring(ast.parse(f.read())) or '').strip()
-    except (OSError, SyntaxError, ValueError):
-      pass
-    out.append({'name': name[:-3], 'path': path, 'doc': doc.splitlines()[0] if doc else ''})
-  return out
-
-
-def experiment_path(name: str) -> str:
-  for e in list_experiments():
-    if e['name'] == name:
-      return e['path']
-  raise ValueError(f'experiment {name!r} is not one of the installed experiments')
+from alexnet_jax.dashboard.workers import config_client
+from alexnet_jax.dashboard.workers.worker_process import one_line, serve
 
 
 def _config(experiment: str, overrides: list[str]):
@@ -63,7 +38,7 @@ def _config(experiment: str, overrides: list[str]):
   for o in overrides:
     if not o.startswith('--config.'):
       raise ValueError(f'{o}: only --config.FIELD=VALUE overrides are accepted')
-  argv = ['worker', f'--config={experiment_path(experiment)}', *overrides]
+  argv = ['worker', f'--config={config_client.experiment_path(experiment)}', *overrides]
   fv = flags.FlagValues()
   # sys_argv: config_flags registers the --config.X override flags from the argv it is given here.
   config_flags.DEFINE_config_file('config', None, 'experiment', flag_values=fv, lock_config=True,
@@ -101,7 +76,7 @@ def tables() -> dict:
   del ml_collections
   return {'layouts': rows, 'networks': networks, 'optimizers': list(optim.OPTIMIZERS),
           'lr_policies': list(optim.POLICIES), 'mean_modes': list(transforms.MEAN_MODES),
-          'resize_modes': list(resize.RESIZE_MODES), 'experiments': list_experiments()}
+          'resize_modes': list(resize.RESIZE_MODES), 'experiments': config_client.list_experiments()}
 
 
 def check(experiment: str, overrides: list[str], num_classes: int = 2) -> dict:

@@ -1,6 +1,6 @@
 r"""The tiny process that runs one dashboard job and writes down how it ended.
 
-    python -m alexnet_jax.dashboard.runner JOBDIR -- python -m alexnet_jax.train --config=... --workdir=JOBDIR
+    python -m alexnet_jax.dashboard.workers.runner JOBDIR -- python -m alexnet_jax.train --config=... --workdir=JOBDIR
 
 The dashboard starts this with ``start_new_session=True``, so the runner and the tool it runs form a
 process group of their own: they outlive the dashboard (a restart re-attaches them, ``jobs.py``) and
@@ -50,7 +50,7 @@ def _ignore(signum, frame):  # pylint: disable=unused-argument
 def main(argv: list[str]) -> int:
   global _tool_started  # pylint: disable=global-statement
   if len(argv) < 4 or argv[2] != '--':
-    print('usage: python -m alexnet_jax.dashboard.runner JOBDIR -- COMMAND...', file=sys.stderr)
+    print('usage: python -m alexnet_jax.dashboard.workers.runner JOBDIR -- COMMAND...', file=sys.stderr)
     return process.EXIT_USER_ERROR
   jobdir, command = argv[1], argv[3:]
   for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

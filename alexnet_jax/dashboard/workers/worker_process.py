@@ -1,8 +1,9 @@
 """One long-lived helper process spoken to in JSON lines: both halves of the dashboard's workers.
 
 The web process never imports JAX, so whatever needs the library runs in a child process that reads one
-JSON request per line on stdin and writes one JSON answer per line on stdout: ``worker.py`` (settings
-checks, for ``checker.py``) and ``inference_worker.py`` (classify, export, census, for ``predictor.py``).
+JSON request per line on stdin and writes one JSON answer per line on stdout: ``config_worker.py`` (settings
+checks, for ``config_client.py``) and ``inference_worker.py`` (classify, export, census, for
+``inference_client.py``).
 
 * ``WorkerProcess`` is the web side: it starts the child (lazily, or ``start()`` in the background),
   sends one request at a time (a lock: one pipe, one conversation), waits for the answer with a timeout,
@@ -42,7 +43,7 @@ class WorkerProcess:
   """``python -m <module>`` as a request/answer service, restarted when it dies.
 
   Args:
-    module: the worker's module (``alexnet_jax.dashboard.worker``).
+    module: the worker's module (``alexnet_jax.dashboard.workers.config_worker``).
     python: the interpreter that runs it.
     timeout_s: the default wait for an answer (and for the child to say it is ready).
     env: extra environment variables for the child (over this process's).

@@ -1,9 +1,9 @@
 r"""The dashboard's inference process: classify, visualize, export and count communication, outside the web.
 
-    python -m alexnet_jax.dashboard.inference_worker [--cache_size=3]   # JSON lines, as worker.py
+    python -m alexnet_jax.dashboard.workers.inference_worker [--cache_size=3]   # JSON lines, as config_worker.py
 
 The web process never imports JAX (DASHBOARD.md), so Classify One, Download Model and the layout census
-of the model page run here, in a process that ``predictor.Predictor`` starts and talks to over a pipe
+of the model page run here, in a process that ``inference_client.Predictor`` starts and talks to over a pipe
 (``worker_process``). What makes it worth a process of its own is that it **keeps models loaded**: an
 LRU of ``inference.Model``s keyed by (workdir, concrete step, layout) -- plus the snapshot folder's inode
 and mtime, so a run deleted and trained again under the same name is not served stale -- so the first
@@ -14,7 +14,7 @@ preprocessing), ``visualization.visualize``, ``exporting.export_model``, ``paral
 On a CPU host it forces four host devices before JAX starts (``devices.force_cpu_devices``), so the
 two-tower layouts can be chosen (and the census compiles every layout); on an accelerator host it uses
 the devices there are. (The snapshot table the page shows is read by the web process itself, from
-metrics.jsonl: ``inference_pages.snapshot_table``.) Requests (``step`` is 'best', 'latest' or a number):
+metrics.jsonl: ``snapshots.snapshot_table``.) Requests (``step`` is 'best', 'latest' or a number):
 
     {"op": "classify_one", "workdir", "step", "layout", "top_k", "image_path",
      "out_dir"?, "visualize_dir"?}
@@ -55,7 +55,7 @@ from alexnet_jax import configs, data, inference, metrics, models
 from alexnet_jax.inference import bundle, exporting
 from alexnet_jax.runtime import devices, fileio
 from alexnet_jax.inference import visualization
-from alexnet_jax.dashboard.worker_process import one_line, serve
+from alexnet_jax.dashboard.workers.worker_process import one_line, serve
 from alexnet_jax.parallel import census as census_lib, compare, layouts, step as step_lib
 from alexnet_jax.run import checkpoints, listing
 from alexnet_jax.runtime import status
