@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from alexnet_jax.dashboard import app as app_lib
+from alexnet_jax.dashboard import views
 from alexnet_jax.dashboard import forms
 from alexnet_jax.data import errors
 from alexnet_jax.data import lists
@@ -98,7 +98,7 @@ def test_every_user_reads_the_tricky_list_alike(tmp_path):
   assert form_errors == {}
   uploaded = {}
   assert forms._check_list(TRICKY.encode(), root, [root], 'f', uploaded) == len(NAMES) and uploaded == {}
-  assert app_lib._list_lines(listed) == [(i, n, label) for i, (n, label) in enumerate(zip(NAMES, LABELS))]
+  assert views.list_lines(listed) == [(i, n, label) for i, (n, label) in enumerate(zip(NAMES, LABELS))]
 
 
 def test_every_user_refuses_the_same_line(tmp_path):
@@ -113,7 +113,7 @@ def test_every_user_refuses_the_same_line(tmp_path):
   forms._check_list(root / 'train.txt', None, [root], 'f', form_errors)
   assert form_errors['f'].startswith('line 3: expected "<image path> <integer label>"')
   assert "got 'my pic.jpg'" in form_errors['f']
-  assert [name for _, name, _ in app_lib._list_lines(listed)] == ['a b.jpg', 'c.jpg']   # the view leaves it out
+  assert [name for _, name, _ in views.list_lines(listed)] == ['a b.jpg', 'c.jpg']   # the view leaves it out
   # The label range: the source and classify refuse it; the form leaves it to prepare (no labels read).
   listed = _write(root / 'train.txt', 'a.jpg 0\nb.jpg 3\n')
   with pytest.raises(errors.DataError, match=r'train\.txt:2: label 3 is out of range 0\.\.2'):

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from alexnet_jax.data import lists as image_lists
 from alexnet_jax.runtime import confinement
 from alexnet_jax.dashboard import errors as errors_lib
 from alexnet_jax.dashboard import security
@@ -147,15 +148,16 @@ def class_folders(folder: Path, limit: int = 100_000) -> dict[str, int]:
 def _list_lines_of(source: Path | bytes):
   """The text lines of a list file on disk or uploaded (undecodable bytes kept as surrogate escapes)."""
   if isinstance(source, bytes):
-    return iter(source.decode('utf-8', errors='surrogateescape').splitlines())
+    return iter(image_lists.split_lines(source.decode('utf-8', errors='surrogateescape')))
   return open(source, encoding='utf-8', errors='surrogateescape')  # pylint: disable=consider-using-with
 
 
 def _check_list(path: Path | bytes, image_root: Optional[Path], roots: Sequence[Path], field: str,
                 errors: dict[str, str]) -> int:
-  """Checks a DIGITS list file ("path label" lines), local or uploaded (bytes): size, and every image
-  path inside the roots (``confinement.leads_outside``: links resolved; the message is the same whether
-  an outside path exists or not).
+  """Checks a DIGITS list file ("path label" lines, read by ``data.lists``, the one list parser), local
+  or uploaded (bytes): size, every line's label, and every image path inside the roots
+  (``confinement.leads_outside``: links resolved; the message is the same whether an outside path exists
+  or not). The label range is checked by prepare, which reads the labels file.
 
   Returns the number of entries. A relative path is taken from ``image_root`` (else the list's folder).
   """
@@ -164,18 +166,16 @@ def _check_list(path: Path | bytes, image_root: Optional[Path], roots: Sequence[
   try:
     lines = _list_lines_of(path)
     try:
-      for lineno, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith('#'):
-          continue
+      for found in image_lists.iter_lines(lines, num_classes=None, base=str(base), labelled=True):
         n += 1
         if n > MAX_LIST_LINES:
           errors[field] = f'more than {MAX_LIST_LINES} lines'
           return n
-        image = line.rsplit(None, 1)[0] if ' ' in line or '\t' in line else line
-        full = Path(image) if os.path.isabs(image) else base / image
-        if confinement.leads_outside(full, roots):
-          errors[field] = f'line {lineno}: {confinement.printable(image)}: {confinement.OUTSIDE}'
+        if isinstance(found, image_lists.Problem):
+          errors[field] = f"line {found.line}: {found.reason}, got '{confinement.printable(found.text)}'"
+          return n
+        if confinement.leads_outside(Path(found.path), roots):
+          errors[field] = f'line {found.line}: {confinement.printable(found.name)}: {confinement.OUTSIDE}'
           return n
     finally:
       if hasattr(lines, 'close'):
