@@ -34,12 +34,12 @@ the accuracy and top-N JSON, go to ``--report_dir`` or else beside ``--output``,
 (``preds.csv`` -> ``preds-confusion.png``, ``preds-accuracy.json``, ...). Every file is written to a temp
 file and renamed, after all the work is done, so an error leaves nothing half-written.
 
-The preprocessing is the run's own (``inference.py``: ``data.preprocess_for_eval`` with the saved
+The preprocessing is the run's own (``inference/model.py``: ``data.preprocess_for_eval`` with the saved
 contract; ten-crop per the run's ``config.data.ten_crop_eval`` unless ``--[no]ten_crop``), so classify
 and ``evaluate`` agree image for image. The default layout is ``single`` (one device); any layout gives
 the same probabilities.
 
-The library is ``classification.py``; heavy libraries are imported after the flags are parsed, so
+The library is ``inference/classification.py``; heavy libraries are imported after the flags are parsed, so
 ``--help`` answers at once.
 """
 

@@ -16,7 +16,7 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   # Start from an earlier model (DIGITS' "Pretrained model"): a workdir or a bundle, optionally
-  # ':STEP' (see alexnet_jax/finetune.py). Ignored when the workdir already holds a snapshot (resume).
+  # ':STEP' (see alexnet_jax/training/finetune.py). Ignored when the workdir already holds a snapshot (resume).
   c.init_from = ''
 
   # ---- Devices ------------------------------------------------------------------------------------
@@ -115,6 +115,6 @@ def default_config() -> ml_collections.ConfigDict:
   c.early_stopping_patience = 0   # validations without improvement; 0 disables
   c.log_every_steps = 20
   # 'START,STOP': a jax.profiler trace of steps START..STOP-1 under WORKDIR/profile (TensorBoard's
-  # profile plugin or Perfetto); '' = off. See alexnet_jax/profiling.py.
+  # profile plugin or Perfetto); '' = off. See alexnet_jax/training/profiling.py.
   c.profile_steps = ''
   return c

@@ -4,7 +4,7 @@
         [--ten_crop] [--layout=single|model|data|hybrid|weird_trick|auto]
 
 writes ``DIR/eval/<split>-<step>.json`` and ``DIR/eval/<split>-<step>-confusion.png`` (the library:
-``evaluation.py``). Its defaults are classify's: the run's own test-time procedure (``--ten_crop`` unset:
+``training/evaluation.py``). Its defaults are classify's: the run's own test-time procedure (``--ten_crop`` unset:
 ``config.data.ten_crop_eval``) on one device (``--layout=single``; a snapshot restores onto any layout
 with the same numbers). ``--step=latest`` takes the newest snapshot that restores, skipping a damaged one.
 

@@ -4,7 +4,7 @@
     python -m alexnet_jax.export --workdir=runs/demo --output=demo.zip
     python -m alexnet_jax.export --workdir=runs/demo --output=bundles/demo      # a folder
 
-A bundle (its files, writer and reader: ``bundle.py``) holds the parameters as ``params.npz``, the run's
+A bundle (its files, writer and reader: ``inference/bundle.py``) holds the parameters as ``params.npz``, the run's
 config, labels, mean image and preprocessing contract, ``info.json`` and a sha256 ``manifest.json``,
 and classifies without the workdir: ``python -m alexnet_jax.classify --bundle=demo.tar.gz IMAGE`` or
 ``alexnet_jax.load('demo.tar.gz').predict(images)``.
@@ -23,7 +23,7 @@ the manifest too; sign the archive for that.)
 
 Atomic: the bundle is assembled in a temporary folder beside ``--output`` and renamed into place once
 complete (archives are written to a temporary file and renamed), so a failure leaves nothing behind and
-an existing bundle is only replaced with ``--overwrite``. The library is ``exporting.py``; heavy
+an existing bundle is only replaced with ``--overwrite``. The library is ``inference/exporting.py``; heavy
 libraries are imported after the flags are parsed, so ``--help`` answers at once.
 """
 

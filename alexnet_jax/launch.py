@@ -14,7 +14,7 @@ If one of them fails, the launcher says which one and how (``[launch] process 1 
 stopping the others``), stops the others and exits with that first failure's status (128 + the signal's
 number for a signal, as a shell does). The trainer's status 75, "stopped by a signal after a snapshot",
 is no failure. SIGTERM and SIGINT sent to the launcher are forwarded to every process: a scheduler's
-preemption of the launcher reaches the trainers, which then stop together (``run/stopping.py``).
+preemption of the launcher reaches the trainers, which then stop together (``runtime/stopping.py``).
 
 On a real cluster the launcher is not needed: start one process per host (e.g. ``srun`` under SLURM,
 which JAX detects), or pass ``--coordinator_address/--num_processes/--process_id`` to the command.

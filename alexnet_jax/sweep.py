@@ -6,7 +6,7 @@
 In DIGITS, typing "0.01, 0.001" as the base learning rate (or several batch sizes) queued one training
 job per combination. Here every ``--grid`` flag names one config field and its values; the sweep runs
 the Cartesian product (2 x 2 = 4 runs above), one run after another, each with
-``trainer.train_and_evaluate`` (``sweeping.py``) in its own sub-workdir named after its values::
+``trainer.train_and_evaluate`` (``training/sweeping.py``) in its own sub-workdir named after its values::
 
     runs/lenet_sweep/learning_rate=0.01,batch_size=64/      (config.json, checkpoints, metrics, plots)
     runs/lenet_sweep/learning_rate=0.01,batch_size=128/

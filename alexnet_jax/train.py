@@ -3,7 +3,7 @@
     python -m alexnet_jax.train --config=experiments/demo.py --workdir=runs/demo [--config.FIELD=VALUE]
 
 Running the same command again on the same workdir **resumes** exactly where the last snapshot left off
-(``trainer.py`` holds the library, ``train_and_evaluate``). While it runs, ``WORKDIR/status.json`` says
+(``training/trainer.py`` holds the library, ``train_and_evaluate``). While it runs, ``WORKDIR/status.json`` says
 how far it is (``python -m alexnet_jax.runs`` lists runs), ``WORKDIR/train.log`` keeps its log, and a
 second trainer on the same workdir stops at once, naming this one.
 

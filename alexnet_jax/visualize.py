@@ -4,7 +4,7 @@
         [--image=PATH] --output=OUT [--overwrite]
 
 writes conv1's kernels (the towers side by side, the paper's Figure 3), per-layer weight statistics and
-histograms, and with ``--image`` every layer's activations and the top-5 (``visualization.py`` lists the
+histograms, and with ``--image`` every layer's activations and the top-5 (``inference/visualization.py`` lists the
 files). Heavy libraries are imported after the flags are parsed, so ``--help`` answers at once.
 """
 

@@ -20,7 +20,7 @@ and PyTorch's ``autocast(bfloat16)``, the like-for-like mixed precision.
 All programs are timed **round-robin, one call each per round** (train and inference of every ``--xla``
 option set, and PyTorch's); the ratios are the medians of the per-round ratios ``our images/s /
 PyTorch's``. PyTorch runs in this process (``--torch_process=same``: both sides share its malloc
-settings, see ``alexnet_jax/host_memory.py``) or in a fresh process of its own with glibc's defaults
+settings, see ``alexnet_jax/runtime/host_memory.py``) or in a fresh process of its own with glibc's defaults
 (``--torch_process=own``: each framework as its users run it), still called round-robin with ours.
 
 On a busy host PyTorch's OpenMP threads suffer far more than XLA's thread pool: they spin at barriers
@@ -316,7 +316,7 @@ def format_report(report: dict) -> str:
                  f'{report["logits_check"]["max_abs_diff"]:.3g}')
   else:
     lines.append('PyTorch is not installed: our side only (pip install torch==2.13.0)')
-  lines.append('our process keeps freed memory (alexnet_jax/host_memory.py)' if report['host_memory_retained']
+  lines.append('our process keeps freed memory (alexnet_jax/runtime/host_memory.py)' if report['host_memory_retained']
                else 'our process runs with glibc malloc defaults (--noretain_host_memory)')
   for xla_name, dropped in (cfg.get('xla_options_dropped') or {}).items():
     if dropped:

@@ -131,7 +131,7 @@ def _serve_torch(conn, spec) -> None:
 
 class TorchServer:
   """``TorchPrograms`` in a process of its own, started fresh (``spawn``): PyTorch as its users run it,
-  with glibc's default malloc settings rather than the ones our process made (alexnet_jax/host_memory.py).
+  with glibc's default malloc settings rather than the ones our process made (alexnet_jax/runtime/host_memory.py).
   Each call is one request over a pipe (well under a millisecond against a step of hundreds)."""
 
   def __init__(self, spec: dict):

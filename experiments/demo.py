@@ -3,7 +3,7 @@ r"""The embedded default: a narrow AlexNet in the paper's two-tower layout, on g
     python -m alexnet_jax.train --config=experiments/demo.py --workdir=runs/demo
 
 Unless ``--config.data.source`` points elsewhere, it draws a five-class folder of shapes and textures
-(``alexnet_jax/demo_data.py``: 3,000 JPEGs of 80x80, 600 per class) into ``runs/demo/synthetic`` the first
+(``alexnet_jax/data/demo.py``: 3,000 JPEGs of 80x80, 600 per class) into ``runs/demo/synthetic`` the first
 time, splits off 25% for validation as DIGITS does (2,250 train / 750 val), and trains the paper's network
 at a quarter of its width -- the two towers on two forced CPU devices, exchanging activations at conv3,
 fc6, fc7 and fc8 -- with the paper's initialization (N(0, 0.01^2) weights; biases 0.1 instead of 1), LRN,

@@ -10,7 +10,7 @@ import pytest
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=4').strip()
-# The XLA CPU options the entry points use (alexnet_jax/devices.py), so tests run what users run.
+# The XLA CPU options the entry points use (alexnet_jax/runtime/devices.py), so tests run what users run.
 from alexnet_jax.runtime import devices  # noqa: E402  (imports jax, but starts no backend)
 devices.add_cpu_xla_flags()
 from alexnet_jax.runtime import host_memory  # noqa: E402

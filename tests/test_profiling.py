@@ -1,4 +1,4 @@
-"""Tests of alexnet_jax/profiling.py: the ``profile_steps`` value, and traces of exactly the chosen steps.
+"""Tests of alexnet_jax/training/profiling.py: the ``profile_steps`` value, and traces of exactly the chosen steps.
 
 Each test reads the trace back (``jax.profiler.ProfileData``) and checks which steps it holds: every call
 of the tiny jitted function below sits inside a ``TraceAnnotation('call_<step>')``, so the names in the

@@ -1,4 +1,4 @@
-"""Stopping on SIGTERM/SIGINT (run/stopping.py): at once alone, at one agreed step in a multi-process run."""
+"""Stopping on SIGTERM/SIGINT (runtime/stopping.py): at once alone, at one agreed step in a multi-process run."""
 
 import json
 import os

@@ -27,7 +27,7 @@ networks:
   networks' per-example masks, differ between layouts).
 * Its parameters are stored as ``{'towers': {layer: {leaf: [1, ...]}}}`` like every network's, the layer
   name being the module path joined by ``__`` (``Conv_0``, ``Block_0__Dense_0``); the class-count
-  dependent layer is recognized by its shape when fine-tuning to a new class count (``finetune.py``).
+  dependent layer is recognized by its shape when fine-tuning to a new class count (``training/finetune.py``).
 * The network's head bias (zeros, ``num_classes`` values) is added to the module's logits; it is
   redundant with the module's own last bias and costs nothing.
 

@@ -1,6 +1,6 @@
 """Snapshots of a run under WORKDIR/checkpoints: train state, data-iterator position, JSON meta.
 
-What it is for: the trainer (`trainer.py`) saves a snapshot at each snapshot interval, at the end and on SIGTERM, and on
+What it is for: the trainer (`training/trainer.py`) saves a snapshot at each snapshot interval, at the end and on SIGTERM, and on
 start restores the latest one, so that a run resumes exactly (DESIGN.md, "the workdir means resume").
 A step directory holds up to four items:
 

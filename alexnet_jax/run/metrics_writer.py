@@ -1,6 +1,6 @@
 """Training metrics on disk: `WORKDIR/metrics.jsonl` (the record) and TensorBoard event files (to watch).
 
-What it is for: the trainer (`trainer.py`) calls `writer.write('train', step, epoch, loss=..., top1=..., lr=...)` at
+What it is for: the trainer (`training/trainer.py`) calls `writer.write('train', step, epoch, loss=..., top1=..., lr=...)` at
 each log step and `writer.write('val', ...)` after each validation. Every call appends one JSON object
 per line, flushed at once, in the form
 

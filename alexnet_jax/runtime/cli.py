@@ -30,7 +30,7 @@ from alexnet_jax.runtime import process
 flags.DEFINE_bool('verbose', False, 'Print the traceback of user errors too (for bug reports).')
 flags.DEFINE_bool('retain_host_memory', True,
                   'Keep freed host memory for reuse instead of returning it to the OS between steps '
-                  '(glibc mallopt; alexnet_jax/host_memory.py): no page faults on every step\'s buffers. '
+                  '(glibc mallopt; alexnet_jax/runtime/host_memory.py): no page faults on every step\'s buffers. '
                   'Off: glibc\'s defaults.')
 
 # Libraries whose INFO lines (dozens per checkpoint) would bury the run's own progress lines; JAX's

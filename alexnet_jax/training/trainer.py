@@ -10,7 +10,7 @@ The sections below follow big_vision's trainer: checks and set-up (every flag, t
 shapes and the layout are checked before anything compiles), the update step (``parallel/step.py``: pure,
 jitted once, state donated, dropout from ``fold_in(rng, step)``), the restore (the newest snapshot that
 restores), and the loop, where one ``Cadence`` decides when to log, validate and snapshot. The workdir
-keeps a live ``status.json`` and ``train.log``, and one trainer at a time holds it (``run/lock.py``).
+keeps a live ``status.json`` and ``train.log``, and one trainer at a time holds it (``runtime/lock.py``).
 
 The loop keeps the device busy (issue 23): the next batches are read and placed on the devices in a
 background thread (``data.DevicePrefetch``, ``config.data.device_prefetch`` of them), and the host reads
@@ -272,7 +272,7 @@ def _loop(config, workdir, status, is_main, ckpt, dataset, data_config, network,
       else:
         report()
 
-      # Every process reaches the same decision at the same step (run/stopping.py), so the
+      # Every process reaches the same decision at the same step (runtime/stopping.py), so the
       # snapshot below -- a collective -- is entered by all of them together.
       signalled = stop.should_stop(step)
       if cadence.snapshot(step) or stopped or signalled:
