@@ -21,6 +21,10 @@ from tests import tiny_experiment
 
 SIZE = 28
 
+# The runs here compile the same LeNet programs again and again: with conftest's compilation cache an
+# identical program is compiled once per process.
+pytestmark = pytest.mark.usefixtures('compilation_cache')
+
 
 def lenet_config(source, **overrides):
   c = configs.default_config()

@@ -25,6 +25,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 EXPERIMENT = '--config=tests/tiny_experiment.py'
 
+# The runs here compile the same init, train and eval programs again and again (tiny_experiment's network,
+# layout and shapes): with conftest's compilation cache an identical program is compiled once per process.
+pytestmark = pytest.mark.usefixtures('compilation_cache')
+
 
 def tiny_config(source, **overrides):
   """``tests/tiny_experiment.py`` (trains in seconds) on ``source``, with ``overrides``."""
