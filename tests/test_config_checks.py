@@ -366,7 +366,7 @@ def test_a_custom_network_failing_at_every_size_keeps_its_own_message():
 
 def test_checks_touch_no_device():
   # With no usable platform, any array or compile would fail: the checks need shapes only.
-  code = ('from alexnet_jax import configs, config_checks\n'
+  code = ('from alexnet_jax import configs; from alexnet_jax.training import config_checks\n'
           'c = configs.default_config()\n'
           'config_checks.validate(c)\n'
           'config_checks.check_network(c, 1000)\n'

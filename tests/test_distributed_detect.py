@@ -182,7 +182,7 @@ def test_importing_it_does_not_import_jax():
 # ---- Real two-process start-ups ---------------------------------------------------------------------
 
 SCRIPT = ('import json, jax\n'
-          'from alexnet_jax import distributed\n'
+          'from alexnet_jax.runtime import distributed\n'
           'count = distributed.initialize(2)\n'
           'print(json.dumps([jax.process_count(), jax.process_index(), count]), flush=True)\n')
 
