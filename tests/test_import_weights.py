@@ -35,6 +35,7 @@ import pytest
 import alexnet_jax
 from alexnet_jax.inference import importers
 from alexnet_jax.inference.importers import WeightsError
+from alexnet_jax.inference.importers import torch_files
 from alexnet_jax.training import finetune
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,8 +144,10 @@ def _torch_names():
         sys.modules[k] = v
 
 
-def write_pth(path, state, *, payload=None):
-  """``torch.save(state, path)``'s zip layout. ``classifier.4.weight`` is stored as a transposed view
+def write_pth(path, state, *, payload=None, legacy=False):
+  """``torch.save(state, path)``'s zip layout (``legacy``: torch < 1.6's ``_legacy_save``: the magic number,
+  protocol 1001 and system info pickled, the object, the sorted storage keys, then each storage as its
+  int64 element count and bytes). ``classifier.4.weight`` is stored as a transposed view
   (stride (1, 4096)) and the conv biases share one storage at offsets, as torch may save them."""
   with _torch_names() as torch:
     storages, objects = {}, collections.OrderedDict()
@@ -170,13 +173,23 @@ def write_pth(path, state, *, payload=None):
     class Pickler(pickle.Pickler):
       def persistent_id(self, obj):
         if isinstance(obj, _Storage):
-          return ('storage', torch.FloatStorage, obj.key, 'cpu', obj.flat.size)
+          return ('storage', torch.FloatStorage, obj.key, 'cpu', obj.flat.size) + ((None,) if legacy else ())
         return None
     buffer = io.BytesIO()
+    if legacy:
+      for header in (0x1950a86a20f9469cfc6c, 1001, {'protocol_version': 1001, 'little_endian': True}):
+        pickle.dump(header, buffer, protocol=2)
     if payload is not None:
       buffer.write(payload)
     else:
       Pickler(buffer, protocol=2).dump(objects)
+    if legacy:
+      pickle.dump(sorted(storages), buffer, protocol=2)
+      for key in sorted(storages):
+        buffer.write(struct.pack('<q', storages[key].flat.size) + storages[key].flat.astype('<f4').tobytes())
+      with open(path, 'wb') as f:
+        f.write(buffer.getvalue())
+      return
   with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_STORED) as z:
     z.writestr('archive/data.pkl', buffer.getvalue())
     z.writestr('archive/byteorder', 'little')
@@ -250,6 +263,12 @@ def test_a_pickle_naming_a_foreign_class_is_refused_and_never_run(tmp_path):
   assert not marker.exists() and not (tmp_path / 'bundle').exists()
   assert [p for p in os.listdir(tmp_path) if p != 'evil.pth'] == []   # no staging folder left
 
+  write_pth(tmp_path / 'evil_legacy.pth', {}, legacy=True,
+            payload=pickle.dumps(collections.OrderedDict({'features.0.weight': Evil()}), protocol=2))
+  with pytest.raises(WeightsError, match=r'names posix\.system'):
+    torch_files.read_state_dict(str(tmp_path / 'evil_legacy.pth'))
+  assert not marker.exists()
+
 
 def test_a_mismatched_shape_names_the_layer_and_both_shapes(tmp_path):
   state = {'features.0.weight': np.zeros((64, 3, 11, 11), np.float32),
@@ -267,7 +286,22 @@ def test_unsupported_formats_say_so(tmp_path):
     importers.detect_format('bvlc_alexnet.caffemodel')
   with pytest.raises(WeightsError, match='DIGITS .* cannot be imported yet'):
     importers.detect_format('model.pth', 'digits')
-  legacy = tmp_path / 'old.pth'
-  legacy.write_bytes(pickle.dumps(0x1950a86a20f9469cfc6c, protocol=2))   # torch < 1.6's magic number first
-  with pytest.raises(WeightsError, match='legacy format'):
-    importers.import_weights(legacy, tmp_path / 'bundle')
+
+
+@pytest.mark.parametrize('legacy', [False, True], ids=['zip', 'legacy'])
+def test_pth_files_read_back_their_tensors(tmp_path, legacy):
+  """Both .pth formats, with a transposed view and tensors at offsets in one shared storage."""
+  rng = np.random.default_rng(2)
+  state = {'features.0.bias': rng.normal(size=5).astype(np.float32),
+           'features.3.bias': rng.normal(size=3).astype(np.float32),
+           'classifier.4.weight': rng.normal(size=(4, 6)).astype(np.float32),
+           'classifier.6.weight': rng.normal(size=(2, 3, 2)).astype(np.float32)}
+  write_pth(tmp_path / 'small.pth', state, legacy=legacy)
+  read = torch_files.read_state_dict(str(tmp_path / 'small.pth'))
+  assert list(read) == list(state)
+  for name, value in state.items():
+    np.testing.assert_array_equal(read[name], value, err_msg=name)
+  data = (tmp_path / 'small.pth').read_bytes()
+  (tmp_path / 'cut.pth').write_bytes(data[:len(data) - 20])
+  with pytest.raises(WeightsError, match='truncated'):
+    torch_files.read_state_dict(str(tmp_path / 'cut.pth'))

@@ -7,14 +7,15 @@ labels.txt, mean.npy, preprocess.json, info.json, manifest.json with sha256 sums
 
 Supported (issue 22, "Weights in"):
 
-* **torchvision's ``alexnet``** state dict, as ``.pth`` (``torch.save``'s zip format, read by a restricted
+* **torchvision's ``alexnet``** state dict, as ``.pth`` (``torch.save``'s zip format, or the legacy format
+  of torch < 1.6 that torchvision's published ``alexnet-owt-7be5be79.pth`` predates; read by a restricted
   unpickler that admits tensors' storages only: ``torch_files.py``) or ``.safetensors``, into
   ``alexnet_owt`` with torchvision's preprocessing folded in (``torchvision.py``). PyTorch is not needed.
   A ``classifier.6`` of another class count (a fine-tuned torchvision AlexNet) is imported as it is.
 
 Not yet supported (a clear error says so): **Caffe** ``.caffemodel`` + ``deploy.prototxt`` (the two-tower
-``alexnet`` with Caffe's LRN, or GoogLeNet) and **DIGITS "Download Model" archives**; ``.pth`` files in
-torch's legacy (pre-1.6, non-zip) format, which must be re-saved once with a current torch.
+``alexnet`` with Caffe's LRN, or GoogLeNet) and **DIGITS "Download Model" archives**; other networks'
+state dicts (only torchvision's AlexNet names and shapes are mapped).
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ names. ``RestrictedUnpickler`` therefore admits only the names a state dict of t
 (``collections.OrderedDict``, the two tensor rebuild functions, the storage types) and builds numpy arrays
 itself; any other name (``os.system``, a model class from a ``torch.save(model)``) is a ``WeightsError``
 naming it, before anything is called. The legacy format of torch < 1.6 (several pickles one after
-another, no zip) is refused with a message saying how to re-save the file.
+another, then the storages' bytes; no zip), in which torchvision's older published weights are saved, is
+read the same way (``read_legacy_pth``).
 
 **``.safetensors``** (the format of Hugging Face's ``safetensors``): an 8-byte little-endian header length,
 a JSON header ``{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}``, then the
@@ -58,6 +59,7 @@ SAFETENSORS_DTYPES = {
 }
 ZIP_MAGIC = b'PK\x03\x04'
 LEGACY_MAGIC = b'\x80'   # a pickle's PROTO opcode: the legacy format starts with a pickled magic number
+LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL = 0x1950a86a20f9469cfc6c, 1001
 
 
 def _from_bytes(buffer, dtype, *, byteorder: str = 'little') -> np.ndarray:
@@ -77,8 +79,27 @@ class _StorageType:
     self.name = name
 
 
-def _rebuild_tensor(storage: np.ndarray, offset: int, size, stride, *unused) -> np.ndarray:
+class _PendingStorage:
+  """A legacy file's storage, whose bytes follow the pickle: tensors on it are built once they are read."""
+
+  def __init__(self, type_name: str, numel: int, offset: int = 0):
+    self.type_name, self.numel, self.offset = type_name, numel, offset
+    self.array: np.ndarray | None = None
+
+
+class _PendingTensor:
+  def __init__(self, storage: _PendingStorage, args: tuple):
+    self.storage, self.args = storage, args
+
+  def build(self) -> np.ndarray:
+    offset, size, stride = self.args
+    return _rebuild_tensor(self.storage.array, self.storage.offset + int(offset), size, stride)
+
+
+def _rebuild_tensor(storage, offset: int, size, stride, *unused):
   """``torch._utils._rebuild_tensor_v2`` (and v1, without ``requires_grad``): a strided view, copied."""
+  if isinstance(storage, _PendingStorage):
+    return _PendingTensor(storage, (offset, size, stride))
   size, stride, offset = tuple(int(s) for s in size), tuple(int(s) for s in stride), int(offset)
   if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
     raise WeightsError(f'a tensor of size {size}, stride {stride}, offset {offset} is malformed')
@@ -101,7 +122,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
   def __init__(self, file, load_storage, *, name: str):
     super().__init__(file)
-    self._load_storage = load_storage   # (key, storage type name, numel) -> flat numpy array
+    self._load_storage = load_storage   # (key, storage type name, numel[, view]) -> a storage
     self._name = name
 
   def find_class(self, module: str, name: str):
@@ -118,6 +139,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     if (not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != 'storage'
         or not isinstance(pid[1], _StorageType)):
       raise WeightsError(f'{self._name}: the pickle refers to {str(pid)[:80]!r}, not a tensor storage')
+    if len(pid) > 5 and pid[5] is not None:   # the legacy format's storage views
+      return self._load_storage(str(pid[2]), pid[1].name, int(pid[4]), pid[5])
     return self._load_storage(str(pid[2]), pid[1].name, int(pid[4]))
 
 
@@ -127,9 +150,7 @@ def read_pth(path: str) -> dict[str, np.ndarray]:
     head = f.read(4)
   if head != ZIP_MAGIC:
     if head.startswith(LEGACY_MAGIC):
-      raise WeightsError(
-          f'{path} is in the legacy format of torch < 1.6, which is not read here; re-save it once with '
-          f'a current torch: torch.save(torch.load(f, weights_only=True), "new.pth"), or as .safetensors')
+      return read_legacy_pth(path)
     raise WeightsError(f'{path} is not a PyTorch .pth file (no zip archive, no pickle)')
   try:
     with zipfile.ZipFile(path) as z:
@@ -164,6 +185,60 @@ def read_pth(path: str) -> dict[str, np.ndarray]:
   except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, struct.error, ValueError, TypeError,
           AttributeError, IndexError, KeyError) as e:
     raise WeightsError(f'{path} is truncated or corrupt ({type(e).__name__}: {e})') from None
+  return _as_state_dict(obj, path)
+
+
+def read_legacy_pth(path: str) -> dict[str, np.ndarray]:
+  """torch < 1.6's format (``_legacy_save``): pickles of the magic number, the protocol version (1001) and
+  the system's info, then the object (storages as persistent ids ``('storage', type, key, location, numel,
+  view)``), then the sorted list of storage keys, then each storage as an int64 element count followed
+  by its bytes. The same restricted unpickler reads every pickle."""
+  storages: dict[str, _PendingStorage] = {}
+
+  def pending(key: str, type_name: str, numel: int, view=None) -> _PendingStorage:
+    root = storages.setdefault(key, _PendingStorage(type_name, numel))
+    if view is None:
+      return root
+    view_offset = int(view[1])   # (view_key, offset, size): a view into the root storage
+    shared = _PendingStorage(type_name, int(view[2]), view_offset)
+    shared.root = root
+    return shared
+
+  try:
+    with open(path, 'rb') as f:
+      header = [RestrictedUnpickler(f, pending, name=path).load() for _ in range(3)]
+      if header[0] != LEGACY_MAGIC_NUMBER or header[1] != LEGACY_PROTOCOL:
+        raise WeightsError(f'{path} is not a PyTorch .pth file (a pickle, but not torch.save\'s)')
+      if isinstance(header[2], dict) and not header[2].get('little_endian', True):
+        raise WeightsError(f'{path} was saved on a big-endian machine; re-save it on a little-endian one')
+      obj = RestrictedUnpickler(f, pending, name=path).load()
+      keys = RestrictedUnpickler(f, pending, name=path).load()
+      for key in keys:
+        storage = storages.get(str(key))
+        if storage is None:
+          raise WeightsError(f'{path}: the storage {key} is listed but never used; the file is corrupt')
+        (numel,) = struct.unpack('<q', f.read(8))
+        itemsize = 2 if storage.type_name == 'BFloat16Storage' else np.dtype(
+            STORAGE_DTYPES[storage.type_name]).itemsize
+        data = f.read(numel * itemsize)
+        if numel < 0 or len(data) != numel * itemsize:
+          raise WeightsError(f'{path}: the storage {key} is cut short; the file is truncated')
+        storage.array = _from_bytes(data, STORAGE_DTYPES[storage.type_name])
+  except WeightsError:
+    raise
+  except (EOFError, pickle.UnpicklingError, struct.error, ValueError, TypeError, AttributeError,
+          IndexError, KeyError) as e:
+    raise WeightsError(f'{path} is truncated or corrupt ({type(e).__name__}: {e})') from None
+  if not isinstance(obj, dict):
+    raise WeightsError(f'{path} does not hold a state dict (a mapping of names to tensors)')
+  for name, value in list(obj.items()):
+    if isinstance(value, _PendingTensor):
+      root = getattr(value.storage, 'root', None)
+      if root is not None:
+        value.storage.array = root.array
+      if value.storage.array is None:
+        raise WeightsError(f'{path}: the storage of {name} is missing; the file is truncated')
+      obj[name] = value.build()
   return _as_state_dict(obj, path)
 
 
