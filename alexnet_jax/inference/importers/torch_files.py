@@ -110,7 +110,8 @@ def _rebuild_tensor(storage, offset: int, size, stride, *unused):
                          f'{storage.size} elements; the file is truncated or corrupt')
   view = np.lib.stride_tricks.as_strided(storage[offset:], size,
                                          tuple(s * storage.itemsize for s in stride), writeable=False)
-  return np.array(view)   # one compact copy (the storage may be shared and is read-only)
+  # A contiguous tensor stays a (read-only) view of its storage's bytes: no second copy of the file.
+  return view if view.flags.c_contiguous else np.array(view)
 
 
 class RestrictedUnpickler(pickle.Unpickler):
