@@ -1,4 +1,4 @@
-"""The ten commands share one template and one set of exit statuses.
+"""The commands share one template and one set of exit statuses.
 
 Every ``alexnet_jax/<command>.py`` has a usage docstring, defines its flags in ``define_flags()`` (so that
 importing it defines none, and any two import together), does its work in ``main(argv)`` and is started by
@@ -21,7 +21,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ('train', 'evaluate', 'classify', 'export', 'visualize', 'sweep', 'census', 'prepare', 'runs',
-            'launch')
+            'launch', 'import_weights')
 
 # Runs one command as ``python -m alexnet_jax.<command>`` does, then says on its last line of stdout
 # whether JAX was imported and whether it started a backend.
@@ -54,6 +54,7 @@ def _user_errors(tmp: str) -> dict[str, tuple[list[str], str]]:
       'prepare': ([f'--source={missing}', f'--output={tmp}/ds'], missing),
       'runs': ([missing], missing),
       'launch': (['--num_processes=1', '--', f'{missing}_program'], f'{missing}_program'),
+      'import_weights': ([f'--source={missing}.pth', f'--output={tmp}/imported'], f'{missing}.pth'),
   }
 
 

@@ -29,7 +29,7 @@ LAYERS = ['base', 'runtime', 'models', 'data', 'parallel', 'run', 'inference', '
           'commands']
 BASE = {'alexnet_jax.configs', 'alexnet_jax.metrics'}
 COMMANDS = {'train', 'evaluate', 'classify', 'export', 'visualize', 'sweep', 'census', 'prepare', 'runs',
-            'launch'}
+            'launch', 'import_weights'}
 # Libraries of JAX's family: the dashboard's web process must never import them (DASHBOARD.md).
 JAX_FAMILY = ('jax', 'jaxlib', 'flax', 'optax', 'orbax', 'grain', 'tensorflow', 'tensorflow_datasets')
 # Where an import inside a function is the point: a command chooses its devices before JAX starts,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
-from typing import Any
+from typing import Any, Callable
 import zipfile
 
 from alexnet_jax import inference
@@ -39,12 +39,7 @@ def export_model(workdir: str | os.PathLike, output: str | os.PathLike, *, step:
   ``overwrite``; FileNotFoundError for a workdir without checkpoints or a missing step.
   """
   workdir, output = os.fspath(workdir), os.path.abspath(os.fspath(output))
-  kind = _archive_format(output)
-  if os.path.lexists(output) and not overwrite:
-    raise FileExistsError(f'--output={output} exists; pass --overwrite to replace it')
-  if kind == 'dir' and os.path.isfile(output):
-    raise FileExistsError(f'--output={output} is a file; a folder bundle needs a folder path (or '
-                          f'name it .tar.gz / .zip)')
+  check_output(output, overwrite)
   if os.path.isdir(workdir) and os.path.exists(os.path.join(workdir, bundle.MANIFEST_FILE)):
     raise ValueError(f'--workdir={workdir} is already a bundle; copy it instead of exporting it')
   # Restore on one device: the arrays come back [tower, ...] whatever layout trained them.
@@ -53,13 +48,31 @@ def export_model(workdir: str | os.PathLike, output: str | os.PathLike, *, step:
   model = inference.load_from_files(files, step=step, layout='single')
   if model.kind != 'workdir':
     raise ValueError(f'--workdir={workdir} is not a training run')
+  info = publish(output, lambda folder: bundle.write_bundle_dir(
+      folder, workdir=model.path, host_params=model.host_params(), network=model.network,
+      config=model.config, classes=model.classes, step=model.step,
+      step_metrics=model.step_metrics, ten_crop=model.ten_crop))
+  return output, info
+
+
+def check_output(output: str, overwrite: bool) -> None:
+  """Refuses an existing ``output`` unless ``overwrite``, and a file where a folder bundle is asked for."""
+  if os.path.lexists(output) and not overwrite:
+    raise FileExistsError(f'--output={output} exists; pass --overwrite to replace it')
+  if _archive_format(output) == 'dir' and os.path.isfile(output):
+    raise FileExistsError(f'--output={output} is a file; a folder bundle needs a folder path (or '
+                          f'name it .tar.gz / .zip)')
+
+
+def publish(output: str, write: Callable[[str], Any]) -> Any:
+  """Runs ``write(folder)`` (it writes the bundle files into ``folder``) in a staging folder beside
+  ``output``, verifies the bundle, and moves it, or its archive, into place; returns what ``write``
+  returned. A failure leaves nothing behind."""
+  kind = _archive_format(output)
   staging = fileio.make_staging_dir(output)
   try:
     files = os.path.join(staging, 'bundle')
-    info = bundle.write_bundle_dir(
-        files, workdir=model.path, host_params=model.host_params(), network=model.network,
-        config=model.config, classes=model.classes, step=model.step,
-        step_metrics=model.step_metrics, ten_crop=model.ten_crop)
+    result = write(files)
     bundle.verify_bundle_dir(files)  # what we ship is what the loader accepts
     if kind == 'dir':
       fileio.replace_dir(files, output)
@@ -79,4 +92,4 @@ def export_model(workdir: str | os.PathLike, output: str | os.PathLike, *, step:
     raise fileio.write_error(e, output) from e
   finally:
     shutil.rmtree(staging, ignore_errors=True)
-  return output, info
+  return result
