@@ -352,11 +352,6 @@ def scale_by_lr_mult(bias_mult: float = 1.0,
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def scale_biases(mult: float) -> optax.GradientTransformation:
-  """Multiplies the updates of the biases (the leaves `decay_mask` excludes) by `mult`."""
-  return scale_by_lr_mult(bias_mult=mult)
-
-
 def make_optimizer(config: ml_collections.ConfigDict,
                    lr_schedule: Optional[Schedule | float] = None) -> optax.GradientTransformation:
   """Builds `config.optimizer` with an injected learning rate.
