@@ -461,8 +461,8 @@ def test_clone_and_lr_curve(client, model):
 def test_cli_runs_in_the_jobs_folder_appear(client, env):
   workdir = env['jobs'] / 'from_cli'
   workdir.mkdir()
-  (workdir / 'config.json').write_text('{"num_epochs": 4, "finetune": {"freeze": "conv", "lr_mult": "fc8:10", '
-                                      '"preset": ""}}')
+  (workdir / 'config.json').write_text(json.dumps({'num_epochs': 4, 'finetune': {
+      'freeze': 'conv', 'lr_mult': 'fc8:10', 'preset': ''}}))
   (workdir / 'metrics.jsonl').write_text('{"step": 5, "epoch": 1.0, "split": "train", "loss": 1.0}\n')
   (workdir / 'status.json').write_text(json.dumps({'kind': 'train', 'state': 'running', 'pid': 2**22 + 7,
                                                    'host': os.uname().nodename, 'step': 5, 'total_steps': 20,
