@@ -18,6 +18,12 @@ def default_config() -> ml_collections.ConfigDict:
   # Start from an earlier model (DIGITS' "Pretrained model"): a workdir or a bundle, optionally
   # ':STEP' (see alexnet_jax/training/finetune.py). Ignored when the workdir already holds a snapshot (resume).
   c.init_from = ''
+  # Fine-tuning controls (alexnet_jax/training/finetune_controls.py); parameters are named by their
+  # '/'-joined path (towers/conv1/kernel, head/bias) and a pattern is a regex searched in that name.
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.freeze = ''          # REGEX: the matching parameters stay fixed (no update, decay, momentum)
+  c.finetune.lr_mult = ''         # REGEX:MULT,REGEX:MULT: per-layer rate multipliers (Caffe's lr_mult)
+  c.finetune.preset = ''          # head: train only the last classifier (and the head bias)
 
   # ---- Devices ------------------------------------------------------------------------------------
   # single | model (the paper: towers on the 'model' axis) | data | hybrid | weird_trick | auto

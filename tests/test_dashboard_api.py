@@ -461,7 +461,8 @@ def test_clone_and_lr_curve(client, model):
 def test_cli_runs_in_the_jobs_folder_appear(client, env):
   workdir = env['jobs'] / 'from_cli'
   workdir.mkdir()
-  (workdir / 'config.json').write_text('{"num_epochs": 4}')
+  (workdir / 'config.json').write_text(json.dumps({'num_epochs': 4, 'finetune': {
+      'freeze': 'conv', 'lr_mult': 'fc8:10', 'preset': ''}}))
   (workdir / 'metrics.jsonl').write_text('{"step": 5, "epoch": 1.0, "split": "train", "loss": 1.0}\n')
   (workdir / 'status.json').write_text(json.dumps({'kind': 'train', 'state': 'running', 'pid': 2**22 + 7,
                                                    'host': os.uname().nodename, 'step': 5, 'total_steps': 20,
@@ -473,7 +474,9 @@ def test_cli_runs_in_the_jobs_folder_appear(client, env):
   assert row['external'] and row['status'] == 'interrupted'    # recorded running, process gone
   view = client.get('/models/from_cli.json').json()
   assert view['external'] and view['command'] == 'python -m alexnet_jax.train ...'
-  assert client.get('/models/from_cli').status_code == 200
+  assert view['finetune_text'] == 'freeze conv · lr_mult fc8:10'   # the fine-tuning controls, listed
+  page = client.get('/models/from_cli')
+  assert page.status_code == 200 and '<dt>Fine-tuning</dt><dd>freeze conv · lr_mult fc8:10</dd>' in page.text
   assert client.post('/jobs/from_cli/resume', headers=client.bearer).status_code == 400
   assert client.delete('/jobs/from_cli', headers=client.bearer).json()['result'] == 'deleted'
   assert not workdir.exists()

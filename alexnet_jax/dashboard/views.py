@@ -215,6 +215,10 @@ def model_view(dash, job_id: str, row: dict[str, Any]) -> dict[str, Any]:
   if c.get('optimizer'):
     view['solver_text'] = (f'{c["optimizer"]} · lr {c.get("learning_rate")} ({lr.get("policy", "?")}) · '
                            f'batch {c.get("batch_size")} · {c.get("num_epochs")} epochs')
+  tune = c.get('finetune') if isinstance(c.get('finetune'), dict) else {}
+  controls = [f'{k} {tune[k]}' for k in ('preset', 'freeze', 'lr_mult') if tune.get(k)]
+  if controls:   # training/finetune_controls.py
+    view['finetune_text'] = ' · '.join(controls)
   return fileio.plain(view)
 
 

@@ -38,7 +38,8 @@ RESUMABLE_CHANGES = ('num_epochs', 'log_every_steps', 'keep_snapshots', 'snapsho
                      'data.device_prefetch', 'profile_steps')
 # Fields added after runs existed, with the value that reproduces a run whose config.json lacks them.
 # (data.augment_on is *not* resumable: the host and device draws differ.)
-VALUES_BEFORE_FIELDS_EXISTED = {'data.augment_on': 'host', 'bias_lr_mult': 1.0}
+VALUES_BEFORE_FIELDS_EXISTED = {'data.augment_on': 'host', 'bias_lr_mult': 1.0, 'finetune.freeze': '',
+                                'finetune.lr_mult': '', 'finetune.preset': ''}
 
 
 # ---- config.json ------------------------------------------------------------------------------------

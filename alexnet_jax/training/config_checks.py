@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from alexnet_jax import configs, models
-from alexnet_jax.training import optim, profiling
+from alexnet_jax.training import finetune_controls, optim, profiling
 from alexnet_jax.data import dataset as dataset_lib
 from alexnet_jax.data import pipeline as pipeline_lib
 from alexnet_jax.data import resize as resize_lib
@@ -192,6 +192,7 @@ def problems(config: ml_collections.ConfigDict | Any) -> list[str]:
   c = _Checker(config)
   c.integer('seed')
   c.string('init_from')
+  c.problems += finetune_controls.problems(config)
 
   # Devices.
   c.choice('layout', layouts.LAYOUT_NAMES)

@@ -103,6 +103,13 @@ def _layer(name: str) -> str:
   return name.rsplit('/', 1)[0]
 
 
+def classifier_layers(shapes: dict[str, tuple[int, ...]], num_classes: int) -> set[str]:
+  """The layers with a parameter whose last axis is the class count (``shapes``: name -> shape): the
+  ones a new class count re-initializes here, and the ones ``finetune.preset=head`` trains for a
+  custom network (``finetune_controls.py``)."""
+  return {_layer(name) for name, shape in shapes.items() if shape and shape[-1] == num_classes}
+
+
 def _place(value: np.ndarray, like: jax.Array) -> jax.Array:
   """``value`` as a global array with ``like``'s dtype and sharding (works across processes too)."""
   value = np.asarray(value, dtype=like.dtype)

@@ -55,6 +55,9 @@ Where it follows DIGITS / Caffe / the paper, and why:
   decay_mult: 0 }`). Caffe scales the local rate (`lr * lr_mult`) before the momentum accumulation; the
   trace is linear and the multiplier constant, so scaling the final update is the same for SGD and is
   Caffe's rule for the adaptive solvers. The biases are the leaves `decay_mask` excludes.
+* **Fine-tuning controls** (`finetune_controls.py`): `finetune.lr_mult` multipliers join `bias_lr_mult` in
+  `scale_by_lr_mult` (Caffe's per-blob lr_mult, the product for a bias); `finetune.freeze` and the head
+  preset put the frozen parameters in an `optax.partition` group of `set_to_zero`, with no solver state.
 * **Batch accumulation** uses `optax.MultiSteps` (gradients averaged over `batch_accumulation`
   mini-batches, as Caffe's `iter_size` normalizes by it).
 """
@@ -62,13 +65,16 @@ Where it follows DIGITS / Caffe / the paper, and why:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+
+from alexnet_jax.models import trees
+from alexnet_jax.training import finetune_controls
 
 Schedule = Callable[[Any], jax.Array]
 
@@ -326,12 +332,23 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def scale_biases(mult: float) -> optax.GradientTransformation:
-  """Multiplies the updates of the biases (the leaves `decay_mask` excludes) by `mult`."""
+def scale_by_lr_mult(bias_mult: float = 1.0,
+                     rules: Sequence[tuple[Any, float]] = ()) -> optax.GradientTransformation:
+  """Caffe's per-blob lr_mult: multiplies each update by its parameter's multiplier.
+
+  The multiplier of a parameter is that of the first of `rules` (`finetune_controls.parse_lr_mult`:
+  (pattern, mult) pairs searched in the '/'-joined name) it matches, 1 when none does, times `bias_mult`
+  for the biases (the leaves `decay_mask` excludes). A parameter whose multiplier is 1 is left as is.
+  """
   def update_fn(updates, state, params=None):
     del params
-    keep = decay_mask(updates)
-    return jax.tree_util.tree_map(lambda u, weight: u if weight else u * mult, updates, keep), state
+    weights = trees.flatten(decay_mask(updates))
+
+    def scale(name, u):
+      mult = finetune_controls.multiplier(rules, name) * (1.0 if weights[name] else bias_mult)
+      return u if mult == 1.0 else u * mult
+
+    return trees.unflatten({n: scale(n, u) for n, u in trees.flatten(updates).items()}), state
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
@@ -388,8 +405,13 @@ def make_optimizer(config: ml_collections.ConfigDict,
     raise ValueError(f'--config.bias_lr_mult={bias_mult} must be > 0')
   learning_rate = float(config.learning_rate) if lr_schedule is None else lr_schedule
   tx = optax.inject_hyperparams(factory)(learning_rate=learning_rate)
-  if bias_mult != 1.0:
-    tx = optax.chain(tx, scale_biases(bias_mult))
+  if finetune_controls.frozen_by(config):
+    # The frozen group's updates are zeros and the solver keeps no state (momentum, decay) for it.
+    tx = optax.partition({finetune_controls.TRAINED: tx, finetune_controls.FROZEN: optax.set_to_zero()},
+                         lambda params: finetune_controls.labels(config, params))
+  rules = finetune_controls.parse_lr_mult(finetune_controls.field(config, 'lr_mult'))
+  if bias_mult != 1.0 or rules:
+    tx = optax.chain(tx, scale_by_lr_mult(bias_mult, rules))
   k = int(config.batch_accumulation)
   if k < 1:
     raise ValueError(f'--config.batch_accumulation={k} must be >= 1')
@@ -402,6 +424,13 @@ def _map_inject_state(state: Any, fn: Callable[[Any], Any]) -> tuple[Any, int]:
   """Applies fn to every InjectStatefulHyperparamsState inside an optax state; returns (new, count)."""
   if isinstance(state, optax.InjectStatefulHyperparamsState):
     return fn(state), 1
+  if isinstance(state, dict):  # optax.partition's inner states, by label
+    found = 0
+    items = {}
+    for key, s in state.items():
+      items[key], n = _map_inject_state(s, fn)
+      found += n
+    return items, found
   if isinstance(state, (tuple, list)):
     found = 0
     items = []

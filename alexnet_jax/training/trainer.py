@@ -36,7 +36,7 @@ from absl import logging
 from alexnet_jax import data, models
 from alexnet_jax.run import plots
 from alexnet_jax.runtime import distributed
-from alexnet_jax.training import config_checks, evaluation, finetune, optim, profiling
+from alexnet_jax.training import config_checks, evaluation, finetune, finetune_controls, optim, profiling
 from alexnet_jax.training.cadence import Cadence, TrainWindow
 from alexnet_jax.data import device_augment
 from alexnet_jax.parallel import layouts, step as step_lib
@@ -99,6 +99,7 @@ def _train(config, workdir, status, is_main):
   image_shape = workdir_lib.image_shape_of(config)
   config_checks.check_network(config, dataset.num_classes)
   network = models.build(config.model, dataset.num_classes)
+  finetune_controls.check_network(config, network, image_shape)
   layout = layouts.resolve(config.layout, network, mesh_data=config.mesh.data,
                            mesh_model=config.mesh.model, batch_size=config.batch_size)
   mesh = layout.make_mesh()
@@ -117,6 +118,7 @@ def _train(config, workdir, status, is_main):
   logging.info('network %s: %s classes; layout %s on mesh data=%d x model=%d; %d steps/epoch',
                network.name, dataset.num_classes, layout.name, layout.data, layout.model,
                steps_per_epoch)
+  logging.info('fine-tuning controls: %s', finetune_controls.describe(config))
   train_iter = data.train_iterator(dataset, data_config, global_batch_size=config.batch_size,
                                    seed=config.seed, num_epochs=config.num_epochs,
                                    shard_index=jax.process_index(),
