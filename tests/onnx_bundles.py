@@ -35,9 +35,10 @@ def make_bundle(folder, name: str, *, width: float, image_size, crop_size: int, 
   contract = data.PreprocessContract((w, h), crop_size, 'squash', channels, mean_mode, mean)
   contract.save(run)
   network = models.build(config.model, num_classes)
-  params = jax.tree.map(np.asarray, network.init(jax.random.key(seed), contract.input_shape))
+  # Only the shapes come from the network (eval_shape: nothing is compiled); every value is drawn here.
+  shapes = jax.eval_shape(lambda key: network.init(key, contract.input_shape), jax.random.key(seed))
   params = jax.tree_util.tree_map_with_path(lambda path, a: _randomize(rng, jax.tree_util.keystr(path), a),
-                                            params)
+                                            shapes)
   out = os.path.join(folder, 'bundle')
   bundle_lib.write_bundle_dir(out, workdir=run, host_params=params, network=network, config=config,
                               classes=classes, step=7, step_metrics=None, ten_crop=False)
@@ -45,9 +46,10 @@ def make_bundle(folder, name: str, *, width: float, image_size, crop_size: int, 
 
 
 def _randomize(rng, path: str, a: np.ndarray) -> np.ndarray:
-  """Biases N(0, 0.5); kernels N(0, 1 / fan_in), so that activations on the 0..255 scale stay large
-  enough (~100 after conv1) for LRN to matter and the logits to depend on the image, not on the biases."""
+  """Biases N(0, 0.5); kernels N(0, 2 / fan_in) (He), so that activations on the 0..255 scale stay large
+  through the ReLUs (~100 after conv1) for LRN to matter and the logits to depend on the image, not on the
+  biases."""
   if 'bias' in path:
     return rng.normal(0, 0.5, a.shape).astype(np.float32)
   fan_in = int(np.prod(a.shape[1:-1]))   # [tower, ..., in, out]
-  return rng.normal(0, fan_in ** -0.5, a.shape).astype(np.float32)
+  return rng.normal(0, (2 / fan_in) ** 0.5, a.shape).astype(np.float32)

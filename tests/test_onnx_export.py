@@ -3,7 +3,8 @@ every network the exporter supports, at batch 1 and 3 (one graph: the batch dime
 labels and the preprocessing contract travel in the metadata; the Triton layout; a missing onnx package
 is one line naming the extra.
 
-The networks are random, untrained, narrow copies written straight into bundles (``onnx_bundles.py``),
+All four networks of issue 22 (two-tower alexnet with the paper's and Caffe's LRN, alexnet_owt, lenet,
+googlenet). The networks are random, untrained, narrow copies written straight into bundles (``onnx_bundles.py``),
 with weights large enough that LRN and the image matter (each test checks that they do)."""
 
 import json
@@ -26,11 +27,14 @@ TOLERANCE = 1e-5   # max |ours - onnxruntime| / max |ours|
 
 CASES = {
     'lenet': dict(name='lenet', width=0.5, image_size=28, crop_size=0, channels=1),
-    'alexnet_owt': dict(name='alexnet_owt', width=0.125, image_size=72, crop_size=64),
+    # 96: fc6 reads a 2x2 map (at 64 it would be 1x1, where NHWC and NCHW flatten alike).
+    'alexnet_owt': dict(name='alexnet_owt', width=0.125, image_size=104, crop_size=96),
     # 79 wide: conv1 gives 18 columns, so pool1 rounds up (ceil mode) and pads a column; a pixel mean.
     'alexnet_paper_lrn': dict(name='alexnet', width=0.125, image_size=(79, 72), crop_size=0, lrn='paper',
                               mean_mode='pixel'),
-    'alexnet_caffe_lrn': dict(name='alexnet', width=0.125, image_size=72, crop_size=64, lrn='caffe'),
+    'alexnet_caffe_lrn': dict(name='alexnet', width=0.125, image_size=104, crop_size=96, lrn='caffe'),
+    # 70 high: 35 after conv1, 18 after pool1 (ceil mode), 9 after pool2, 5 (ceil) after 3b.
+    'googlenet': dict(name='googlenet', width=0.125, image_size=(64, 70), crop_size=0, mean_mode='none'),
 }
 
 
@@ -85,7 +89,7 @@ def test_lrn_convention_is_the_models(exported):
   """The other LRN convention's graph is measurably wrong: the LRN mapping is really being tested."""
   case, model, _, _ = exported
   if not case.startswith('alexnet_'):
-    pytest.skip('no LRN in this network')
+    pytest.skip('one LRN convention only in this network')
   other = model.config.model.copy_and_resolve_references()
   other.lrn = 'caffe' if model.config.model.lrn == 'paper' else 'paper'
   proto = onnx_export.build_onnx(model.host_params(), network='alexnet', model_config=other,
@@ -105,7 +109,7 @@ def test_triton_model_repository(exported, tmp_path):
   assert sorted(os.listdir(folder)) == ['1', 'config.pbtxt', 'labels.txt']
   config = open(os.path.join(folder, 'config.pbtxt')).read()
   for line in ('name: "alexnet"', 'platform: "onnxruntime_onnx"', 'max_batch_size: 8',
-               '{ name: "image" data_type: TYPE_FP32 dims: [ 64, 64, 3 ] }',
+               '{ name: "image" data_type: TYPE_FP32 dims: [ 96, 96, 3 ] }',
                '{ name: "logits" data_type: TYPE_FP32 dims: [ 3 ] }',
                'label_filename: "labels.txt"'):
     assert line in config
@@ -120,8 +124,8 @@ def test_triton_model_repository(exported, tmp_path):
 
 
 def test_clear_errors(tmp_path, monkeypatch):
-  with pytest.raises(ValueError, match="'googlenet' cannot be exported to ONNX yet"):
-    onnx_export.build_onnx({'head': {'bias': np.zeros(3)}}, network='googlenet', model_config=None,
+  with pytest.raises(ValueError, match="'my.module:Net' cannot be exported to ONNX yet"):
+    onnx_export.build_onnx({'head': {'bias': np.zeros(3)}}, network='my.module:Net', model_config=None,
                            contract=None, classes=['a', 'b', 'c'])
   with pytest.raises(ValueError, match='PATH.onnx'):
     exporting.export_onnx(str(tmp_path), tmp_path / 'model.bin')

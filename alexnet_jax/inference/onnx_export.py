@@ -34,9 +34,10 @@ How each of our layers maps onto ONNX (checked against onnxruntime in tests/test
 * **Flatten**: our maps are NHWC when fc6 flattens them, ONNX's NCHW, so fc6's weight rows are permuted
   from (h, w, c) to (c, h, w) order once, here, instead of transposing every activation back.
 
-Supported: ``alexnet`` (paper or Caffe LRN, any width, 'he' input scaling), ``alexnet_owt`` and ``lenet``.
-GoogLeNet and custom Flax modules are refused with a clear error (not written yet). The graph is float32
-whatever ``config.model.dtype`` the model trained in.
+Supported: ``alexnet`` (paper or Caffe LRN, any width, 'he' input scaling), ``alexnet_owt``, ``lenet`` and
+``googlenet`` (its main classifier: the auxiliary ones are for training only; the inception modules' 3x3
+'SAME' max-pool is MaxPool with one pad each side). Custom Flax modules are refused with a clear error.
+The graph is float32 whatever ``config.model.dtype`` the model trained in.
 
 ``onnx`` is an optional extra (``pip install -e .[onnx]``); this module imports without it and
 ``require_onnx`` reports its absence as one line.
@@ -57,11 +58,12 @@ except ImportError:   # an optional extra: require_onnx() says how to install it
 
 from alexnet_jax.models import layers
 from alexnet_jax.models.alexnet import PIXEL_STD
+from alexnet_jax.models.googlenet import INCEPTIONS, POOL_AFTER
 from alexnet_jax.models.lenet import INPUT_SCALE
 
 OPSET = 17
 INSTALL_HINT = 'pip install -e .[onnx]'
-NETWORKS = ('alexnet', 'alexnet_owt', 'lenet')
+NETWORKS = ('alexnet', 'alexnet_owt', 'googlenet', 'lenet')
 INPUT, LOGITS, PROBABILITIES = 'image', 'logits', 'probabilities'
 
 
@@ -257,7 +259,43 @@ def _lenet(g: _Graph, x: str, hw: tuple[int, int], params: dict[str, Any], model
   return _dense(g, x, p['ip2'], 'ip2', bias=head)
 
 
-BUILDERS = {'alexnet': _alexnet, 'alexnet_owt': _alexnet_owt, 'lenet': _lenet}
+def _googlenet(g: _Graph, x: str, hw: tuple[int, int], params: dict[str, Any], model_config) -> str:
+  """``models/googlenet.py`` at inference: no auxiliary classifiers (their parameters are not read)."""
+  p, head = params['towers'], params['head']['bias']
+  lrn = 'none' if model_config.get('lrn', 'caffe') == 'none' else 'caffe'
+
+  def conv(name, x, hw, stride=1):
+    kernel = p[name]['kernel'].shape[1]
+    pad = kernel // 2   # Flax's padding=kernel // 2: symmetric
+    out = _relu(g, _conv(g, x, p[name], name, stride=stride, pads=(pad,) * 4), f'{name}.relu')
+    return out, tuple(_conv_size(n, kernel, stride, pad, pad) for n in hw)
+
+  def channels(name):
+    return p[name]['kernel'].shape[-1]
+
+  x, hw = conv('conv1', x, hw, stride=2)
+  x, hw = _max_pool(g, x, hw, 'pool1', window=3, stride=2, ceil_mode=True)
+  x = _lrn(g, x, channels('conv1'), 1, lrn, 'norm1')
+  x, hw = conv('conv2_3x3_reduce', x, hw)
+  x, hw = conv('conv2_3x3', x, hw)
+  x = _lrn(g, x, channels('conv2_3x3'), 1, lrn, 'norm2')
+  x, hw = _max_pool(g, x, hw, 'pool2', window=3, stride=2, ceil_mode=True)
+  for name, *_ in INCEPTIONS:
+    prefix = f'inception_{name}_'
+    b1, _ = conv(prefix + '1x1', x, hw)
+    b3, _ = conv(prefix + '3x3', conv(prefix + '3x3_reduce', x, hw)[0], hw)
+    b5, _ = conv(prefix + '5x5', conv(prefix + '5x5_reduce', x, hw)[0], hw)
+    # nn.max_pool(3x3, stride 1, 'SAME'): one row/column of -inf each side, which MaxPool's pads are.
+    pooled = g.node('MaxPool', [x], prefix + 'pool', kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])
+    bp, _ = conv(prefix + 'pool_proj', pooled, hw)
+    x = g.node('Concat', [b1, b3, b5, bp], prefix + 'output', axis=1)
+    if name in POOL_AFTER:
+      x, hw = _max_pool(g, x, hw, f'pool_{name}', window=3, stride=2, ceil_mode=True)
+  x = _flatten(g, g.node('GlobalAveragePool', [x], 'global_average'), 'flatten')   # jnp.mean over H, W
+  return _dense(g, x, p['loss3_classifier'], 'loss3_classifier', bias=head)
+
+
+BUILDERS = {'alexnet': _alexnet, 'alexnet_owt': _alexnet_owt, 'lenet': _lenet, 'googlenet': _googlenet}
 
 
 # ---- The model -----------------------------------------------------------------------------------------
