@@ -3,6 +3,15 @@
     python -m alexnet_jax.export --workdir=runs/demo [--step=latest|best|N] --output=demo.tar.gz
     python -m alexnet_jax.export --workdir=runs/demo --output=demo.zip
     python -m alexnet_jax.export --workdir=runs/demo --output=bundles/demo      # a folder
+    python -m alexnet_jax.export --workdir=runs/demo --format=onnx --output=demo.onnx
+    python -m alexnet_jax.export --bundle=demo.tar.gz --format=onnx --output=model_repository --triton
+
+``--format=onnx`` (issue 22) writes the network as an ONNX graph for onnxruntime, TensorRT or Triton,
+from a run's snapshot or a bundle: input ``image`` (the crop as float32 NHWC pixel values 0..255, batch
+dynamic; the mean is subtracted inside), outputs ``logits`` and ``probabilities``, labels and the
+preprocessing contract in its metadata (``inference/onnx_export.py``). ``--triton`` writes a Triton model
+repository instead: ``<output>/<name>/1/model.onnx`` and ``<name>/config.pbtxt`` (``inference/triton.py``).
+It needs the optional extra: ``pip install -e .[onnx]``.
 
 A bundle (its files, writer and reader: ``inference/bundle.py``) holds the parameters as ``params.npz``, the run's
 config, labels, mean image and preprocessing contract, ``info.json`` and a sha256 ``manifest.json``,
@@ -39,15 +48,34 @@ from alexnet_jax.runtime import cli
 # ---- Command line --------------------------------------------------------------------------------------
 
 FLAGS = flags.FLAGS
+FORMATS = ('bundle', 'onnx')
 
 
 def main(argv):
   if len(argv) > 1:
-    raise ValueError(f'unexpected arguments {argv[1:]}: give --workdir and --output')
-  from alexnet_jax.inference import bundle, exporting
+    raise ValueError(f'unexpected arguments {argv[1:]}: give --workdir (or --bundle) and --output')
+  if FLAGS.format not in FORMATS:
+    raise ValueError(f'--format={FLAGS.format!r}: expected one of {", ".join(FORMATS)}')
+  if bool(FLAGS.workdir) == bool(FLAGS.bundle):
+    raise ValueError('give exactly one of --workdir=RUN and --bundle=BUNDLE')
+  if FLAGS.format == 'bundle' and FLAGS.bundle:
+    raise ValueError(f'--bundle={FLAGS.bundle} is a bundle already; --bundle is for --format=onnx')
+  if FLAGS.triton and FLAGS.format != 'onnx':
+    raise ValueError('--triton writes an ONNX model repository: add --format=onnx')
+  from alexnet_jax.inference import bundle, exporting, onnx_export
   from alexnet_jax.runtime import devices
-  files = bundle.read_model_files(FLAGS.workdir)   # read once, and a missing run is named before JAX starts
+  if FLAGS.format == 'onnx':
+    onnx_export.require_onnx()   # one line naming the extra, before any model is read
+  source = FLAGS.workdir or FLAGS.bundle
+  files = bundle.read_model_files(source)   # read once, and a missing run is named before JAX starts
   devices.ensure_devices(1)
+  if FLAGS.format == 'onnx':
+    path, summary = exporting.export_onnx(
+        source, FLAGS.output, step=FLAGS.step, overwrite=FLAGS.overwrite, triton=FLAGS.triton,
+        model_name=FLAGS.model_name, max_batch_size=FLAGS.max_batch_size, files=files)
+    print(f'wrote {path} ({summary["bytes"]} bytes of ONNX: {summary["network"]}, step {summary["step"]}, '
+          f'{summary["classes"]} classes, input [batch, {", ".join(map(str, summary["input_shape"]))}])')
+    return
   path, info = exporting.export_model(FLAGS.workdir, FLAGS.output, step=FLAGS.step, overwrite=FLAGS.overwrite,
                                       files=files)
   val = info['metrics'].get('val') or {}
@@ -65,10 +93,17 @@ def _dir_size(path: str) -> int:
 def define_flags() -> None:
   """Flags of the command (defined only when it runs, so that importing this module defines none)."""
   flags.DEFINE_string('workdir', None, 'The training run to export.')
+  flags.DEFINE_string('bundle', None, 'A bundle to export (with --format=onnx), instead of --workdir.')
   flags.DEFINE_string('step', 'latest', 'latest | best | a step number')
-  flags.DEFINE_string('output', None, 'PATH.tar.gz, PATH.tgz, PATH.zip, or a folder.')
+  flags.DEFINE_string('format', 'bundle', 'bundle (an alexnet_jax bundle) | onnx (an ONNX model).')
+  flags.DEFINE_string('output', None, 'PATH.tar.gz, PATH.tgz, PATH.zip, or a folder; PATH.onnx for '
+                      '--format=onnx; the model repository folder with --triton.')
+  flags.DEFINE_bool('triton', False, 'With --format=onnx: write a Triton model repository layout.')
+  flags.DEFINE_string('model_name', '', 'With --triton: the model\'s name (default: the network\'s).')
+  flags.DEFINE_integer('max_batch_size', 0, 'With --triton: max_batch_size (default: the run\'s '
+                       'batch size, at most 64).')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing --output.')
-  flags.mark_flags_as_required(['workdir', 'output'])
+  flags.mark_flags_as_required(['output'])
 
 
 def run():

@@ -215,3 +215,23 @@ def test_a_rectangular_model_evaluates_exports_and_classifies(rect_run, images, 
   stats = visualization.visualize(bundled, str(tmp_path / 'vis'), image=images[0])
   seen = np.asarray(PIL.Image.open(tmp_path / 'vis' / 'input.png'))
   assert seen.shape[:2] == (RECT_H, RECT_W) and stats
+
+
+def test_a_run_exports_as_onnx_through_the_command(run_dir, tmp_path):
+  """``--workdir --format=onnx``: the snapshot restored from the checkpoint, onnxruntime's logits ours
+  (tests/test_onnx_export.py covers every network from bundles)."""
+  ort = pytest.importorskip('onnxruntime')
+  out = tmp_path / 'run.onnx'
+  proc = run_cli('export', f'--workdir={run_dir}', '--format=onnx', f'--output={out}')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'alexnet, step 4, 3 classes, input [batch, 64, 64, 3]' in proc.stdout
+  model = inference.load(str(run_dir))
+  images = np.random.default_rng(0).integers(0, 256, (2, *model.image_shape)).astype(np.float32)
+  ours = model.logits(images - model.contract.centre_mean())
+  theirs = ort.InferenceSession(str(out), providers=['CPUExecutionProvider']).run(
+      ['logits'], {'image': images})[0]
+  assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(ours).max()
+  for args, message in ((['--format=bundle', f'--bundle={out}'], 'is a bundle already'),
+                        ([f'--workdir={run_dir}', '--triton'], '--triton writes an ONNX model repository')):
+    proc = run_cli('export', *args, f'--output={tmp_path / "x"}')
+    assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1]

@@ -177,6 +177,19 @@ class Model:
     sharding = self.layout.batch_sharding(self.mesh)
     return self.eval_step()(self.params, jax.device_put(np.asarray(batch, np.float32), sharding))
 
+  def logits(self, batch: np.ndarray) -> np.ndarray:
+    """float32 logits [B, K] of a preprocessed batch: NHWC float32 [B, H, W, C] as ``preprocess`` makes
+    them (0..255 minus the mean), any B -- what scripts compare with other frameworks on identical inputs.
+    Padded to a multiple of the 'data' axis and cropped back."""
+    batch = np.asarray(batch, np.float32)
+    if batch.ndim != 4 or batch.shape[1:] != self.image_shape:
+      raise ValueError(f'logits: expected a batch [B, {", ".join(map(str, self.image_shape))}] '
+                       f'(NHWC), got {list(batch.shape)}')
+    n = batch.shape[0]
+    rows = -(-max(n, 1) // self.layout.data) * self.layout.data
+    padded = np.concatenate([batch, np.zeros((rows - n, *batch.shape[1:]), np.float32)])
+    return np.asarray(self._dispatch(padded), np.float32)[:n]
+
   def probabilities_of_batch(self, batch: np.ndarray) -> np.ndarray:
     """Class probabilities float32 [B, K] of preprocessed inputs (B a multiple of the 'data' axis)."""
     return _softmax(np.asarray(self._dispatch(batch)))
