@@ -96,6 +96,20 @@ def test_help_answers_at_once_without_jax(name, outcomes):
   assert out.rstrip().endswith('PROBE NO_JAX'), (out[-500:], err[-2000:])
 
 
+def test_help_of_a_console_script_shows_the_commands_usage():
+  """A console script's ``__main__`` is setuptools' wrapper, without a docstring: ``alexnet-train --help``
+  must still print the command's usage (absl prints ``__main__.__doc__``), as ``python -m`` does."""
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  script = 'import sys\nfrom alexnet_jax import {0}\nsys.argv = ["alexnet-{0}", "--help"]\n{0}.run()\n'
+  procs = {name: subprocess.Popen([sys.executable, '-c', script.format(name)], cwd=REPO, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for name in COMMANDS}
+  for name, proc in procs.items():
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, (name, err[-2000:])
+    assert f'python -m alexnet_jax.{name}' in out, (name, out[:1000])
+
+
 @pytest.mark.parametrize('name', COMMANDS)
 def test_an_unknown_flag_is_a_user_error(name, outcomes):
   status, out, err = outcomes[1][(name, 'unknown flag')]

@@ -165,4 +165,15 @@ def run(main: Callable[[list[str]], None]) -> None:
       _exit(process.EXIT_FAILED)
     if exit_status:
       _exit(int(exit_status))
+  _usage_from(main)
   app.run(wrapped, flags_parser=parse_flags)
+
+
+def _usage_from(main: Callable) -> None:
+  """``--help`` prints ``__main__``'s docstring (absl's usage). Run as a console script
+  (``alexnet-train``), ``__main__`` is setuptools' wrapper, which has none: the command's own docstring is
+  lent to it, so ``alexnet-train --help`` says what ``python -m alexnet_jax.train --help`` says."""
+  entry = sys.modules.get('__main__')
+  command = sys.modules.get(getattr(main, '__module__', ''))
+  if entry is not None and command is not None and not entry.__doc__ and command.__doc__:
+    entry.__doc__ = command.__doc__
