@@ -160,8 +160,18 @@ def test_table_and_json_from_the_command_line(jobs):
   assert r.returncode == 2 and r.stderr.strip().endswith('nowhere: no such folder')
 
 
+# ``python -m alexnet_jax.runs`` with Ctrl-C as in a terminal: SIGINT unblocked and raising
+# KeyboardInterrupt (a test run earlier in this worker may leave it blocked or ignored, and both are
+# inherited through exec).
+WATCH = ('import runpy, signal, sys\n'
+         'signal.signal(signal.SIGINT, signal.default_int_handler)\n'
+         'signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})\n'
+         'sys.argv = ["alexnet_jax/runs.py", *sys.argv[1:]]\n'
+         'runpy.run_module("alexnet_jax.runs", run_name="__main__", alter_sys=True)\n')
+
+
 def test_watch_redraws_until_ctrl_c(jobs):
-  proc = subprocess.Popen([sys.executable, '-m', 'alexnet_jax.runs', str(jobs / 'data'), '--watch=0.2'],
+  proc = subprocess.Popen([sys.executable, '-c', WATCH, str(jobs / 'data'), '--watch=0.2'],
                           cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   watchdog = threading.Timer(300, proc.kill)                # only if it never redraws
   watchdog.start()
