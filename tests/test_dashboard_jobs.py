@@ -155,6 +155,22 @@ def test_a_job_whose_process_vanished_is_interrupted(tmp_path):
   assert _manager(tmp_path).get(job.id).state == 'interrupted'
 
 
+def test_a_runner_that_cannot_start_leaves_its_reason(tmp_path):
+  # A broken install: the interpreter cannot import the runner, so no exit record is ever written. The
+  # job is interrupted, and its state and log say why instead of a bare "gone".
+  broken = tmp_path / 'python'
+  broken.write_text('#!/bin/sh\necho "/usr/bin/python: Error while finding module specification for '
+                    '\'alexnet_jax.dashboard.workers.runner\' (ModuleNotFoundError: No module named '
+                    '\'alexnet_jax\')" >&2\nexit 1\n')
+  broken.chmod(0o755)
+  m = _manager(tmp_path / 'jobs', python=str(broken))
+  job = _dataset_job(m, SLEEPER)
+  m.tick()
+  assert _until(lambda: (m.tick(), job.state)[1] == 'interrupted')
+  assert "No module named 'alexnet_jax'" in job.doc['history'][-1]['note']
+  assert "No module named 'alexnet_jax'" in _log(tmp_path / 'jobs' / job.id)
+
+
 def test_queue_limits(tmp_path):
   m = _manager(tmp_path, max_dataset_jobs=2)
   datasets = [_dataset_job(m, SLEEPER, name=f'd{i}') for i in range(3)]

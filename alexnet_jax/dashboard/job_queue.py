@@ -151,7 +151,8 @@ class JobQueue:
     if job.doc.get('abort_requested'):     # SIGTERM reached the runner before it could record anything
       job.set_state(STOPPED, 'aborted while starting')
     else:
-      job.set_state(INTERRUPTED, 'the process is gone without an exit record')
+      reason = self._error_of(job)      # e.g. a runner that could not start: "No module named ..."
+      job.set_state(INTERRUPTED, 'the process is gone without an exit record' + (f': {reason}' if reason else ''))
     self._release(job)
     return True
 
@@ -327,9 +328,12 @@ class JobQueue:
       env['CUDA_VISIBLE_DEVICES'] = ','.join(gpus)
     command = [self.python, '-m', 'alexnet_jax.dashboard.workers.runner', job.dir, '--', *job.doc['argv']]
     try:
-      child = subprocess.Popen(command, cwd=job.doc.get('cwd') or self.jobs_dir, env=env,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+      # The runner's own stderr goes to the job's log too: a runner that cannot even start (a broken
+      # install: "No module named alexnet_jax") leaves its reason where the job page shows it.
+      with open(os.path.join(job.dir, runner_lib.OUTPUT_LOG), 'ab') as log:
+        child = subprocess.Popen(command, cwd=job.doc.get('cwd') or self.jobs_dir, env=env,
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=log, start_new_session=True, close_fds=True)
     except OSError as e:
       job.doc['error'] = f'cannot start: {e}'
       job.set_state(FAILED, job.doc['error'])
