@@ -25,7 +25,7 @@ import pytest
 import alexnet_jax
 from alexnet_jax.inference import importers
 from alexnet_jax.inference.importers import WeightsError
-from alexnet_jax.inference.importers import torch_files
+from alexnet_jax.inference.importers import torch_files, torchvision
 from alexnet_jax.training import finetune
 from tests.torch_writers import random_state_dict, write_pth, write_safetensors
 
@@ -175,3 +175,16 @@ def test_pth_files_read_back_their_tensors(tmp_path, legacy):
   (tmp_path / 'cut.pth').write_bytes(data[:len(data) - 20])
   with pytest.raises(WeightsError, match='truncated'):
     torch_files.read_state_dict(str(tmp_path / 'cut.pth'))
+
+
+def test_converted_parameters_are_copies_not_views_of_the_file(tmp_path):
+  """No parameter is a view into the file's buffer (a bias would keep a 240 MB file alive)."""
+  state = random_state_dict(num_classes=10)
+  write_safetensors(tmp_path / 'a.safetensors', state)
+  read = torch_files.read_state_dict(str(tmp_path / 'a.safetensors'))
+  params = torchvision.convert(read, source='a.safetensors')
+  leaves = [leaf for layer in params['towers'].values() for leaf in layer.values()] + [params['head']['bias']]
+  assert len(leaves) == 16
+  for leaf in leaves:
+    assert leaf.dtype == np.float32 and leaf.flags.c_contiguous
+    assert not any(np.shares_memory(leaf, value) for value in read.values())
