@@ -171,8 +171,7 @@ def format_report(report: dict[str, Any]) -> str:
           for name, c in report['cases'].items()]
   base = report['baseline']
   return '\n'.join([
-      f'{common.describe(report["machine"])}; load before {report["load_before"]}, after '
-      f'{report["load_after"]}',
+      common.describe_run(report),
       f'medians of {report["reps"]} imports, each in a fresh process; baseline process (libraries + JAX '
       f'backend, no import): peak RSS {common.mib(base["peak_rss_bytes"]):.0f} MiB, '
       f'{base["process_s"]:.2f} s',

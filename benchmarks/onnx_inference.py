@@ -136,8 +136,7 @@ def format_report(report: dict[str, Any]) -> str:
                    b['ours_over_ort'], 1000 * b['ours']['median_s'], 1000 * b['onnxruntime']['median_s'],
                    b['ours']['first_call_s'], b['onnxruntime']['first_call_s'], b['max_rel_diff']])
   return '\n'.join([
-      f'{common.describe(report["machine"])}; load before {report["load_before"]}, after '
-      f'{report["load_after"]}',
+      common.describe_run(report),
       f'onnxruntime {report["onnxruntime"]}: {report["threads"]["onnxruntime"]}; XLA: '
       f'{report["threads"]["xla"]}; medians of {report["reps"]} round-robin reps after {report["warmup"]} '
       f'warm-up calls',
