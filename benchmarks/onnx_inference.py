@@ -1,7 +1,7 @@
 r"""CPU inference, alexnet_jax against onnxruntime on the model it exports (issue 22, "Models out").
 
     python -m benchmarks.onnx_inference [--networks=alexnet_owt,alexnet] [--batches=1,32] [--reps=10]
-        [--warmup=3] [--threads=0] [--json=PATH]
+        [--warmup=3] [--threads=0] [--xla=tuned] [--json=PATH]
 
 Two full-size networks with random weights, each exported with ``exporting.export_onnx`` (the code behind
 ``python -m alexnet_jax.export --format=onnx``):
@@ -16,10 +16,16 @@ the eval step jitted once, the mean subtraction included because the ONNX graph 
 **onnxruntime** is ``InferenceSession.run(['logits'], {'image': images})`` with the CPU provider, all graph
 optimizations, ``intra_op_num_threads = --threads`` (0: the usable cores) and one inter-op thread. XLA's
 CPU client runs its operations on its own intra-op pool, one thread per usable core (not settable per
-call), so both sides use the same cores. The two are timed round-robin after ``--warmup`` calls each
-(``common.interleave``); ``ours/ort`` is the median of per-round ratios of images/s (> 1: ours faster).
-``max_rel_diff`` is ``max |ours - onnxruntime| / max |ours|`` on the timed batch (the export's tests hold
-it under 1e-5). The first call of each side (compiling, or onnxruntime's first run) is reported apart.
+call), so both sides use the same cores.
+
+``alexnet_jax.load`` compiles with the XLA options the process has (XLA_FLAGS; unset: jaxlib's defaults,
+YNNPACK convolutions), while the project's commands (``classify``, ``train``) add ``CPU_XLA_FLAGS``
+(runtime/devices.py: convolutions on XLA's own kernels). So **ours_SET** for each set of ``--xla``
+(default ``tuned``, the commands' options; ``common.XLA_OPTIONS``) is the same eval step compiled with
+that set. All sides are timed round-robin after ``--warmup`` calls each (``common.interleave``);
+``SIDE/ort`` is the median of per-round ratios of images/s (> 1: ours faster). ``max_rel_diff`` is
+``max |ours - onnxruntime| / max |ours|`` on the timed batch (the export's tests hold it under 1e-5). The
+first call of each side (compiling, or onnxruntime's first run) is reported apart.
 
 ``--width`` below 1 (with ``--image_size``/``--crop_size``/``--num_classes``) builds both networks as small
 bundles instead, for tests/test_benchmarks.py. Benchmarks are not tests (STYLE.md): nothing here asserts a
@@ -34,6 +40,8 @@ import tempfile
 import time
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import onnxruntime as ort
 
@@ -69,6 +77,19 @@ def session_for(path: str, threads: int) -> ort.InferenceSession:
   return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
 
 
+def _compiled_logits(model, batch: int, xla: str) -> Callable[[np.ndarray], np.ndarray]:
+  """``model.logits``' computation (the model's own eval step) for ``batch`` images, compiled with the XLA
+  option set ``xla`` of ``common.XLA_OPTIONS`` (per compilation: no XLA_FLAGS needed)."""
+  sharding = model.layout.batch_sharding(model.mesh)
+  images = jax.ShapeDtypeStruct((batch, *model.image_shape), jnp.float32, sharding=sharding)
+  options = common.xla_options(xla, jax.devices()[0].platform)
+  with jax.set_mesh(model.mesh):
+    compiled = model.eval_step().jitted.lower(model.params, images, None, ten_crop=False).compile(
+        compiler_options=options)
+  return lambda x: np.asarray(compiled(model.params, jax.device_put(np.asarray(x, np.float32), sharding),
+                                       None))
+
+
 def _first(fn: Callable[[], Any]) -> tuple[float, Any]:
   t = time.perf_counter()
   out = fn()
@@ -76,8 +97,8 @@ def _first(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def benchmark(networks: tuple[str, ...] = NETWORKS, batches: tuple[int, ...] = (1, 32), *, reps: int = 10,
-              warmup: int = 3, threads: int = 0, width: float = 1.0, image_size: int = 256,
-              crop_size: int = 224, num_classes: int = 1000,
+              warmup: int = 3, threads: int = 0, xla: tuple[str, ...] = ('tuned',), width: float = 1.0,
+              image_size: int = 256, crop_size: int = 224, num_classes: int = 1000,
               log: Callable[[str], None] = print) -> dict[str, Any]:
   threads = threads or common.usable_cores()
   report: dict[str, Any] = {
@@ -107,22 +128,26 @@ def benchmark(networks: tuple[str, ...] = NETWORKS, batches: tuple[int, ...] = (
       centre = model.contract.centre_mean()
       for batch in batches:
         images = np.random.default_rng(batch).integers(0, 256, (batch, *model.image_shape)).astype(np.float32)
-        ours = lambda: model.logits(images - centre)   # noqa: E731
-        theirs = lambda: session.run(['logits'], {'image': images})[0]   # noqa: E731
-        ours_first_s, our_logits = _first(ours)
-        ort_first_s, ort_logits = _first(theirs)
-        timings = common.interleave({'ours': ours, 'onnxruntime': theirs}, reps=reps, warmup=warmup)
-        row['batches'][str(batch)] = b = {
-            'ours': {**timings['ours'].to_json(), 'images_per_s': timings['ours'].rate(batch),
-                     'first_call_s': ours_first_s},
-            'onnxruntime': {**timings['onnxruntime'].to_json(),
-                            'images_per_s': timings['onnxruntime'].rate(batch), 'first_call_s': ort_first_s},
-            'ours_over_ort': common.paired_ratio(timings['ours'], timings['onnxruntime']),
-            'max_rel_diff': float(np.abs(our_logits - ort_logits).max() / np.abs(our_logits).max()),
-            'logits_shape': list(ort_logits.shape)}
-        log(f'{network} batch {batch}: ours {b["ours"]["images_per_s"]:.1f} img/s, onnxruntime '
-            f'{b["onnxruntime"]["images_per_s"]:.1f} img/s, ours/ort {b["ours_over_ort"]:.2f}, max rel diff '
-            f'{b["max_rel_diff"]:.1e}')
+        sides: dict[str, Callable[[], np.ndarray]] = {'ours': lambda: model.logits(images - centre)}
+        compile_s = {}
+        for name in xla:
+          compile_s[f'ours_{name}'], logits = _first(lambda: _compiled_logits(model, batch, name))
+          sides[f'ours_{name}'] = lambda logits=logits: logits(images - centre)
+        sides['onnxruntime'] = lambda: session.run(['logits'], {'image': images})[0]
+        firsts = {name: _first(fn) for name, fn in sides.items()}
+        timings = common.interleave(sides, reps=reps, warmup=warmup)
+        ort_logits = firsts['onnxruntime'][1]
+        row['batches'][str(batch)] = b = {'logits_shape': list(ort_logits.shape)}
+        for name, timing in timings.items():
+          first_s, logits = firsts[name]
+          b[name] = {**timing.to_json(), 'images_per_s': timing.rate(batch),
+                     'first_call_s': first_s + compile_s.get(name, 0.0)}
+          if name != 'onnxruntime':
+            b[name]['over_ort'] = common.paired_ratio(timing, timings['onnxruntime'])
+            b[name]['max_rel_diff'] = float(np.abs(logits - ort_logits).max() / np.abs(logits).max())
+        log(f'{network} batch {batch}: ' + ', '.join(f'{name} {b[name]["images_per_s"]:.1f} img/s'
+                                                      for name in sides) +
+            f'; ours/ort {b["ours"]["over_ort"]:.2f}, max rel diff {b["ours"]["max_rel_diff"]:.1e}')
       report['networks'][network] = row
   report['load_after'] = common.load_average()
   return report
@@ -132,16 +157,22 @@ def format_report(report: dict[str, Any]) -> str:
   rows = []
   for network, row in report['networks'].items():
     for batch, b in row['batches'].items():
-      rows.append([network, int(batch), b['ours']['images_per_s'], b['onnxruntime']['images_per_s'],
-                   b['ours_over_ort'], 1000 * b['ours']['median_s'], 1000 * b['onnxruntime']['median_s'],
-                   b['ours']['first_call_s'], b['onnxruntime']['first_call_s'], b['max_rel_diff']])
+      ours = [name for name in b if name.startswith('ours')]
+      rows.append([network, int(batch), b['onnxruntime']['images_per_s'], 1000 * b['onnxruntime']['median_s']]
+                  + [v for name in ours for v in (b[name]['images_per_s'], b[name]['over_ort'])]
+                  + [b['onnxruntime']['first_call_s']] + [b[name]['first_call_s'] for name in ours]
+                  + [max(b[name]['max_rel_diff'] for name in ours)])
+  ours = [name for name in next(iter(next(iter(report['networks'].values()))['batches'].values()))
+          if name.startswith('ours')]
   return '\n'.join([
       common.describe_run(report),
       f'onnxruntime {report["onnxruntime"]}: {report["threads"]["onnxruntime"]}; XLA: '
       f'{report["threads"]["xla"]}; medians of {report["reps"]} round-robin reps after {report["warmup"]} '
-      f'warm-up calls',
-      common.format_table(['network', 'batch', 'ours img/s', 'ort img/s', 'ours/ort', 'ours ms', 'ort ms',
-                           'ours 1st s', 'ort 1st s', 'max rel diff'], rows)])
+      f'warm-up calls; "ours" is Model.logits (XLA_FLAGS as the process has them), "ours_SET" the same '
+      f'eval step compiled with the option set SET',
+      common.format_table(['network', 'batch', 'ort img/s', 'ort ms']
+                          + [h for name in ours for h in (f'{name} img/s', f'{name}/ort')]
+                          + ['ort 1st s'] + [f'{name} 1st s' for name in ours] + ['max rel diff'], rows)])
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:
@@ -161,6 +192,8 @@ def main(argv=None) -> int:
   parser.add_argument('--reps', type=int, default=10)
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--threads', type=int, default=0, help="onnxruntime's intra-op threads (0: the cores)")
+  parser.add_argument('--xla', default='tuned',
+                      help='XLA option sets (common.XLA_OPTIONS) timed besides Model.logits, comma-separated')
   parser.add_argument('--width', type=float, default=1.0, help='below 1: small bundles (tests)')
   parser.add_argument('--image_size', type=int, default=256)
   parser.add_argument('--crop_size', type=int, default=224)
@@ -172,8 +205,14 @@ def main(argv=None) -> int:
     parser.error(f'--networks={args.networks}: choose from {", ".join(NETWORKS)}')
   if args.reps < 1 or args.warmup < 0:
     parser.error('--reps must be at least 1 and --warmup at least 0')
+  xla = tuple(x for x in args.xla.split(',') if x)
+  for name in xla:
+    try:
+      common.xla_options_requested(name)
+    except ValueError as e:
+      parser.error(str(e))
   report = benchmark(networks, _ints(args.batches, '--batches'), reps=args.reps, warmup=args.warmup,
-                     threads=args.threads, width=args.width, image_size=args.image_size,
+                     threads=args.threads, xla=xla, width=args.width, image_size=args.image_size,
                      crop_size=args.crop_size, num_classes=args.num_classes)
   common.print_and_save(format_report(report), report, args.json)
   return 0
