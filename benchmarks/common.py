@@ -357,6 +357,12 @@ def describe(info: dict) -> str:
           f'{info["device_count"]}; jax {info["jax"]}; load average {info["load_average"]}{share}')
 
 
+def describe_run(report: dict) -> str:
+  """``describe`` of ``report['machine']`` (its load average taken before the run) with the load average
+  after it (``report['load_after']``)."""
+  return f'{describe(report["machine"])}, after the run {report["load_after"]}'
+
+
 # ---- Output ------------------------------------------------------------------------------------------
 
 

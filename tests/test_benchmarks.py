@@ -11,13 +11,16 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from benchmarks import common
 from benchmarks import compare_torch
+from benchmarks import import_weights as import_bench
 from benchmarks import layouts as layouts_bench
 from benchmarks import model_step
 from benchmarks import torch_alexnet
+from tests import torch_writers
 
 # The benchmarks here build the same tiny networks' train states over and over: each compiled once.
 pytestmark = pytest.mark.usefixtures('compilation_cache')
@@ -150,3 +153,47 @@ def test_compare_torch_runs_the_same_network_in_both(torch_process):
     assert report['results'][f'jax_default/{mode}']['ratio_to_torch'] > 0
     assert report['results'][f'torch/{mode}']['images_per_s'] > 0
   assert 'ours/torch' in compare_torch.format_report(report)
+
+
+def test_import_weights_benchmark_measures_each_import_in_a_fresh_process():
+  """One repetition of the .safetensors case (the importer needs torchvision's full shapes: 57M parameters
+  with 10 classes): the report has the file, the times and the peak memory, and the import holds about
+  two copies of the weights (the file's bytes and the converted parameters), not more."""
+  (case,) = [c for c in import_bench.CASES if c.name == 'safetensors']
+  report = import_bench.benchmark([case], reps=1, num_classes=10, log=lambda *_: None)
+  row = report['cases']['safetensors']
+  shapes = dict(torch_writers.SHAPES, **{'classifier.6': (10, 4096)})
+  parameters = sum(int(np.prod(shape)) + shape[0] for shape in shapes.values())   # weights and biases
+  assert row['parameters'] == parameters
+  assert 4 * parameters < row['file_bytes'] < 4 * parameters + 2**16
+  assert row['import_s']['reps'] == 1 and 0 < row['import_s']['median_s'] < row['process_s']
+  assert 0 < report['baseline']['peak_rss_bytes'] < row['peak_rss_bytes']
+  assert 1.5 < row['copies_of_file'] < 2.5, row
+  text = import_bench.format_report(report)
+  assert 'safetensors' in text and 'copies' in text and 'after the run' in text
+
+
+def test_onnx_inference_benchmark_times_both_runtimes_on_the_same_images():
+  """The two-tower network (the intricate graph: grouped convolutions, LRN per tower) as a small bundle
+  (width 1/8, 96x96 crop), batches 1 and 2: both runtimes timed side by side (ours as Model.logits and
+  compiled with the 'tuned' options), their logits equal, the threads named. (alexnet_owt goes the same
+  way at this width; at full width it is imported from a torchvision file, as the import test does.)"""
+  pytest.importorskip('onnx')
+  pytest.importorskip('onnxruntime')
+  from benchmarks import onnx_inference
+  report = onnx_inference.benchmark(('alexnet',), (1, 2), reps=2, warmup=1, width=0.125,
+                                    image_size=104, crop_size=96, num_classes=10, log=lambda *_: None)
+  assert list(report['networks']) == ['alexnet']
+  assert 'intra_op_num_threads=' in report['threads']['onnxruntime'] and report['threads']['xla']
+  for network, row in report['networks'].items():
+    assert row['input_shape'] == [96, 96, 3] and row['onnx_bytes'] > 0
+    assert list(row['batches']) == ['1', '2']
+    for batch, b in row['batches'].items():
+      assert b['logits_shape'] == [int(batch), 10]
+      for side in ('ours', 'ours_tuned', 'onnxruntime'):
+        assert b[side]['reps'] == 2 and b[side]['images_per_s'] > 0 and b[side]['first_call_s'] > 0
+      for side in ('ours', 'ours_tuned'):   # Model.logits, and its eval step compiled with 'tuned'
+        assert b[side]['max_rel_diff'] < 1e-5, (network, batch, side, b[side]['max_rel_diff'])
+        assert b[side]['over_ort'] > 0
+  text = onnx_inference.format_report(report)
+  assert 'ours_tuned/ort' in text and 'alexnet' in text and 'intra_op_num_threads' in text

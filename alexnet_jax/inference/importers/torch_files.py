@@ -275,7 +275,10 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
       raise WeightsError(f'{path}: the header is not JSON ({e}); not a .safetensors file') from None
     if not isinstance(header, dict):
       raise WeightsError(f'{path}: the header is not a JSON object; not a .safetensors file')
-    data = memoryview(f.read())   # slices below are views, not copies
+    # Read into one buffer of the data's size (f.read() of the rest may hold two copies while growing);
+    # the slices below are views of it, not copies.
+    data = memoryview(bytearray(size - 8 - length))
+    data = data[:f.readinto(data)]
   out = {}
   for name, entry in header.items():
     if name == '__metadata__':

@@ -87,23 +87,29 @@ def convert(state: dict[str, np.ndarray], *, source: str) -> dict[str, dict]:
     weight = _take(state, f'{key}.weight', shape, source)
     if ours == 'conv1':   # fold /255 and /std into conv1, per input channel (module docstring)
       weight = weight.astype(np.float64) / (255.0 * np.asarray(IMAGENET_STD, np.float64))[None, :, None, None]
-    towers[ours] = {'kernel': weight.transpose(2, 3, 1, 0),
-                    'bias': _take(state, f'{key}.bias', shape[:1], source)}
+    towers[ours] = {'kernel': weight.transpose(2, 3, 1, 0)[None],
+                    'bias': _take(state, f'{key}.bias', shape[:1], source)[None]}
   for key, (ours, shape) in LINEARS.items():
     shape = (k, shape[1]) if shape[0] is None else shape
     weight = _take(state, f'{key}.weight', shape, source)
-    if ours == 'fc6':     # rows in torch's CHW flattening -> ours, HWC
+    if ours == 'fc6':     # rows in torch's CHW flattening -> ours, HWC, written straight into [1, in, out]
       c, h, w = POOLED[2], POOLED[0], POOLED[1]
-      weight = weight.reshape(shape[0], c, h, w).transpose(0, 2, 3, 1).reshape(shape)
-    towers[ours] = {'kernel': weight.T}
+      kernel = np.empty((1, shape[1], shape[0]), np.float32)
+      kernel.reshape(h, w, c, shape[0])[...] = weight.reshape(shape[0], c, h, w).transpose(2, 3, 1, 0)
+      towers[ours] = {'kernel': kernel}
+    else:
+      towers[ours] = {'kernel': weight.T[None]}
     bias = _take(state, f'{key}.bias', shape[:1], source)
     if ours != 'fc8':
-      towers[ours]['bias'] = bias
+      towers[ours]['bias'] = bias[None]
     else:
       head_bias = bias
-  as_tower = {layer: {name: np.ascontiguousarray(a[None], np.float32) for name, a in leaves.items()}
-              for layer, leaves in towers.items()}
-  return {'towers': as_tower, 'head': {'bias': head_bias.astype(np.float32)}}
+  # One copy of each leaf (fc6's kernel is one already): no leaf stays a view that would keep the file's
+  # buffer alive (a 240 MB file held by a bias), and none is copied twice.
+  fresh = towers['fc6']['kernel']
+  as_tower = {layer: {name: a if a is fresh else np.array(a, np.float32, order='C')
+                      for name, a in leaves.items()} for layer, leaves in towers.items()}
+  return {'towers': as_tower, 'head': {'bias': np.array(head_bias, np.float32)}}
 
 
 def mean_image() -> np.ndarray:
