@@ -13,6 +13,7 @@
     GET  /classifications/<id>/files/<name>, /classifications/<id>/thumb/<line>.png
     GET  /inference/files/<folder>/<name>             Classify One's visualizations
     GET  /models/<id>/download.<tar.gz|zip>?epoch=N   the snapshot as a bundle (cached)
+    GET  /models/<id>/download.<onnx|triton.zip>       ... as ONNX, or a Triton model repository (cached)
     GET  /models/<id>/census.json                     the layouts' communication census (202 while computing)
 
 What they do is ``trained_model.TrainedModels``' (``dash.inference``); the inference itself runs in the
@@ -98,7 +99,7 @@ def vis_file(folder: str, name: str, dash: Dash):
 
 @router.get('/models/{job_id}/download.{fmt}')
 def download(job_id: str, fmt: str, dash: Dash, epoch: str = '', step: str = '', info: int = 0):
-  return dash.inference.download(job_id, fmt, epoch, step, info=bool(info))
+  return dash.inference.download(dash.inference.source({'job_id': job_id}), fmt, epoch, step, info=bool(info))
 
 
 @router.get('/models/{job_id}/census.json')
