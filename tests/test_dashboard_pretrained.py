@@ -29,6 +29,8 @@ import alexnet_jax  # noqa: E402
 from alexnet_jax.dashboard import app as app_lib  # noqa: E402
 from alexnet_jax.dashboard import model_form  # noqa: E402
 from tests import onnx_bundles  # noqa: E402
+from alexnet_jax.training import trainer  # noqa: E402
+from tests.test_classify import image_folder, tiny_config  # noqa: E402
 from tests.test_import_weights import random_state_dict, write_pth, write_safetensors  # noqa: E402
 
 BASE = 'http://127.0.0.1:5000'
@@ -166,6 +168,21 @@ def test_onnx_download_of_a_pretrained_model_is_a_valid_onnx_file(client, env, u
   with zipfile.ZipFile(io.BytesIO(r.content)) as z:
     assert sorted(z.namelist()) == ['lenet/1/model.onnx', 'lenet/config.pbtxt', 'lenet/labels.txt']
   assert client.get(f'{uploaded["url"]}/download.pkl').status_code == 404
+
+
+def test_onnx_download_of_a_trained_model(client, env, tmp_path_factory):
+  """The model page's Download: a run made from the command line in the jobs folder (LeNet, 4 steps)."""
+  onnx = pytest.importorskip('onnx')
+  config = tiny_config(image_folder(tmp_path_factory), layout='single', **{
+      'model.name': 'lenet', 'data.image_size': 32, 'data.crop_size': 28})
+  trainer.train_and_evaluate(config, str(env['tmp'] / 'jobs' / 'cli_lenet'))
+  info = client.get('/models/cli_lenet/download.onnx?info=1')
+  assert info.status_code == 200, info.text
+  assert info.json()['filename'].endswith('.onnx') and info.json()['step'] == 4
+  model = onnx.load_from_string(client.get('/models/cli_lenet/download.onnx?step=4').content)
+  onnx.checker.check_model(model)
+  assert {p.key: p.value for p in model.metadata_props}['step'] == '4'
+  assert client.get('/models/cli_lenet/download.tar.gz?info=1').status_code == 200   # the bundle still
 
 
 def _evil_pth(path):
