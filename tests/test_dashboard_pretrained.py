@@ -28,9 +28,9 @@ with warnings.catch_warnings():
 import alexnet_jax  # noqa: E402
 from alexnet_jax.dashboard import app as app_lib  # noqa: E402
 from alexnet_jax.dashboard import model_form  # noqa: E402
+from alexnet_jax.data import synthetic  # noqa: E402
+from alexnet_jax.inference import bundle as bundle_lib  # noqa: E402
 from tests import onnx_bundles  # noqa: E402
-from alexnet_jax.training import trainer  # noqa: E402
-from tests.test_classify import image_folder, tiny_config  # noqa: E402
 from tests.test_import_weights import random_state_dict, write_pth, write_safetensors  # noqa: E402
 
 BASE = 'http://127.0.0.1:5000'
@@ -170,19 +170,13 @@ def test_onnx_download_of_a_pretrained_model_is_a_valid_onnx_file(client, env, u
   assert client.get(f'{uploaded["url"]}/download.pkl').status_code == 404
 
 
-def test_onnx_download_of_a_trained_model(client, env, tmp_path_factory):
-  """The model page's Download: a run made from the command line in the jobs folder (LeNet, 4 steps)."""
-  onnx = pytest.importorskip('onnx')
-  config = tiny_config(image_folder(tmp_path_factory), layout='single', **{
-      'model.name': 'lenet', 'data.image_size': 32, 'data.crop_size': 28})
-  trainer.train_and_evaluate(config, str(env['tmp'] / 'jobs' / 'cli_lenet'))
-  info = client.get('/models/cli_lenet/download.onnx?info=1')
-  assert info.status_code == 200, info.text
-  assert info.json()['filename'].endswith('.onnx') and info.json()['step'] == 4
-  model = onnx.load_from_string(client.get('/models/cli_lenet/download.onnx?step=4').content)
-  onnx.checker.check_model(model)
-  assert {p.key: p.value for p in model.metadata_props}['step'] == '4'
-  assert client.get('/models/cli_lenet/download.tar.gz?info=1').status_code == 200   # the bundle still
+def test_without_the_onnx_extra_the_download_says_so(monkeypatch, env, tmp_path):
+  from alexnet_jax.dashboard.workers import pretrained_ops
+  from alexnet_jax.inference import onnx_export
+  monkeypatch.setattr(onnx_export, 'onnx', None)
+  with pytest.raises(pretrained_ops.Refused, match=r'ONNX export needs the onnx package.*pip install'):
+    pretrained_ops.export_onnx({'source': env['bundle'], 'cache_dir': str(tmp_path)})
+  assert os.listdir(tmp_path) == []
 
 
 def _evil_pth(path):
@@ -254,6 +248,68 @@ def test_new_model_from_a_pretrained_model_sets_init_from_and_the_controls(clien
   r = client.post('/models/images/classification.json', headers=client.bearer,
                   data=dict(form, pretrained_networks='up-000000000000'))
   assert 'pretrained_networks' in r.json()['errors']
+
+
+def _wait(client, url, timeout=900):   # a ceiling: tools start and compile slowly on a busy host
+  end = time.monotonic() + timeout
+  while time.monotonic() < end:
+    view = client.get(url).json()
+    if view['status'] not in ('queued', 'running'):
+      return view
+    time.sleep(0.3)
+  raise AssertionError(f'{url} still {view["status"]} after {timeout} s: {view}')
+
+
+@pytest.fixture(scope='module')
+def finetuned(client, env, uploaded):
+  """New Model with the Pretrained networks choice and a freeze: a real dataset job and a real run (one
+  epoch of LeNet on 3 x 8 images)."""
+  synthetic.make_image_folder(str(env['root'] / 'three'), num_classes=3, per_class=8, size=(40, 30))
+  r = client.post('/datasets/images/classification.json', headers=client.bearer, data={
+      'method': 'folder', 'folder_train': str(env['root'] / 'three'), 'resize_width': '32',
+      'resize_height': '32', 'resize_mode': 'squash', 'encoding': 'png', 'folder_pct_val': '25',
+      'folder_pct_test': '0', 'dataset_name': 'three'})
+  assert r.status_code == 200, r.text
+  dataset = r.json()['id']
+  assert _wait(client, f'/datasets/{dataset}.json')['status'] == 'done'
+  r = client.post('/models/images/classification.json', headers=client.bearer, data={
+      'dataset': dataset, 'model_name': 'ft', 'method': 'pretrained', 'pretrained_networks': uploaded['id'],
+      'train_epochs': '1', 'batch_size': '4', 'learning_rate': '0.01', 'layout': 'single', 'crop_size': '',
+      'finetune_freeze': 'conv', 'snapshot_interval': '1', 'val_interval': '1'})
+  assert r.status_code == 200, r.text
+  model = r.json()['id']
+  view = _wait(client, f'/models/{model}.json')
+  assert view['status'] == 'done', view
+  return view
+
+
+def test_fine_tuning_a_pretrained_model_from_new_model(client, env, uploaded, finetuned):
+  """The frozen layers end bit-identical to the bundle's, the others moved, and the model page says what
+  it started from."""
+  view = finetuned
+  assert view['init_from']['pretrained'] == uploaded['id'] and view['finetune_text'] == 'freeze conv'
+  page = client.get(f'/models/{view["id"]}').text
+  assert 'Started from' in page and f'href="/pretrained/{uploaded["id"]}"' in page
+  before = bundle_lib.flatten_params(bundle_lib.load_params_npz(os.path.join(env['bundle'], 'params.npz')))
+  after = bundle_lib.flatten_params(alexnet_jax.load(view['directory']).host_params())
+  assert set(before) == set(after)
+  for name in before:
+    if 'conv' in name:
+      np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+  assert any(not np.array_equal(after[n], before[n]) for n in before if 'ip' in n)
+
+
+def test_onnx_download_of_a_trained_model(client, finetuned):
+  """The model page's Download offers ONNX beside the bundle."""
+  onnx = pytest.importorskip('onnx')
+  url = f'/models/{finetuned["id"]}/download'
+  info = client.get(f'{url}.onnx?info=1')
+  assert info.status_code == 200, info.text
+  assert info.json()['filename'] == 'ft-epoch1.onnx' and info.json()['format'] == 'onnx'
+  model = onnx.load_from_string(client.get(f'{url}.onnx').content)
+  onnx.checker.check_model(model)
+  assert {p.key: p.value for p in model.metadata_props}['network'] == 'lenet'
+  assert client.get(f'{url}.tar.gz?info=1').status_code == 200        # the bundle, as before
 
 
 def test_the_torchvision_import_path(client, env):

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from alexnet_jax import models
-from alexnet_jax.inference import bundle, exporting, importers
+from alexnet_jax.inference import bundle, exporting, importers, onnx_export
 from alexnet_jax.runtime import fileio
 from alexnet_jax.dashboard.workers.worker_process import one_line
 
@@ -168,6 +168,9 @@ def export_onnx(request: dict) -> dict[str, Any]:
   once per (source, step, identity) in ``cache_dir``."""
   source, step, triton = request.get('source'), request.get('step', 'latest'), bool(request.get('triton'))
   cache_dir = request.get('cache_dir')
+  if onnx_export.onnx is None:     # an optional extra: say so in the page's words, not the command's flags
+    raise Refused(f"ONNX export needs the onnx package on the dashboard's machine, which is not installed: "
+                  f'{onnx_export.INSTALL_HINT}')
   if not source or not os.path.isdir(source) or not cache_dir:
     raise Refused(f'{source}: no such run or bundle')
   try:
