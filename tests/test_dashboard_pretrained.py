@@ -299,6 +299,24 @@ def test_fine_tuning_a_pretrained_model_from_new_model(client, env, uploaded, fi
   assert any(not np.array_equal(after[n], before[n]) for n in before if 'ip' in n)
 
 
+def test_controls_that_do_not_fit_the_pretrained_network_are_field_errors(client, uploaded, finetuned):
+  """Checked by the config worker against the bundle's network before any job starts."""
+  models_before = len(client.get('/index.json').json()['models'])
+  base = {'dataset': finetuned['dataset_id'], 'model_name': 'bad', 'method': 'pretrained',
+          'pretrained_networks': uploaded['id'], 'train_epochs': '1', 'batch_size': '4', 'layout': 'single'}
+  r = client.post('/models/images/classification.json', headers=client.bearer,
+                  data=dict(base, finetune_freeze='nosuchlayer'))
+  assert r.status_code == 400, r.text
+  message = r.json()['errors']['finetune_freeze']
+  assert 'matches no parameter of lenet' in message and 'towers/ip1/kernel' in message, message
+  r = client.post('/models/images/classification.json', headers=client.bearer,
+                  data=dict(base, finetune_freeze='.'))
+  assert 'freezes every parameter' in r.json()['errors']['finetune_freeze'], r.text
+  r = client.post('/models/images/classification.json', headers=client.bearer, data=dict(base, layout='model'))
+  assert r.status_code == 400 and 'layout' in r.json()['errors'], r.text
+  assert len(client.get('/index.json').json()['models']) == models_before
+
+
 def test_onnx_download_of_a_trained_model(client, finetuned):
   """The model page's Download offers ONNX beside the bundle."""
   onnx = pytest.importorskip('onnx')

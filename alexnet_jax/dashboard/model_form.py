@@ -274,12 +274,16 @@ def _finetune_controls(r: forms.Reader, add) -> None:
 _PROBLEM = re.compile(r'--config\.([A-Za-z0-9_.]+)=')
 
 
-def map_problems(problems: Sequence[str]) -> dict[str, str]:
-  """The library's ``--config.x=v: message`` lines as DIGITS field errors (the first flag named wins)."""
+def map_problems(problems: Sequence[str], method: str = 'standard') -> dict[str, str]:
+  """The library's ``--config.x=v: message`` lines as DIGITS field errors (the first flag named wins);
+  with ``method='pretrained'`` what the pretrained model set (init_from, the network) is its field's."""
   errors: dict[str, str] = {}
+  mapping = dict(CONFIG_TO_FIELD)
+  if method == 'pretrained':
+    mapping.update({k: 'pretrained_networks' for k in ('init_from', 'model.name', 'model.width', 'model.lrn')})
   for line in problems:
     m = _PROBLEM.search(line)
-    field = CONFIG_TO_FIELD.get(m.group(1), 'config') if m else 'config'
+    field = mapping.get(m.group(1), 'config') if m else 'config'
     errors[field] = (errors[field] + '; ' + line) if field in errors else line
   return errors
 

@@ -4,7 +4,9 @@ Pick a snapshot ("Epoch #30", with its validation top-1; the best by default) an
 (a server path or an upload: top-k with confidences, the image as the network sees it, and on request
 every layer's weights and activations), test a list (a job with a progress bar: top-5 per image,
 accuracy, per-class accuracy and the confusion matrix, top N images per category, CSV/JSON), download the
-snapshot as a bundle, and see what each layout moves between devices. The routes are
+snapshot as a bundle (or as ONNX, or an ONNX model in a Triton repository layout), and see what each layout
+moves between devices. A pretrained model (``pretrained_store``) is served by the same code: a request
+names it by ``pretrained_id`` instead of ``job_id`` (``source``), and it holds one step. The routes are
 ``routes/inference.py``; the JSON they answer keeps DIGITS' field names, so its REST clients keep working.
 
 Nothing here imports JAX: the inference runs in the inference worker (``workers/inference_client.py``),

@@ -2,7 +2,8 @@
 
     GET  /models/<id>/snapshots.json                  the finished snapshots, epoch, val top-1, best
     POST /models/images/classification/classify_one.json
-         job_id, image_file (upload) | image_path, snapshot_epoch | step, show_visualizations,
+         job_id (or pretrained_id: a pretrained model, routes/pretrained.py), image_file (upload) |
+         image_path, snapshot_epoch | step, show_visualizations,
          layout, top_k          -> {"predictions": [[label, percent], ...], "visualizations": [...], ...}
     POST /models/images/classification/classify_many.json
          job_id, image_list (upload) | image_list_path | dataset_list (val|test|train), image_folder,

@@ -77,7 +77,7 @@ async def create_model(dash: Dash, form: Form):
     except config_client.WorkerError as e:
       raise errors_lib.refused('config', f'settings could not be checked: {e}; try again', 503) from None
     if answer.get('problems'):
-      raise errors_lib.DashboardError(model_form.map_problems(answer['problems']))
+      raise errors_lib.DashboardError(model_form.map_problems(answer['problems'], parsed['form']['method']))
     devices_needed.append(answer.get('devices_needed') or 1)
   dataset = datasets[parsed['dataset']]
   created = []
