@@ -12,7 +12,7 @@ Modules, one job each (FastAPI's usual cut: an app, routers per area, dependenci
     deps.py          the routes' dependencies: the Dashboard, a job id -> its row (404, kind), a form
     state.py         the Dashboard the routes share: settings, job manager, clients, templates, look-ups
     views.py         what the pages and JSON twins show, built apart from the routes
-    routes/          one APIRouter per area: home, datasets, models, jobs, inference
+    routes/          one APIRouter per area: home, datasets, models, jobs, inference, pretrained
     forms.py         the New Dataset form (and the typed field reader): DIGITS' fields -> prepare's argv
     model_form.py    the New Model form: DIGITS' fields -> train's --config.x=v, sweeps
     jobs.py          JobManager: create, Abort / Resume / Delete / edit, the listing of every job
@@ -20,6 +20,8 @@ Modules, one job each (FastAPI's usual cut: an app, routers per area, dependenci
     job_records.py   a job's folder: job.json, exit.json, states
     trained_model.py Classify One / Many, download, census of a trained model (dash.inference)
     snapshots.py     a run's finished snapshots: by step and epoch, the best, the one a request names
+    pretrained_store.py  the pretrained models: uploaded ones and a --models_dir store (JSON files only)
+    pretrained_import.py an upload (or server files) -> a verified bundle, imported in the worker
     files.py         the dashboard's own files: uploads, visualizations, download bundles
     images.py        image work in the web process: thumbnails, gallery images, the resize example
     stream.py        the bytes appended to metrics.jsonl, for the live curves (server-sent events)

@@ -1,7 +1,7 @@
 r"""``python -m alexnet_jax.dashboard``: serve the dashboard of a jobs folder.
 
     python -m alexnet_jax.dashboard --jobs_dir=runs [--port=5000] [--host=127.0.0.1] \
-        [--data_root=DIR ...] [--allowed_host=NAME ...] [--require_token]
+        [--data_root=DIR ...] [--allowed_host=NAME ...] [--require_token] [--models_dir=FOLDER]
 
 Prints the URL and the token. Bound to 127.0.0.1 by default; with any other --host every request needs
 the token (the printed URL carries it once, then a cookie does). Image folders and list files typed
@@ -31,6 +31,8 @@ def parse_args(argv):
   p.add_argument('--allowed_host', action='append', default=[], help='another Host name to answer to')
   p.add_argument('--require_token', action='store_true', help='need the token to read pages too')
   p.add_argument('--max_dataset_jobs', type=int, default=2, help='prepares running at once')
+  p.add_argument('--models_dir', default=None,
+                 help='a local store of model bundles (folders), listed read-only by Pretrained Models')
   p.add_argument('--log_level', default='warning')
   return p.parse_args(argv)
 
@@ -53,7 +55,8 @@ def main(argv=None) -> int:
   try:
     settings = app_lib.Settings(jobs_dir=args.jobs_dir, data_roots=args.data_root, host=args.host, port=port,
                                 require_token=True if args.require_token else None,
-                                allowed_hosts=args.allowed_host, max_dataset_jobs=args.max_dataset_jobs)
+                                allowed_hosts=args.allowed_host, max_dataset_jobs=args.max_dataset_jobs,
+                                models_dir=args.models_dir)
     app = app_lib.create_app(settings)
     shown = f'[{args.host}]' if ':' in args.host else args.host
     app.state.dash.manager.lock(f'http://{shown}:{port}/')   # before anything is served or launched

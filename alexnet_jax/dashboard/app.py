@@ -28,7 +28,8 @@ from alexnet_jax.dashboard import errors as errors_lib
 from alexnet_jax.dashboard import guard
 from alexnet_jax.dashboard import security
 from alexnet_jax.dashboard import state
-from alexnet_jax.dashboard.routes import datasets, home, inference, jobs, models
+from alexnet_jax.dashboard import pretrained_store
+from alexnet_jax.dashboard.routes import datasets, home, inference, jobs, models, pretrained
 
 _log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class Settings:
   require_token: Optional[bool] = None     # default: on unless bound to loopback
   allowed_hosts: list[str] = dataclasses.field(default_factory=list)
   max_body_bytes: int = 80 * 2**20
+  max_model_bytes: int = pretrained_store.MAX_WEIGHTS_BYTES + 3 * pretrained_store.MAX_SIDE_BYTES
+  models_dir: Optional[str] = None           # --models_dir: a read-only store of bundles
   max_dataset_jobs: int = 2
   devices: Optional[list[str]] = None
   start_worker: bool = True
@@ -99,8 +102,9 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
     _log.exception('dashboard request %s %s', request.method, request.url.path)
     return errors_lib.response(500, {'server': "internal error; the details are in the dashboard's own log"})
 
-  for area in (home, datasets, models, jobs, inference):
+  for area in (home, datasets, models, jobs, inference, pretrained):
     app.include_router(area.router)
   app.add_middleware(guard.Guard, token=dash.token, hosts=dash.hosts, require_token=dash.require_token,
-                     max_body=settings.max_body_bytes)
+                     max_body=settings.max_body_bytes,
+                     large_bodies={pretrained.UPLOAD_PATH: settings.max_model_bytes})   # model files
   return app

@@ -43,7 +43,8 @@ def prune_bundles(cache_dir: str, keep: str, *, limit: int = BUNDLES_KEPT) -> No
   """Keeps the ``limit`` newest bundles of ``cache_dir`` (``keep``, the one being answered, always): a
   bundle is ~240 MB at full size, and every epoch of every model could be asked for."""
   try:
-    names = [n for n in os.listdir(cache_dir) if n.endswith(tuple('.' + f for f in ARCHIVE_FORMATS))]
+    endings = tuple('.' + f for f in ARCHIVE_FORMATS + ('onnx',))     # ONNX downloads too
+    names = [n for n in os.listdir(cache_dir) if n.endswith(endings)]
   except OSError:
     return
   paths = sorted((os.path.join(cache_dir, n) for n in names), key=_mtime, reverse=True)

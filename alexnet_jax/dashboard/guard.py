@@ -9,7 +9,8 @@
   A cross-site GET is refused unless it is a navigation to a page (``security.cross_site_read_ok``).
 * **The token for reading**: ``/?token=...`` (the URL printed at start) is exchanged for an HttpOnly
   ``SameSite=Strict`` cookie; with ``--require_token`` (or any non-loopback bind) every request needs it.
-* **Body cap**: a declared or streamed body past ``max_body`` is refused (413) before a route reads it.
+* **Body cap**: a declared or streamed body past ``max_body`` (``large_bodies``' own cap for the POST
+  of a path there: a pretrained model's upload) is refused (413) before a route reads it.
 * **Headers** on every answer: nosniff, no framing, no referrer, the content security policy.
 
 The checks themselves (token comparison, host and origin parsing) are ``security.py``'s; refusals are
@@ -42,12 +43,14 @@ class _TooLarge(StarletteHTTPException):
 class Guard:
   """Pure ASGI middleware: Host allowlist, token and same-origin checks, body cap, security headers."""
 
-  def __init__(self, app, *, token: str, hosts: frozenset[str], require_token: bool, max_body: int):
+  def __init__(self, app, *, token: str, hosts: frozenset[str], require_token: bool, max_body: int,
+               large_bodies: Optional[dict[str, int]] = None):
     self.app = app
     self.token = token
     self.hosts = hosts
     self.require_token = require_token
     self.max_body = max_body
+    self.large_bodies = dict(large_bodies or {})   # path -> its own cap (a pretrained model's upload)
 
   async def __call__(self, scope, receive, send):
     if scope['type'] != 'http':
@@ -61,6 +64,8 @@ class Guard:
     if security.split_host(host) not in self.hosts:
       return await refuse(400, 'host', 'this server does not answer to that Host')
     method = scope['method']
+    max_body = self.large_bodies.get(scope.get('path') or '', self.max_body) if method == 'POST' else \
+        self.max_body
     given = security.bearer(headers.get('authorization')) or headers.get(security.TOKEN_HEADER)
     header_ok = security.same_token(given, self.token)
     cookie_ok = security.same_token(_cookie(headers.get('cookie', ''), security.COOKIE), self.token)
@@ -72,8 +77,8 @@ class Guard:
         return await refuse(403, 'token', 'missing or wrong token: send "Authorization: Bearer <token>" '
                                           '(the token is in <jobs_dir>/.dashboard/token)')
       length = headers.get('content-length')
-      if length is not None and (not length.isdigit() or int(length) > self.max_body):
-        return await refuse(413, 'request', f'larger than {self.max_body // 2**20} MiB')
+      if length is not None and (not length.isdigit() or int(length) > max_body):
+        return await refuse(413, 'request', f'larger than {max_body // 2**20} MiB')
     elif not security.cross_site_read_ok(headers.get('sec-fetch-site'), headers.get('sec-fetch-mode'),
                                          scope.get('path') or ''):
       return await refuse(403, 'origin', 'cross-site request refused: open the dashboard itself')
@@ -100,8 +105,8 @@ class Guard:
       message = await receive()
       if message.get('type') == 'http.request':
         seen += len(message.get('body', b''))
-        if seen > self.max_body:
-          raise _TooLarge(self.max_body)
+        if seen > max_body:
+          raise _TooLarge(max_body)
       return message
 
     started = False

@@ -57,7 +57,11 @@ MODEL_FIELDS = {
     'batch_size': 'batch_size',
     'learning_rate': 'learning_rate',
     'previous_networks': 'init_from',
+    'finetune_freeze': 'finetune.freeze',
+    'finetune_lr_mult': 'finetune.lr_mult',
+    'finetune_preset': 'finetune.preset',
 }
+FINETUNE_PRESETS = ('', 'head')     # training/finetune_controls.py's PRESETS, and none
 CONFIG_TO_FIELD = {v: k for k, v in MODEL_FIELDS.items()}
 CONFIG_TO_FIELD.update({'data.image_size': 'dataset', 'data.source': 'dataset', 'data.channels': 'dataset',
                         'data.resize_mode': 'dataset', 'mesh.data': 'layout', 'mesh.model': 'layout',
@@ -78,13 +82,17 @@ def _split_list(text: str) -> list[str]:
 
 
 def parse_model_form(form: Mapping[str, Any], *, datasets: Mapping[str, dict[str, Any]],
-                     previous: Mapping[str, str], experiments: Sequence[str]) -> dict[str, Any]:
+                     previous: Mapping[str, str], experiments: Sequence[str],
+                     pretrained: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
   """Checks a New Model form (the cheap checks; the library's own come after, in the worker).
 
   Args:
     datasets: dataset job id -> {'state', 'image_size': [w, h], 'channels', 'resize_mode', 'output',
       'num_classes'} of the dataset jobs that exist.
     previous: model job id -> its workdir, for ``method=previous``.
+    pretrained: pretrained model id -> ``{'bundle', 'network', 'width', 'lrn', 'crop_size', ...}``
+      (``pretrained_store.Store.for_form``), for ``method=pretrained``: the run starts from the bundle
+      (``init_from``) and takes its network, width and (when the crop is blank) its crop.
     experiments: the installed experiment names.
 
   Returns:
@@ -144,15 +152,29 @@ def parse_model_form(form: Mapping[str, Any], *, datasets: Mapping[str, dict[str
           r.errors[field] = 'a comma-separated list of percents, e.g. 50,75'
       else:
         add(field, r.number(field, None))
+  method = r.choice('method', ('standard', 'previous', 'pretrained'), 'standard')
+  chosen = None
+  if method == 'pretrained':   # DIGITS' "Pretrained Networks" tab: the network is the bundle's
+    chosen = (pretrained or {}).get(r.raw('pretrained_networks'))
+    if chosen is None:
+      r.errors['pretrained_networks'] = (f'{r.raw("pretrained_networks")!r}: choose a pretrained model '
+                                         '(upload one on the Pretrained Models page)')
+    elif dataset is not None and chosen.get('channels') and dataset.get('channels') and \
+        int(chosen['channels']) != int(dataset['channels']):
+      r.errors['pretrained_networks'] = (f'{chosen["name"]} takes {chosen["channels"]}-channel images, the '
+                                         f'dataset has {dataset["channels"]}: choose a dataset of the same '
+                                         'image type')
   crop = r.integer('crop_size', None, 1, forms.MAX_SIZE)
+  if crop is None and chosen and chosen.get('crop_size'):
+    crop = int(chosen['crop_size'])   # fc6 takes what the convolutions leave of the crop: keep the bundle's
   if crop is not None:
     add('crop_size', crop)
   else:   # DIGITS: blank = no cropping, the whole W x H image is the input (the form keeps the blank)
     overrides.append(f'--config.{MODEL_FIELDS["crop_size"]}=0')
   add('use_mean', r.choice('use_mean', MEAN_MODES, 'image'))
-  method = r.choice('method', ('standard', 'previous'), 'standard')
-  add('standard_networks', r.choice('standard_networks', NETWORKS, 'alexnet'))
-  width = r.number('width', 1.0, 0, MAX_WIDTH)
+  add('standard_networks', chosen['network'] if chosen and chosen.get('network') in NETWORKS else
+      r.choice('standard_networks', NETWORKS, 'alexnet'))
+  width = float(chosen['width']) if chosen and chosen.get('width') else r.number('width', 1.0, 0, MAX_WIDTH)
   if width is not None and width <= 0:
     r.errors['width'] = 'must be > 0 (1 is the paper\'s network)'
   add('width', width)
@@ -169,6 +191,13 @@ def parse_model_form(form: Mapping[str, Any], *, datasets: Mapping[str, dict[str
       init = previous[prev] + (f':{snap}' if snap and snap != 'latest' else '')
       overrides.append(f'--config.init_from={init}')
       clean.update(previous_networks=prev, previous_snapshot=snap)
+  elif chosen is not None:
+    overrides.append(f'--config.init_from={chosen["bundle"]}')
+    if chosen.get('lrn') in ('paper', 'caffe', 'none'):   # Caffe's LRN for a Caffe import: same numbers
+      overrides.append(f'--config.model.lrn={chosen["lrn"]}')
+    clean['pretrained_networks'] = r.raw('pretrained_networks')
+  if method != 'standard':
+    _finetune_controls(r, add)
 
   # Sweeps: a comma list in batch_size or learning_rate is one job per combination.
   sizes: list[int] = []
@@ -208,15 +237,53 @@ def parse_model_form(form: Mapping[str, Any], *, datasets: Mapping[str, dict[str
   }
 
 
+def _finetune_controls(r: forms.Reader, add) -> None:
+  """The fine-tuning controls (``config.finetune``): their syntax here, for clear field errors before
+  anything starts; the config worker checks them against the network's parameters too."""
+  freeze = r.raw('finetune_freeze')
+  if freeze:
+    try:
+      re.compile(freeze)
+      add('finetune_freeze', freeze)
+    except re.error as e:
+      r.errors['finetune_freeze'] = f'{freeze!r} is not a regular expression ({e})'
+  lr_mult = r.raw('finetune_lr_mult')
+  if lr_mult:
+    for item in _split_list(lr_mult):
+      pattern, sep, mult = item.rpartition(':')
+      try:
+        if not sep or not pattern:
+          raise ValueError
+        re.compile(pattern)
+        value = float(mult)
+        if not (math.isfinite(value) and value >= 0):
+          raise ValueError
+      except (ValueError, re.error):
+        r.errors['finetune_lr_mult'] = (f'{item!r}: write REGEX:MULT (MULT a number >= 0), comma-separated, '
+                                        'e.g. fc8:10,conv:0.1')
+        break
+    else:
+      add('finetune_lr_mult', lr_mult)
+  preset = r.raw('finetune_preset')
+  if preset not in FINETUNE_PRESETS:
+    r.errors['finetune_preset'] = f'{preset!r}: choose head (only the last classifier learns) or none'
+  elif preset:
+    add('finetune_preset', preset)
+
+
 _PROBLEM = re.compile(r'--config\.([A-Za-z0-9_.]+)=')
 
 
-def map_problems(problems: Sequence[str]) -> dict[str, str]:
-  """The library's ``--config.x=v: message`` lines as DIGITS field errors (the first flag named wins)."""
+def map_problems(problems: Sequence[str], method: str = 'standard') -> dict[str, str]:
+  """The library's ``--config.x=v: message`` lines as DIGITS field errors (the first flag named wins);
+  with ``method='pretrained'`` what the pretrained model set (init_from, the network) is its field's."""
   errors: dict[str, str] = {}
+  mapping = dict(CONFIG_TO_FIELD)
+  if method == 'pretrained':
+    mapping.update({k: 'pretrained_networks' for k in ('init_from', 'model.name', 'model.width', 'model.lrn')})
   for line in problems:
     m = _PROBLEM.search(line)
-    field = CONFIG_TO_FIELD.get(m.group(1), 'config') if m else 'config'
+    field = mapping.get(m.group(1), 'config') if m else 'config'
     errors[field] = (errors[field] + '; ' + line) if field in errors else line
   return errors
 

@@ -24,6 +24,7 @@ from alexnet_jax.run import listing as listing_lib   # discovery and rows: statu
 from alexnet_jax.dashboard import errors as errors_lib
 from alexnet_jax.dashboard import images
 from alexnet_jax.dashboard import job_records
+from alexnet_jax.dashboard import pretrained_store
 from alexnet_jax.dashboard import jobs as jobs_lib
 from alexnet_jax.dashboard import security
 from alexnet_jax.dashboard import trained_model
@@ -81,6 +82,7 @@ class Dashboard:
     self.demo_lock = threading.Lock()
     self.records = images.RecordImages()
     self.inference = trained_model.TrainedModels(self)
+    self.pretrained = pretrained_store.Store(self.state_dir, settings.models_dir)
 
   def page_token(self, request: Request) -> str:
     """The token for a page's scripts -- only when the request proved it has it (the cookie set from the

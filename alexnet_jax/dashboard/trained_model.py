@@ -4,7 +4,9 @@ Pick a snapshot ("Epoch #30", with its validation top-1; the best by default) an
 (a server path or an upload: top-k with confidences, the image as the network sees it, and on request
 every layer's weights and activations), test a list (a job with a progress bar: top-5 per image,
 accuracy, per-class accuracy and the confusion matrix, top N images per category, CSV/JSON), download the
-snapshot as a bundle, and see what each layout moves between devices. The routes are
+snapshot as a bundle (or as ONNX, or an ONNX model in a Triton repository layout), and see what each layout
+moves between devices. A pretrained model (``pretrained_store``) is served by the same code: a request
+names it by ``pretrained_id`` instead of ``job_id`` (``source``), and it holds one step. The routes are
 ``routes/inference.py``; the JSON they answer keeps DIGITS' field names, so its REST clients keep working.
 
 Nothing here imports JAX: the inference runs in the inference worker (``workers/inference_client.py``),
@@ -47,6 +49,7 @@ DATASET_LISTS = ('val', 'test', 'train')
 VIS_KEEP = 40                     # visualization folders kept (oldest removed)
 CSV_FILE = 'classifications.csv'
 LIST_FILE = 'images.txt'
+ONNX_FORMATS = ('onnx', 'triton.zip')   # Download's ONNX choices (the worker runs exporting.export_onnx)
 SYNC_POLL_S = 0.2                 # how often a waiting classify_many.json looks at its job
 
 
@@ -118,6 +121,28 @@ class TrainedModels:
     row = self.dash.row_of_kind(job_id, 'model')
     return row, row.get('jobdir') or row['path']
 
+  def source(self, fields: dict[str, str]) -> dict[str, Any]:
+    """What a request classifies or downloads: a model job's run (``job_id``, DIGITS' field) or a
+    pretrained model's bundle (``pretrained_id``, ``pretrained_store``); 404 for neither.
+    ``{"kind": "model" | "pretrained", "id", "name", "path" (the workdir or bundle folder), "url"}``."""
+    pretrained_id = (fields.get('pretrained_id') or '').strip()
+    if pretrained_id:
+      entry = self.dash.pretrained.get(pretrained_id)
+      return {'kind': 'pretrained', 'id': entry['id'], 'name': entry['name'], 'path': entry['bundle'],
+              'url': f'/pretrained/{entry["id"]}'}
+    row, workdir = self.model(fields.get('job_id', ''))
+    return {'kind': 'model', 'id': row['id'], 'name': row['name'], 'path': workdir,
+            'url': f'/models/{row["id"]}'}
+
+  @staticmethod
+  def snapshot_of(source: dict[str, Any], fields: dict[str, str]) -> tuple[dict[str, Any], Any]:
+    """(the run's snapshot table, the step a request chose); a bundle holds one step ('latest')."""
+    if source['kind'] == 'pretrained':
+      return {'snapshots': [], 'best': None, 'latest': None}, 'latest'
+    table = snapshots.snapshot_table(source['path'])
+    return table, snapshots.choose_step(table, epoch=fields.get('snapshot_epoch', ''),
+                                        step=fields.get('step', ''))
+
   def new_vis_dir(self) -> str:
     names = sorted(os.listdir(self.vis_root), key=lambda n: os.path.getmtime(os.path.join(self.vis_root, n)))
     for name in names[:max(0, len(names) - VIS_KEEP + 1)]:
@@ -132,9 +157,9 @@ class TrainedModels:
 
   def classify_one(self, fields: dict[str, str], uploads: dict[str, bytes],
                    filenames: dict[str, str]) -> dict[str, Any]:
-    row, workdir = self.model(fields.get('job_id', ''))
-    step = snapshots.choose_step(snapshots.snapshot_table(workdir), epoch=fields.get('snapshot_epoch', ''),
-                       step=fields.get('step', ''))
+    source = self.source(fields)
+    workdir = source['path']
+    _, step = self.snapshot_of(source, fields)
     top_k = _int_field(fields, 'top_k', 5, 1, MAX_TOP_K)
     layout = _layout_field(fields)
     if 'image_file' in uploads:
@@ -175,7 +200,7 @@ class TrainedModels:
     if len(probabilities) == len(classes):
       answer['probabilities_by_label'] = dict(zip(classes, probabilities))
     answer['image'] = shown
-    answer['job_id'] = row['id']
+    answer['job_id' if source['kind'] == 'model' else 'pretrained_id'] = source['id']
     if answer.get('input_png'):
       answer['input_url'] = self.vis_url(answer['input_png'])
     vis = answer.get('visualizations')
@@ -221,10 +246,9 @@ class TrainedModels:
                     'pick the dataset\'s (dataset_list=val|test)')
 
   def classify_many(self, fields: dict[str, str], uploads: dict[str, bytes]) -> job_records.Job:
-    model_id = fields.get('job_id', '')
-    row, workdir = self.model(model_id)
-    table = snapshots.snapshot_table(workdir)
-    step = snapshots.choose_step(table, epoch=fields.get('snapshot_epoch', ''), step=fields.get('step', ''))
+    source = self.source(fields)
+    model_id, workdir = source['id'], source['path']
+    table, step = self.snapshot_of(source, fields)
     layout = _layout_field(fields)
     top_k = _int_field(fields, 'top_k', 5, 1, MAX_TOP_K)
     top_n = _int_field(fields, 'top_n', 9, 0, MAX_TOP_N)
@@ -256,18 +280,21 @@ class TrainedModels:
       fileio.write_bytes(os.path.join(jobdir, LIST_FILE), ('\n'.join(out) + '\n').encode('utf-8',
                                                                                           'surrogateescape'))
       fileio.write_json(os.path.join(jobdir, job_records.PROBLEMS_FILE), problem_rows, indent=1)
-      return [sys.executable, '-m', 'alexnet_jax.classify', f'--workdir={workdir}', f'--step={step}',
+      model_flags = ([f'--workdir={workdir}', f'--step={step}'] if source['kind'] == 'model' else
+                     [f'--bundle={workdir}'])
+      return [sys.executable, '-m', 'alexnet_jax.classify', *model_flags,
               f'--layout={layout}', f'--top_k={top_k}', f'--top_n_per_category={top_n}',
               f'--image_list={os.path.join(jobdir, LIST_FILE)}', '--format=json',
               f'--output={os.path.join(jobdir, job_records.RESULT_FILE)}', f'--csv={os.path.join(jobdir, CSV_FILE)}',
               f'--report_dir={jobdir}', f'--status_dir={jobdir}', self.dash.confine_flag()]
 
     epoch = next((r['epoch'] for r in table['snapshots'] if r['step'] == step), None)
-    name = f'{row["name"]} · {list_name}'
+    name = f'{source["name"]} · {list_name}'
     return self.dash.manager.create(
         'classify', name=name, argv=[], argv_for=argv_for,
         form={k: v for k, v in fields.items() if k != 'image_list'},
-        extra={'model': row['id'], 'model_workdir': workdir, 'step': step, 'epoch': epoch, 'layout': layout,
+        extra={'model': model_id, 'model_kind': source['kind'], 'model_url': source['url'],
+               'model_workdir': workdir, 'step': step, 'epoch': epoch, 'layout': layout,
                'images': len(kept), 'problems': len(problem_rows), 'list_name': list_name})
 
   def classify_job(self, job_id: str) -> job_records.Job:
@@ -300,27 +327,33 @@ class TrainedModels:
 
   # -- Download and census -------------------------------------------------------------------------------
 
-  def download(self, job_id: str, fmt: str, epoch: str, step: str, *, info: bool = False):
-    """The bundle of a snapshot (exported once, then cached); ``info``: its name and size as JSON."""
-    row, workdir = self.model(job_id)
-    if fmt not in files.ARCHIVE_FORMATS:
-      raise errors_lib.not_found(f'download.{fmt}: choose .tar.gz or .zip')
-    table = snapshots.snapshot_table(workdir)
-    chosen = snapshots.choose_step(table, epoch=epoch, step=step)
+  def download(self, source: dict[str, Any], fmt: str, epoch: str, step: str, *, info: bool = False):
+    """A run's snapshot as a bundle (exported once, then cached), or a run's snapshot or a pretrained
+    model as ONNX (``onnx``) or a Triton model repository (``triton.zip``), made in the worker (the web
+    process imports neither JAX nor onnx); ``info``: its name and size as JSON."""
+    formats = files.ARCHIVE_FORMATS + ONNX_FORMATS if source['kind'] == 'model' else ONNX_FORMATS
+    if fmt not in formats:
+      raise errors_lib.not_found(f'download.{fmt}: choose one of {", ".join("." + f for f in formats)}')
+    table, chosen = self.snapshot_of(source, {'snapshot_epoch': epoch, 'step': step})
     try:
-      answer = self.predictor.export(workdir, step=chosen, format=fmt)
+      if fmt in ONNX_FORMATS:
+        answer = self.predictor.export_onnx(source['path'], step=chosen, triton=fmt == 'triton.zip')
+      else:
+        answer = self.predictor.export(source['path'], step=chosen, format=fmt)
     except predictor_lib.PredictorError as e:
       raise refused('download', str(e), 400 if e.user_error else 503) from None
     files.prune_bundles(os.path.dirname(answer['path']), answer['path'])
     epoch_of = next((r['epoch'] for r in table['snapshots'] if r['step'] == chosen), None)
-    label = f'epoch{epoch_of:g}' if epoch_of is not None else f'step{chosen}'
-    safe = re.sub(r'[^A-Za-z0-9_.-]+', '_', row['name']).strip('_') or row['id']
+    label = (f'epoch{epoch_of:g}' if epoch_of is not None else f'step{chosen}') if source['kind'] == 'model' \
+        else 'pretrained'
+    safe = re.sub(r'[^A-Za-z0-9_.-]+', '_', source['name']).strip('_') or source['id']
     filename = f'{safe}-{label}.{fmt}'
     if info:
       return {'filename': filename, 'size': answer.get('size') or os.path.getsize(answer['path']),
-              'step': chosen, 'epoch': epoch_of, 'cached': answer.get('cached')}
-    return FileResponse(answer['path'], filename=filename,
-                        media_type='application/gzip' if fmt == 'tar.gz' else 'application/zip')
+              'step': answer.get('step', chosen), 'epoch': epoch_of, 'cached': answer.get('cached'),
+              'format': fmt}
+    media = {'tar.gz': 'application/gzip', 'onnx': 'application/octet-stream'}.get(fmt, 'application/zip')
+    return FileResponse(answer['path'], filename=filename, media_type=media)
 
   def census(self, job_id: str) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body): 200 with the census, 202 while a worker computes it; 500 if it failed."""

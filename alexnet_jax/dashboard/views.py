@@ -27,6 +27,7 @@ from alexnet_jax.run import listing as listing_lib   # discovery and rows: statu
 from alexnet_jax.dashboard import errors as errors_lib
 from alexnet_jax.dashboard import gpu_usage
 from alexnet_jax.dashboard import job_records
+from alexnet_jax.dashboard import pretrained_store
 from alexnet_jax.dashboard import snapshots
 from alexnet_jax.dashboard.workers import runner as runner_lib
 from alexnet_jax.data import lists as image_lists
@@ -131,7 +132,9 @@ def index(dash) -> dict[str, Any]:
                   train_loss=r.get('train_loss'), dataset=r.get('dataset'), epoch=r.get('epoch'),
                   devices=r.get('devices') or [])
       models.append(item)
-  return fileio.plain({'datasets': datasets, 'models': models, 'devices': dash.manager.device_summary()})
+  pretrained = [pretrained_store.public(e) for e in dash.pretrained.entries()]   # Pretrained Models
+  return fileio.plain({'datasets': datasets, 'models': models, 'pretrained': pretrained,
+                       'devices': dash.manager.device_summary()})
 
 
 def dataset_view(dash, job_id: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -219,6 +222,10 @@ def model_view(dash, job_id: str, row: dict[str, Any]) -> dict[str, Any]:
   controls = [f'{k} {tune[k]}' for k in ('preset', 'freeze', 'lr_mult') if tune.get(k)]
   if controls:   # training/finetune_controls.py
     view['finetune_text'] = ' · '.join(controls)
+  if c.get('init_from'):   # what it started from: a pretrained model, a previous model, or a path
+    form = (job.doc.get('form') if job is not None else None) or {}
+    view['init_from'] = {'path': c['init_from'], 'pretrained': form.get('pretrained_networks'),
+                         'previous': form.get('previous_networks')}
   return fileio.plain(view)
 
 
@@ -275,6 +282,7 @@ def classify_view(dash, job: job_records.Job, *, with_result: bool = True) -> di
   row = dash.manager.job_row(job)
   view = {'job_id': job.id, 'kind': 'classify', 'name': job.doc.get('name'), 'status': job.state,
           'status_text': row['status_text'], 'model': job.doc.get('model'), 'step': job.doc.get('step'),
+          'model_url': job.doc.get('model_url'),
           'epoch': job.doc.get('epoch'), 'layout': job.doc.get('layout'), 'images': job.doc.get('images'),
           'done': status.get('done'), 'total': status.get('total') or job.doc.get('images'),
           'progress': 1.0 if job.state == 'done' else status.get('progress'),

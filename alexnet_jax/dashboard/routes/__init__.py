@@ -5,6 +5,7 @@
     models.py     New Model, a model's page, JSON and live stream, Visualize LR, Compare
     jobs.py       Abort, Resume, edit, Delete, Clone, a job's files, /jobs/<id>.json
     inference.py  a trained model: snapshots, Classify One / Many, visualizations, download, census
+    pretrained.py Pretrained Models: upload, list, verify, classify from one, ONNX download, delete
 
 A route reads what it needs through ``deps`` (the shared ``Dashboard``, a job's row with its 404 and kind
 check, the submitted form), builds its answer with ``views`` (pages and JSON) or ``trained_model``, and

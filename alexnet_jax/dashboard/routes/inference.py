@@ -2,7 +2,8 @@
 
     GET  /models/<id>/snapshots.json                  the finished snapshots, epoch, val top-1, best
     POST /models/images/classification/classify_one.json
-         job_id, image_file (upload) | image_path, snapshot_epoch | step, show_visualizations,
+         job_id (or pretrained_id: a pretrained model, routes/pretrained.py), image_file (upload) |
+         image_path, snapshot_epoch | step, show_visualizations,
          layout, top_k          -> {"predictions": [[label, percent], ...], "visualizations": [...], ...}
     POST /models/images/classification/classify_many.json
          job_id, image_list (upload) | image_list_path | dataset_list (val|test|train), image_folder,
@@ -13,6 +14,7 @@
     GET  /classifications/<id>/files/<name>, /classifications/<id>/thumb/<line>.png
     GET  /inference/files/<folder>/<name>             Classify One's visualizations
     GET  /models/<id>/download.<tar.gz|zip>?epoch=N   the snapshot as a bundle (cached)
+    GET  /models/<id>/download.<onnx|triton.zip>       ... as ONNX, or a Triton model repository (cached)
     GET  /models/<id>/census.json                     the layouts' communication census (202 while computing)
 
 What they do is ``trained_model.TrainedModels``' (``dash.inference``); the inference itself runs in the
@@ -98,7 +100,7 @@ def vis_file(folder: str, name: str, dash: Dash):
 
 @router.get('/models/{job_id}/download.{fmt}')
 def download(job_id: str, fmt: str, dash: Dash, epoch: str = '', step: str = '', info: int = 0):
-  return dash.inference.download(job_id, fmt, epoch, step, info=bool(info))
+  return dash.inference.download(dash.inference.source({'job_id': job_id}), fmt, epoch, step, info=bool(info))
 
 
 @router.get('/models/{job_id}/census.json')

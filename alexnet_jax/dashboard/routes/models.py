@@ -41,7 +41,7 @@ STATUS_KEYS = ('status', 'status_text', 'progress', 'eta_seconds', 'elapsed_seco
 
 
 @router.get('/models/images/classification/new', response_class=HTMLResponse, include_in_schema=False)
-def new_model(request: Request, dash: Dash, clone: str = '', dataset: str = ''):
+def new_model(request: Request, dash: Dash, clone: str = '', dataset: str = '', pretrained: str = ''):
   values: dict[str, Any] = {}
   if clone:
     job = dash.manager.get(clone)
@@ -50,12 +50,16 @@ def new_model(request: Request, dash: Dash, clone: str = '', dataset: str = ''):
       values['model_name'] = f'{values.get("model_name", "")} (clone)'
   if dataset:
     values['dataset'] = dataset
+  if pretrained:     # "Fine-tune" on a pretrained model's page
+    values.update(method='pretrained', pretrained_networks=pretrained)
   tables = dash.checker.tables(wait_s=20)
   datasets = dash.datasets_for_form()
   experiments = [e['name'] for e in config_client.list_experiments()]
+  choices = {k: {f: v[f] for f in ('name', 'network', 'width', 'crop_size', 'channels', 'num_classes')}
+             for k, v in dash.pretrained.for_form().items()}
   return dash.render('new_model.html', request, values=values, datasets=datasets, tables=tables,
-                     experiments=experiments, previous=sorted(dash.previous_models()),
-                     page={'datasets': datasets, 'tables': tables, 'values': values})
+                     experiments=experiments, previous=sorted(dash.previous_models()), pretrained=choices,
+                     page={'datasets': datasets, 'tables': tables, 'values': values, 'pretrained': choices})
 
 
 @router.post('/models/images/classification.json')
@@ -64,7 +68,7 @@ async def create_model(dash: Dash, form: Form):
   experiments = {e['name']: e['path'] for e in config_client.list_experiments()}
   datasets = await asyncio.to_thread(dash.datasets_for_form)
   parsed = model_form.parse_model_form(fields, datasets=datasets, previous=dash.previous_models(),
-                                       experiments=list(experiments))
+                                       experiments=list(experiments), pretrained=dash.pretrained.for_form())
   devices_needed = []
   for overrides in parsed['points']:
     try:
@@ -73,7 +77,7 @@ async def create_model(dash: Dash, form: Form):
     except config_client.WorkerError as e:
       raise errors_lib.refused('config', f'settings could not be checked: {e}; try again', 503) from None
     if answer.get('problems'):
-      raise errors_lib.DashboardError(model_form.map_problems(answer['problems']))
+      raise errors_lib.DashboardError(model_form.map_problems(answer['problems'], parsed['form']['method']))
     devices_needed.append(answer.get('devices_needed') or 1)
   dataset = datasets[parsed['dataset']]
   created = []
@@ -100,7 +104,8 @@ def lr_curve(request: Request, dash: Dash):
   experiments = {e['name']: e['path'] for e in config_client.list_experiments()}
   datasets = dash.datasets_for_form()
   steps_per_epoch = 100
-  parsed = model_form.parse_model_form(fields, datasets=datasets, previous={}, experiments=list(experiments))
+  parsed = model_form.parse_model_form(fields, datasets=datasets, previous={}, experiments=list(experiments),
+                                       pretrained=dash.pretrained.for_form())
   dataset = datasets.get(parsed['dataset']) or {}
   train = (dataset.get('counts') or {}).get('train')
   batch = int(parsed['points'][0][-2].split('=')[1])

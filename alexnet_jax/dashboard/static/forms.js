@@ -55,8 +55,20 @@
       const method = form.querySelector('input[name="method"]:checked').value;
       form.querySelectorAll('.method').forEach((d) => { d.hidden = d.dataset.method !== method; });
       form.querySelectorAll('.method-previous').forEach((d) => { d.hidden = method !== 'previous'; });
+      form.querySelectorAll('.method-pretrained').forEach((d) => { d.hidden = method !== 'pretrained'; });
+      form.querySelectorAll('.method-finetune').forEach((d) => { d.hidden = method === 'standard'; });
+      if (f.pretrained_networks) {   // New Model: a pretrained model's network and width are its own
+        const chosen = (Dash.page.pretrained || {})[f.pretrained_networks.value];
+        if (method === 'pretrained' && chosen) {
+          f.standard_networks.value = chosen.network;
+          f.width.value = chosen.width;
+          if (chosen.network !== 'alexnet' && f.layout.value === 'model') f.layout.value = 'single';
+        }
+        f.standard_networks.disabled = f.width.disabled = method === 'pretrained';
+      }
     };
     form.querySelectorAll('input[name="method"]').forEach((r) => r.addEventListener('change', update));
+    if (f.pretrained_networks) f.pretrained_networks.addEventListener('change', update);
     update();
   }
 

@@ -10,7 +10,7 @@
   function requestOf(form, uploadField) {
     const data = new FormData(form);
     const snapshot = $('snapshot'), layout = $('layout');
-    data.set('job_id', page.id);
+    data.set(page.pretrained ? 'pretrained_id' : 'job_id', page.id);   // a model job or a pretrained model
     data.set('step', snapshot ? snapshot.value : '');
     data.set('layout', layout ? layout.value : 'single');
     if (!form[uploadField].files.length) data.delete(uploadField);
@@ -130,7 +130,8 @@
 
   function downloadUrl(format, info) {
     const step = $('snapshot') ? $('snapshot').value : '';
-    return `/models/${encodeURIComponent(page.id)}/download.${format}?step=${encodeURIComponent(step)}` +
+    const base = page.pretrained ? '/pretrained' : '/models';
+    return `${base}/${encodeURIComponent(page.id)}/download.${format}?step=${encodeURIComponent(step)}` +
            (info ? '&info=1' : '');
   }
 
@@ -138,7 +139,7 @@
     event.preventDefault();
     const format = event.currentTarget.dataset.format;
     const size = $('download-size');
-    size.textContent = 'preparing the bundle...';
+    size.textContent = format.includes('onnx') || format.includes('triton') ? 'exporting to ONNX...' : 'preparing the bundle...';
     const r = await Dash.send('GET', downloadUrl(format, true));
     if (!r.ok) { size.textContent = Object.values(r.data.errors || {e: `HTTP ${r.status}`}).join('; '); return; }
     size.textContent = `${r.data.filename}: ${(r.data.size / 2 ** 20).toFixed(2)} MiB`;
@@ -203,7 +204,7 @@
     const one = $('classify-one'), many = $('classify-many');
     if (one) one.addEventListener('submit', classifyOne);
     if (many) many.addEventListener('submit', classifyMany);
-    document.querySelectorAll('#download-tgz, #download-zip').forEach((a) => a.addEventListener('click', download));
+    document.querySelectorAll('#trained-model a[data-format]').forEach((a) => a.addEventListener('click', download));
     loadCensus();
   });
 })();

@@ -91,6 +91,12 @@ def check(experiment: str, overrides: list[str], num_classes: int = 2) -> dict:
   if not problems:
     try:
       config_checks.check_network(config, max(2, int(num_classes)))
+      # The fine-tuning controls against the network's parameters, as the trainer checks them at start
+      # (a freeze pattern that matches nothing, everything frozen) -- so New Model says so at once.
+      from alexnet_jax import models  # pylint: disable=g-import-not-at-top
+      from alexnet_jax.training import finetune_controls  # pylint: disable=g-import-not-at-top
+      finetune_controls.check_network(config, models.build(config.model, max(2, int(num_classes))),
+                                      workdir_lib.image_shape_of(config))
     except Exception as e:  # pylint: disable=broad-except
       problems.append(one_line(e))
   try:

@@ -6,6 +6,8 @@
                            out_dir=folder)          # -> {"predictions": [["cat", 91.51], ...], ...}
     predictor.export(workdir, step=12, format='zip')  # -> {"path", "size", "info", "cached", ...}
     predictor.census(workdir=workdir)                 # -> {"layouts": [...], "cached", ...}
+    predictor.import_pretrained(upload, bundle_dir)   # -> {"ok", "info", "manifest_files", ...}
+    predictor.export_onnx(workdir, step=12)           # -> {"path", "size", "summary", "cached"}
 
 Two worker processes, two **lanes**, so that a long request never holds up a quick one: *interactive*
 (``classify_one``) keeps the recently used models loaded and uses the accelerator if
@@ -129,6 +131,29 @@ class Predictor:
     "seconds"}``.
     """
     request = {'op': 'export', 'workdir': workdir, 'step': step, 'format': format,
+               'cache_dir': self.cache_dir}
+    return self._ask(BACKGROUND, request, timeout)
+
+  def import_pretrained(self, source: str, output: str, *, fmt: str = 'auto', labels: Optional[str] = None,
+                        prototxt: Optional[str] = None, mean: Optional[str] = None,
+                        timeout: Optional[float] = None) -> dict:
+    """An uploaded model file (a bundle archive, torchvision weights, a caffemodel with its side files, a
+    DIGITS archive) imported or unpacked into the bundle folder ``output`` and verified
+    (``pretrained_ops.import_pretrained``). Returns ``{"ok", "info", "manifest_files", "bytes",
+    "mean_per_channel"}``."""
+    request = {'op': 'import_pretrained', 'source': source, 'output': output, 'format': fmt,
+               'labels': labels, 'prototxt': prototxt, 'mean': mean}
+    return self._ask(BACKGROUND, request, timeout)
+
+  def verify_bundle(self, path: str, *, timeout: Optional[float] = None) -> dict:
+    """A bundle folder checked again: its manifest's sha256 sums, its parameters against its network."""
+    return self._ask(BACKGROUND, {'op': 'verify_bundle', 'path': path}, timeout)
+
+  def export_onnx(self, source: str, *, step: str | int = 'latest', triton: bool = False,
+                  timeout: Optional[float] = None) -> dict:
+    """A run's snapshot or a bundle as ``.onnx`` (or, with ``triton``, a Triton model repository as a
+    .zip), made once and kept in the cache. Returns ``{"path", "size", "summary", "cached"}``."""
+    request = {'op': 'export_onnx', 'source': source, 'step': step, 'triton': triton,
                'cache_dir': self.cache_dir}
     return self._ask(BACKGROUND, request, timeout)
 

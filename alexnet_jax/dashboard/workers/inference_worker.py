@@ -27,6 +27,9 @@ metrics.jsonl: ``snapshots.snapshot_table``.) Requests (``step`` is 'best', 'lat
      "cache_dir", "layouts"?}
         -> {"network", "batch", "devices", "layouts": [{"name", "available", "reason"?, ...}], "cached"}
     {"op": "ping"} -> {"pong": true, "models": [...]}
+    {"op": "import_pretrained" | "verify_bundle" | "export_onnx", ...}   -> pretrained_ops.py
+
+A "workdir" may also be a bundle folder (a pretrained model): Classify One loads it as it is, at its step.
 
 A problem with the request -- an image that is not one, a missing file, a step that does not exist, a
 layout that needs more devices -- is answered ``{"error": "<one line>", "user_error": true}``; the
@@ -55,6 +58,7 @@ from alexnet_jax import configs, data, inference, metrics, models
 from alexnet_jax.inference import bundle, exporting
 from alexnet_jax.runtime import devices, fileio
 from alexnet_jax.inference import visualization
+from alexnet_jax.dashboard.workers import pretrained_ops
 from alexnet_jax.dashboard.workers.worker_process import one_line, serve
 from alexnet_jax.parallel import census as census_lib, compare, layouts, step as step_lib
 from alexnet_jax.run import checkpoints, listing
@@ -105,7 +109,11 @@ def steps_per_epoch(workdir: str) -> Optional[float]:
 
 
 def concrete_step(workdir: str, step: Any) -> int:
-  """'best' | 'latest' | N -> the snapshot number (errors list the snapshots there are)."""
+  """'best' | 'latest' | N -> the snapshot number (errors list the snapshots there are); a bundle's
+  (a pretrained model classified straight away) is the one step it holds."""
+  if os.path.isfile(os.path.join(workdir, bundle.MANIFEST_FILE)):
+    info = fileio.read_json(os.path.join(workdir, bundle.INFO_FILE))
+    return int(info.get('step') or 0) if isinstance(info, dict) else 0
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise UserError(f'{workdir} has no snapshots yet')
   with checkpoints.Checkpointer(workdir, read_only=True) as ckpt:
@@ -117,9 +125,9 @@ def concrete_step(workdir: str, step: Any) -> int:
 
 
 def snapshot_identity(workdir: str, step: int) -> tuple[int, int]:
-  """(inode, mtime) of the snapshot's folder: a run trained again under the same path differs."""
-  st = os.stat(os.path.join(workdir, 'checkpoints', str(step)))
-  return st.st_ino, st.st_mtime_ns
+  """(inode, mtime) of the snapshot's folder (a bundle's manifest): a run trained again under the same
+  path differs."""
+  return pretrained_ops.identity(workdir, step)
 
 
 # ---- Loaded models --------------------------------------------------------------------------------------
@@ -408,7 +416,7 @@ def make_answer(cache: ModelCache):
   """``answer(request) -> dict`` for ``worker_process.serve``, with ``UserError`` as a user error."""
   ops = {'classify_one': lambda r: classify_one(r, cache),
          'export': export, 'census': census,
-         'ping': lambda r: {'pong': True, 'models': cache.keys()}}
+         'ping': lambda r: {'pong': True, 'models': cache.keys()}, **pretrained_ops.OPS}
 
   def answer(request: dict) -> dict:
     op = ops.get(request.get('op'))
@@ -416,7 +424,7 @@ def make_answer(cache: ModelCache):
       return {'error': f'unknown op {request.get("op")!r}', 'user_error': True}
     try:
       return op(request)
-    except UserError as e:
+    except (UserError, pretrained_ops.Refused) as e:
       return {'error': str(e), 'user_error': True}
   return answer
 
