@@ -31,7 +31,7 @@ from alexnet_jax.dashboard import model_form  # noqa: E402
 from alexnet_jax.data import synthetic  # noqa: E402
 from alexnet_jax.inference import bundle as bundle_lib  # noqa: E402
 from tests import onnx_bundles  # noqa: E402
-from tests.test_import_weights import random_state_dict, write_pth, write_safetensors  # noqa: E402
+from tests.torch_writers import random_state_dict, write_pth, write_safetensors  # noqa: E402
 
 BASE = 'http://127.0.0.1:5000'
 LENET = dict(width=0.5, image_size=32, crop_size=28, channels=3, num_classes=3)
