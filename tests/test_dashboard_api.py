@@ -99,6 +99,9 @@ def model(client, dataset):
   r = client.post('/models/images/classification.json', data=_model_form(dataset), headers=client.bearer)
   assert r.status_code == 200, r.text
   job_id = r.json()['id']
+  # DIGITS answers with the new job's json_dict(): its status and stats, no snapshot yet.
+  assert r.json()['job id'] == job_id and r.json()['dataset_id'] == dataset, r.json()
+  assert r.json()['status'] in ('Waiting', 'Running') and r.json()['snapshot file'] == 'no snapshots'
   view = _wait(client, f'/models/{job_id}.json')
   assert view['state'] == 'done' and view['status'] == 'Done', view
   return job_id

@@ -90,9 +90,12 @@ async def create_model(dash: Dash, form: Form):
                'form_fields': dict(fields)},   # exactly as submitted, for the model page
         argv_for=lambda jobdir, o=overrides: model_form.train_argv(experiments[parsed['experiment']],
                                                                    jobdir, o))
-    created.append(views.digits_job({'id': job.id, 'name': name, 'state': job.state,
-                                     'url': f'/models/{job.id}', 'dataset_id': parsed['dataset']}))
-  return created[0] if len(created) == 1 else {'jobs': created}     # DIGITS' answers (json_dict())
+    created.append(job.id)
+  # DIGITS answers with the new job's json_dict() (its status, "job id", "creation time", "snapshot file":
+  # "no snapshots", ...): the model JSON of each, with its page's url; a sweep's under "jobs".
+  answers = [dict(await asyncio.to_thread(_model_json, dash, job_id), url=f'/models/{job_id}')
+             for job_id in created]
+  return answers[0] if len(answers) == 1 else {'jobs': answers}
 
 
 @router.get('/models/lr_curve.json')
@@ -119,10 +122,14 @@ def lr_curve(request: Request, dash: Dash):
 
 @router.get('/models/{job_id}.json')
 def model_json(job_id: str, dash: Dash, row: ModelRow):
-  """DIGITS' ``{id, name, status, dataset_id, directory, snapshots: [epoch, ...]}`` (digits/model/job.py
-  ``json_dict``), so a script can post ``snapshots[-1]`` as ``snapshot_epoch``; every other key is ours.
-  The richer rows ({step, epoch, val_top1}) are under ``snapshot_details``."""
+  """DIGITS' ``{id, name, status, dataset_id, directory, snapshots: [epoch, ...], ...}`` (digits/model/
+  job.py ``json_dict``; ``views.digits_model``), so a script can post ``snapshots[-1]`` as
+  ``snapshot_epoch``. The richer rows ({step, epoch, val_top1}) are under ``snapshot_details``."""
   return views.digits_model(dash, job_id, views.model_view(dash, job_id, row))
+
+
+def _model_json(dash, job_id: str) -> dict[str, Any]:
+  return views.digits_model(dash, job_id, views.model_view(dash, job_id, dash.row_of_kind(job_id, 'model')))
 
 
 @router.get('/models/{job_id}', response_class=HTMLResponse, include_in_schema=False)
