@@ -37,7 +37,7 @@ def _wait(client: httpx.Client, url: str, timeout: float = 1200) -> dict:
   end = time.monotonic() + timeout
   while time.monotonic() < end:
     view = client.get(url).json()
-    if view.get('status') not in ('queued', 'running'):
+    if (view.get('state') or view.get('status')) not in ('queued', 'running'):   # ours; DIGITS' in status
       return view
     time.sleep(0.2)
   raise RuntimeError(f'{url} did not finish in {timeout} s')
@@ -77,13 +77,13 @@ def main(argv=None) -> int:
         'method': 'folder', 'folder_train': os.path.join(data, 'shapes'), 'resize_width': '72',
         'resize_height': '72', 'resize_mode': 'squash', 'folder_pct_val': '25', 'folder_pct_test': '0',
         'dataset_name': 'shapes'})['id']
-    assert _wait(client, f'/datasets/{dataset}.json')['status'] == 'done'
+    assert _wait(client, f'/datasets/{dataset}.json')['status'] == 'Done'
     model = _post(client, '/models/images/classification.json', data={
         'dataset': dataset, 'model_name': 'bench', 'train_epochs': '1', 'batch_size': '32',
         'learning_rate': '0.01', 'standard_networks': 'alexnet', 'width': '0.0625', 'crop_size': '64',
         'layout': 'single', 'solver_type': 'sgd', 'lr_policy': 'fixed', 'snapshot_interval': '1',
         'val_interval': '1'})['id']
-    assert _wait(client, f'/models/{model}.json')['status'] == 'done'
+    assert _wait(client, f'/models/{model}.json')['status'] == 'Done'
     folder = os.path.join(data, 'shapes')
     classes = sorted(os.listdir(folder))
     images = [(os.path.join(folder, c, n), i) for i, c in enumerate(classes)

@@ -142,7 +142,7 @@ class Dashboard:
         print(f'  {kind[:-1]} {job_id}: {view.get("status")}'
               + (f', epoch {view["epoch"]}' if view.get('epoch') is not None else ''), flush=True)
         seen = mark
-      if view.get('status') in ('done', 'failed', 'stopped', 'interrupted'):
+      if view.get('status') in ('Done', 'Error', 'Aborted'):      # DIGITS' status names
         return view
       time.sleep(every_s)
 
@@ -159,7 +159,7 @@ def run_rest(*, network: str, epochs: int, width: int, height: int, channels: in
         'resize_channels': channels, 'resize_mode': 'squash', 'folder_pct_val': 25, 'encoding': 'png',
         'dataset_name': f'lab {width}x{height}'})
     dataset_view = dash.wait('datasets', dataset['id'])
-    if dataset_view['status'] != 'done':
+    if dataset_view['status'] != 'Done':
       raise SystemExit(f'digits_exercise: the dataset job ended {dataset_view["status"]}')
     t1 = time.perf_counter()
     # New Model with DIGITS' defaults: only what the lab's instructions say is filled in.
@@ -171,7 +171,7 @@ def run_rest(*, network: str, epochs: int, width: int, height: int, channels: in
     model = dash.post('/models/images/classification.json', fields)
     model_view = dash.wait('models', model['id'])
     t2 = time.perf_counter()
-    if model_view['status'] != 'done':
+    if model_view['status'] != 'Done':
       raise SystemExit(f'digits_exercise: the model job ended {model_view["status"]}; see '
                        f'{model_view.get("directory")}/train.log')
     val_list = os.path.join(workdir, 'jobs', dataset['id'], 'dataset', 'val.txt')

@@ -10,6 +10,7 @@ that is checked in a fresh subprocess that builds the app and renders every page
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -60,10 +61,10 @@ def _wait(client, url, timeout=900):   # a ceiling: tools start and compile slow
   end = time.monotonic() + timeout
   while time.monotonic() < end:
     view = client.get(url).json()
-    if view['status'] not in ('queued', 'running'):
+    if view['state'] not in ('queued', 'running'):     # ours; DIGITS' name is under 'status'
       return view
     time.sleep(0.3)
-  raise AssertionError(f'{url} still {view["status"]} after {timeout} s: {view}')
+  raise AssertionError(f'{url} still {view["state"]} after {timeout} s: {view}')
 
 
 def _dataset_form(env, **kw):
@@ -80,7 +81,7 @@ def dataset(client, env):
   assert r.status_code == 200, r.text
   job_id = r.json()['id']
   view = _wait(client, f'/datasets/{job_id}.json')
-  assert view['status'] == 'done', view
+  assert view['state'] == 'done' and view['status'] == 'Done', view
   return job_id
 
 
@@ -98,8 +99,11 @@ def model(client, dataset):
   r = client.post('/models/images/classification.json', data=_model_form(dataset), headers=client.bearer)
   assert r.status_code == 200, r.text
   job_id = r.json()['id']
+  # DIGITS answers with the new job's json_dict(): its status and stats, no snapshot yet.
+  assert r.json()['job id'] == job_id and r.json()['dataset_id'] == dataset, r.json()
+  assert r.json()['status'] in ('Waiting', 'Running') and r.json()['snapshot file'] == 'no snapshots'
   view = _wait(client, f'/models/{job_id}.json')
-  assert view['status'] == 'done', view
+  assert view['state'] == 'done' and view['status'] == 'Done', view
   return job_id
 
 
@@ -311,7 +315,8 @@ def test_dataset_job(client, dataset):
     assert client.get(f'/files/{dataset}/{name}').status_code == 404, name
   index = client.get('/index.json').json()
   row = next(d for d in index['datasets'] if d['id'] == dataset)
-  assert row['status'] == 'done' and row['name'] == 'three' and row['size_bytes'] > 0
+  assert row['status'] == 'Done' and row['state'] == 'done'    # DIGITS' status name; ours under 'state'
+  assert row['name'] == 'three' and row['size_bytes'] > 0
   # DIGITS' verbose dataset JSON (digits/dataset/job.py), beside ours.
   assert view['ParseFolderTasks'] == [{'name': 'Parse Folder', 'label_count': 3, 'train_count': 18,
                                        'val_count': 6, 'test_count': 0}]
@@ -371,8 +376,8 @@ def test_sweep_abort_resume_edit_delete(client, dataset):
                   data=_model_form(dataset, model_name='sweep', batch_size='4,8', learning_rate='0.01,0.001',
                                    train_epochs='50'))
   assert r.status_code == 200, r.text
-  created = r.json()
-  assert isinstance(created, list) and len(created) == 4
+  created = r.json()['jobs']                          # DIGITS' answer to a sweep: {"jobs": [...]}
+  assert len(created) == 4 and {j['status'] for j in created} <= {'Waiting', 'Running'}
   assert sorted(j['name'] for j in created)[0] == 'sweep [batch_size=4, learning_rate=0.001]'
   manager = client.app.state.dash.manager
   argvs = [manager.get(j['id']).doc['argv'] for j in created]
@@ -384,21 +389,25 @@ def test_sweep_abort_resume_edit_delete(client, dataset):
     assert r.status_code == 200, r.text
   first = created[-1]['id']
   view = _wait(client, f'/models/{first}.json', timeout=600)
-  assert view['status'] == 'stopped'
+  assert view['state'] == 'stopped' and view['status'] == 'Aborted'
   assert client.post(f'/jobs/{first}/abort', headers=client.bearer).status_code == 400  # not running
   assert client.post(f'/jobs/{first}/resume', headers=client.bearer).json()['result'] == 'queued'
   assert client.post(f'/jobs/{first}/resume', headers=client.bearer).status_code == 400  # queued already
   r = client.put(f'/jobs/{first}', data={'name': 'renamed', 'notes': 'a <b>note</b>'}, headers=client.bearer)
   assert r.status_code == 200 and r.json()['name'] == 'renamed'
+  r = client.put(f'/jobs/{first}', data={'job_name': 'digits', 'job_notes': 'n'}, headers=client.bearer)
+  assert (r.json()['name'], r.json()['notes']) == ('digits', 'n')         # DIGITS' field names
+  client.put(f'/jobs/{first}', data={'name': 'renamed', 'notes': 'a <b>note</b>'}, headers=client.bearer)
   assert client.put(f'/jobs/{first}', json={'name': ''}, headers=client.bearer).status_code == 400
   assert client.put(f'/jobs/{first}', json={'argv': ['rm']}, headers=client.bearer).status_code == 400
   page = client.get(f'/models/{first}').text
   assert 'a &lt;b&gt;note&lt;/b&gt;' in page and '<b>note</b>' not in page   # autoescaped
   # A dataset in use cannot be deleted.
-  r = client.delete(f'/jobs/{dataset}', headers=client.bearer)
+  r = client.delete(f'/datasets/{dataset}', headers=client.bearer)          # DIGITS' route for /jobs/<id>
   assert r.status_code == 409 and 'used by' in r.json()['errors']['job']
-  for job in created:
-    assert client.delete(f'/jobs/{job["id"]}', headers=client.bearer).json()['result'] in ('deleted', 'deleting')
+  for job, kind in zip(created, ('jobs', 'models', 'jobs', 'models')):
+    r = client.delete(f'/{kind}/{job["id"]}', headers=client.bearer)
+    assert r.json()['result'] in ('deleted', 'deleting')
   end = time.monotonic() + 600
   while any(manager.get(j['id']) for j in created) and time.monotonic() < end:
     time.sleep(0.3)
@@ -410,7 +419,7 @@ def test_sweep_abort_resume_edit_delete(client, dataset):
 
 def test_model_job(client, model, dataset):
   view = client.get(f'/models/{model}.json').json()
-  assert view['status'] == 'done' and view['progress'] == 1.0
+  assert view['status'] == 'Done' and view['state'] == 'done' and view['progress'] == 1.0
   # DIGITS' shape: snapshots is a list of epoch numbers; our rows are under snapshot_details.
   assert view['snapshots'] == [1, 2] and view['snapshots_epochs'] == [1, 2]
   assert [s['epoch'] for s in view['snapshot_details']] == [1.0, 2.0]
@@ -471,7 +480,8 @@ def test_cli_runs_in_the_jobs_folder_appear(client, env):
   time.sleep(jobs_lib.ROWS_TTL_S + 0.1)
   models = client.get('/index.json').json()['models']
   row = next(m for m in models if m['id'] == 'from_cli')
-  assert row['external'] and row['status'] == 'interrupted'    # recorded running, process gone
+  assert row['external'] and row['state'] == 'interrupted'     # recorded running, process gone
+  assert row['status'] == 'Aborted'                             # as DIGITS names a job a crash left running
   view = client.get('/models/from_cli.json').json()
   assert view['external'] and view['command'] == 'python -m alexnet_jax.train ...'
   assert view['finetune_text'] == 'freeze conv · lr_mult fc8:10'   # the fine-tuning controls, listed
@@ -913,3 +923,111 @@ def test_new_model_takes_a_300x200_dataset_and_a_blank_crop_is_none():
   problems = worker.check(big['experiment'], big['points'][0], 3)['problems']
   assert model_form.map_problems(problems).keys() == {'crop_size'}
   assert 'or <= 200, the shorter side of --config.data.image_size=300,200' in problems[0]
+
+
+# ---- DIGITS' REST shapes (digits/views.py, digits/model/..., digits/dataset/...; docs/API.md) ------------
+
+DIGITS_STATUSES = {'Initialized', 'Waiting', 'Running', 'Done', 'Aborted', 'Error'}   # digits/status.py
+
+
+def test_digits_rest_shapes(client, model, dataset):
+  index = client.get('/index.json').json()
+  assert index['version'] and index['jobs_dir'] == client.app.state.dash.jobs_dir
+  for item in index['datasets'] + index['models']:
+    assert {'id', 'name', 'status', 'state'} <= set(item) and item['status'] in DIGITS_STATUSES | {'?'}
+  view = client.get(f'/models/{model}.json').json()
+  workdir = view['directory']
+  latest = client.get(f'/models/{model}/snapshots.json').json()['latest']
+  assert view['status'] == 'Done' and view['state'] == 'done' and view['id'] == view['job id'] == model
+  assert view['dataset_id'] == dataset and view['snapshots'] == [1, 2]
+  assert re.fullmatch(r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?', view['creation time']), view['creation time']
+  assert view['username'] is None and view['framework'] == 'jax' and view['digits version']
+  assert view['image dimensions'] == [72, 72, 3] and view['image resize mode'] == 'squash'   # [H, W, C]
+  assert view['snapshot file'] == f'checkpoints/{latest}'
+  for key in ('labels file', 'mean file', 'model file', 'snapshot file'):
+    assert os.path.exists(os.path.join(workdir, view[key])), key          # relative to "directory"
+  ds = client.get(f'/datasets/{dataset}.json').json()
+  assert ds['status'] == 'Done' and ds['state'] == 'done' and os.path.isdir(ds['directory'])
+  # DIGITS' /<kind>/<id>/status: {status, name, type, error}; an unknown job is an "error", as in DIGITS.
+  for url, kind in ((f'/models/{model}/status', 'Model'), (f'/jobs/{model}/status', 'Model'),
+                    (f'/datasets/{dataset}/status', 'Dataset')):
+    status = client.get(url).json()
+    assert status['status'] == 'Done' and status['type'] == f'Image Classification {kind}', status
+    assert status['error'] is None and status['name']
+  assert client.get('/jobs/nope/status').json() == {'error': 'Job not found.'}
+  # DIGITS' completed_jobs.json (the home tables).
+  jobs = client.get('/completed_jobs.json').json()
+  assert set(jobs) == {'running', 'datasets', 'models', 'pretrained_models', 'model_output_fields'}
+  row = next(m for m in jobs['models'] if m['id'] == model)
+  assert row['status'] == 'Done' and row['status_css'] == 'success' and row['progress'] == 100
+  assert row['type'] == 'model' and row['dataset_id'] == dataset and isinstance(row['submitted'], float)
+  assert any(d['id'] == dataset and d['type'] == 'dataset' for d in jobs['datasets'])
+
+
+def test_digits_status_names():
+  from alexnet_jax.dashboard import views
+  assert {s: views.digits_status(s) for s in job_records.FINAL + (job_records.QUEUED, job_records.RUNNING)} == {
+      'done': 'Done', 'failed': 'Error', 'stopped': 'Aborted', 'interrupted': 'Aborted', 'queued': 'Waiting',
+      'running': 'Running'}
+  assert views.digits_status('unknown') == '?'                # DIGITS' name of a status it does not know
+  assert views.digits_job({'status': 'failed'}) == {'status': 'Error', 'state': 'failed'}
+
+
+def test_classify_many_keys_each_line_as_posted(client, model, env):
+  """DIGITS' classify_many.json keys its answer by the path as posted (joined to image_folder as posted),
+  so two spellings of one file are two keys, and a repeated line is one."""
+  folder = env['root'] / 'three'
+  name = f'class_0/{sorted(os.listdir(folder / "class_0"))[0]}'
+  lines = [f'{name} 0', f'./{name} 0', f'{folder}/class_0/../{name} 0', f'{name} 0']
+  r = client.post('/models/images/classification/classify_many.json', headers=client.bearer,
+                  data={'job_id': model, 'image_folder': f'{folder}/'},
+                  files={'image_list': ('list.txt', '\n'.join(lines).encode(), 'text/plain')})
+  assert r.status_code == 200, r.text
+  answer = r.json()['classifications']
+  assert sorted(answer) == sorted([f'{folder}/{name}', f'{folder}/./{name}', f'{folder}/class_0/../{name}'])
+  assert len({json.dumps(v) for v in answer.values()}) == 1     # the same image, the same answer
+  assert 'posted_names.json' not in client.get(f'/jobs/{r.json()["job_id"]}.json').json()['files']
+
+
+def test_snapshot_options_label_epochs_as_digits():
+  from alexnet_jax.dashboard import views
+  table = {'snapshots': [{'step': 7, 'epoch': None, 'val_top1': None},
+                         {'step': 14, 'epoch': 1.0, 'val_top1': 0.5},
+                         {'step': 21, 'epoch': 1.5, 'val_top1': 0.25}], 'best': 14, 'latest': 21}
+  assert [o['text'] for o in views.snapshot_options(table)] == [
+      'Epoch #1.5 · val top-1 25.00%', 'Epoch #1 · val top-1 50.00% (best)', 'Step 7']
+  assert views.snapshot_options({}) == []
+
+
+def test_the_select_model_list_follows_new_snapshots_live(client, env):
+  """The model page's stream sends the "Select model" list again when a snapshot appears."""
+  workdir = env['jobs'] / 'live_snapshots'
+  (workdir / 'checkpoints' / '5').mkdir(parents=True)
+  (workdir / 'config.json').write_text(json.dumps({'num_epochs': 4}))
+  metrics = workdir / 'metrics.jsonl'
+  metrics.write_text('{"step": 5, "epoch": 1.0, "split": "train", "loss": 1.0}\n'
+                     '{"step": 5, "epoch": 1.0, "split": "val", "loss": 1.0, "top1": 0.5}\n')
+  (workdir / 'status.json').write_text(json.dumps({'kind': 'train', 'state': 'done', 'step': 5,
+                                                   'total_steps': 20}))
+  try:
+    time.sleep(jobs_lib.ROWS_TTL_S + 0.1)          # the runs listing is cached this long
+    page = client.get('/models/live_snapshots').text
+    assert re.search(r'<option value="5"[^>]*selected>Epoch #1 · val top-1 50\.00% \(best\)</option>', page)
+    seen = []
+    with client.stream('GET', '/models/live_snapshots/stream') as r:
+      event = None
+      for line in r.iter_lines():
+        if line.startswith('event: '):
+          event = line[7:]
+        elif line.startswith('data: ') and event == 'status':
+          seen.append([o['text'] for o in json.loads(line[6:])['snapshot_options']])
+          if len(seen) == 1:                       # a snapshot appears while the page watches
+            with metrics.open('a') as f:
+              f.write('{"step": 10, "epoch": 2.0, "split": "train", "loss": 0.5}\n')
+            (workdir / 'checkpoints' / '10').mkdir()
+          elif len(seen[-1]) == 2:
+            break
+    assert seen[0] == ['Epoch #1 · val top-1 50.00% (best)']
+    assert seen[-1] == ['Epoch #2', 'Epoch #1 · val top-1 50.00% (best)']
+  finally:
+    shutil.rmtree(workdir)

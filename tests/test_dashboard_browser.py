@@ -311,7 +311,7 @@ def test_browser_workflow(tmp_path):
       server.stop()
       server.start()
       row = next(m for m in server.index()['models'] if m['id'] == model_id)
-      assert row['status'] == 'running', row
+      assert row['state'] == 'running' and row['status'] == 'Running', row
       assert json.loads((jobdir / 'job.json').read_text())['pid'] == pid
       page.reload()
       _expected(problems, 'ERR_INCOMPLETE_CHUNKED_ENCODING')       # the live stream cut by the restart
@@ -337,6 +337,12 @@ def test_browser_workflow(tmp_path):
       page.click('[data-action=resume]')
       _until(page, "document.body.dataset.jobState === 'running'")
       _until(page, "document.body.dataset.jobState === 'done'", timeout=TRAIN_MS)
+      # The "Select model" list followed the snapshots live (the page was last loaded while the job ran):
+      # every finished snapshot is listed, the newest first, as DIGITS labels it.
+      with urllib.request.urlopen(f'{server.base}/models/{model_id}/snapshots.json', timeout=60) as r:
+        count = len(json.load(r)['snapshots'])
+      _until(page, f"document.querySelectorAll('#snapshot option').length === {count}")
+      assert page.locator('#snapshot option').first.inner_text().startswith(f'Epoch #{EPOCHS}')
       _until(page, f"Number(document.getElementById('loss-chart').dataset.points) >= {EPOCHS}")
       _until(page, f"Number(document.getElementById('accuracy-chart').dataset.points) >= {EPOCHS}")
       assert _points(page) == EPOCHS                     # one record per epoch, none twice after the resume

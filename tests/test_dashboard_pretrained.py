@@ -254,10 +254,10 @@ def _wait(client, url, timeout=900):   # a ceiling: tools start and compile slow
   end = time.monotonic() + timeout
   while time.monotonic() < end:
     view = client.get(url).json()
-    if view['status'] not in ('queued', 'running'):
+    if view['state'] not in ('queued', 'running'):   # ours; DIGITS' 'status' reads Waiting/Running/Done
       return view
     time.sleep(0.3)
-  raise AssertionError(f'{url} still {view["status"]} after {timeout} s: {view}')
+  raise AssertionError(f'{url} still {view["state"]} after {timeout} s: {view}')
 
 
 @pytest.fixture(scope='module')
@@ -271,7 +271,7 @@ def finetuned(client, env, uploaded):
       'folder_pct_test': '0', 'dataset_name': 'three'})
   assert r.status_code == 200, r.text
   dataset = r.json()['id']
-  assert _wait(client, f'/datasets/{dataset}.json')['status'] == 'done'
+  assert _wait(client, f'/datasets/{dataset}.json')['status'] == 'Done'
   r = client.post('/models/images/classification.json', headers=client.bearer, data={
       'dataset': dataset, 'model_name': 'ft', 'method': 'pretrained', 'pretrained_networks': uploaded['id'],
       'train_epochs': '1', 'batch_size': '4', 'learning_rate': '0.01', 'layout': 'single', 'crop_size': '',
@@ -279,7 +279,7 @@ def finetuned(client, env, uploaded):
   assert r.status_code == 200, r.text
   model = r.json()['id']
   view = _wait(client, f'/models/{model}.json')
-  assert view['status'] == 'done', view
+  assert view['status'] == 'Done', view
   return view
 
 

@@ -43,6 +43,7 @@ RESUMABLE = (STOPPED, INTERRUPTED, FAILED)
 STOPPED_EXIT_STATUSES = (process.EXIT_STOPPED, process.EXIT_INTERRUPTED)   # snapshot-and-stop; Ctrl-C
 RESULT_FILE = 'classifications.json'     # a classify job's result (``classify --output``)
 PROBLEMS_FILE = 'list_problems.json'     # ... and the lines of its list that were refused
+POSTED_FILE = 'posted_names.json'       # ... and [name as posted, path classified] per kept line
 
 
 def refused(message: str, status: int = 400) -> errors_lib.DashboardError:

@@ -97,6 +97,16 @@ def list_entry_path(list_path: str, line: int) -> Optional[str]:
   return entries[-1].path if entries and entries[-1].line == line else None
 
 
+def posted_keys(jobdir: str, classifications: dict[str, Any]) -> dict[str, Any]:
+  """A classify job's answer keyed as DIGITS keys it: by each list line's path as posted (two lines naming
+  one file both present; a repeated line once), from ``job_records.POSTED_FILE``; as classified when the
+  job has no such file."""
+  posted = fileio.read_json(os.path.join(jobdir, job_records.POSTED_FILE), 64 * 2**20)
+  if not isinstance(posted, list):
+    return classifications
+  return {name: classifications[path] for name, path in posted if path in classifications}
+
+
 async def in_thread(fn, *args):
   return await anyio.to_thread.run_sync(lambda: fn(*args))
 
@@ -267,6 +277,11 @@ class TrainedModels:
       raise refused('image_list', 'the list names no usable image' + (
           ': ' + '; '.join(f'line {n}: {r}' for n, r in first) if first else ''))
     problem_rows = [{'line': n, 'text': lines[n - 1].strip()[:300], 'reason': r} for n, r in sorted(bad.items())]
+    # DIGITS keys its answer by each line's path as posted, joined to image_folder as posted when relative
+    # (classify_many's read_image_list), not by the file it resolved to.
+    folder = (fields.get('image_folder') or '').strip()
+    posted = [[os.path.join(folder, e.name) if folder and not os.path.isabs(e.name) else e.name, e.path]
+              for e in kept]
 
     def argv_for(jobdir: str) -> list[str]:
       # Same numbering as the user's list: a refused line becomes a comment, so classify's "line" of an
@@ -280,6 +295,7 @@ class TrainedModels:
       fileio.write_bytes(os.path.join(jobdir, LIST_FILE), ('\n'.join(out) + '\n').encode('utf-8',
                                                                                           'surrogateescape'))
       fileio.write_json(os.path.join(jobdir, job_records.PROBLEMS_FILE), problem_rows, indent=1)
+      fileio.write_json(os.path.join(jobdir, job_records.POSTED_FILE), posted)
       model_flags = ([f'--workdir={workdir}', f'--step={step}'] if source['kind'] == 'model' else
                      [f'--bundle={workdir}'])
       return [sys.executable, '-m', 'alexnet_jax.classify', *model_flags,
@@ -321,7 +337,7 @@ class TrainedModels:
     if job.state != 'done' or 'classifications' not in view:
       reason = view.get('error') or f'the job is {job.state}; its page has the log'
       return errors_lib.response(500, {'classify': reason}, **started, status=job.state)
-    return {'classifications': view['classifications'], **started, 'status': job.state,
+    return {'classifications': posted_keys(job.dir, view['classifications']), **started, 'status': job.state,
             'accuracy': view.get('accuracy'), 'image_errors': view.get('errors') or []}
 
 

@@ -76,6 +76,23 @@ def digits_epochs(rows: list[dict[str, Any]]) -> list[Any]:
   return out
 
 
+def snapshot_options(table: dict[str, Any]) -> list[dict[str, Any]]:
+  """The model page's "Select model" list, newest first, as DIGITS labels it (``Epoch #14``; a snapshot
+  whose epoch is unknown by its step), with its validation top-1 and the best one marked. The page draws
+  it from this list when it loads and again from the live stream as snapshots appear."""
+  best = table.get('best')
+  out = []
+  for s in reversed(table.get('snapshots') or []):
+    epoch = s.get('epoch')
+    text = f'Epoch #{round(epoch, 2):g}' if epoch is not None else f'Step {s["step"]}'
+    if s.get('val_top1') is not None:
+      text += f' · val top-1 {fmt_pct(s["val_top1"], 2)}'
+    if s['step'] == best:
+      text += ' (best)'
+    out.append({'step': s['step'], 'epoch': epoch, 'text': text, 'best': s['step'] == best})
+  return out
+
+
 def job_fields(job_id: str, row: dict[str, Any]) -> dict[str, Any]:
   """What every job page shows of a job's row (name, state, progress, times)."""
   return {
@@ -199,6 +216,7 @@ def model_view(dash, job_id: str, row: dict[str, Any]) -> dict[str, Any]:
       'images_per_sec': status.get('images_per_sec'), 'best_val_top1': status.get('best_val_top1'),
       'best_epoch': status.get('best_epoch'), 'best_step': status.get('best_step'),
       'snapshots': table['snapshots'], 'snapshot_table': table, 'latest_metrics': latest,
+      'snapshot_options': snapshot_options(table),
       'dataset': dataset, 'config': config if isinstance(config, dict) else None,
       'history': (job.doc.get('history') if job else []) or [],
       'error': row.get('error'), 'log_name': log_name,
@@ -304,7 +322,8 @@ def classify_view(dash, job: job_records.Job, *, with_result: bool = True) -> di
       view['top_n_per_category'] = doc.get('top_n_per_category')
       view['classes'] = _classes_or_empty(job.doc.get('model_workdir') or '')
       view['files'] = {n: f'/classifications/{job.id}/files/{n}' for n in sorted(os.listdir(job.dir))
-                       if n.endswith(('.json', '.csv', '.png', '.txt')) and n != job_records.JOB_FILE}
+                       if n.endswith(('.json', '.csv', '.png', '.txt'))
+                       and n not in (job_records.JOB_FILE, job_records.POSTED_FILE)}
   return view
 
 
@@ -343,11 +362,51 @@ def vis_entries(stats: dict[str, Any], out_dir: str, url_of) -> dict[str, Any]:
 
 # ---- DIGITS' JSON fields beside ours -------------------------------------------------------------------
 
-def digits_dataset(view: dict[str, Any]) -> dict[str, Any]:
-  """A dataset's view with DIGITS' verbose ``ParseFolderTasks`` and ``CreateDbTasks`` (digits/dataset/
-  job.py ``json_dict(True)``: counts per split, and per split database its entries and image shape)."""
+# DIGITS' job status names (digits/status.py ``Status``) for our states. A job that was running when the
+# server went away is Aborted in DIGITS too (scheduler.py ``load_past_jobs``); queued is DIGITS' WAIT.
+DIGITS_STATUS = {'queued': 'Waiting', 'running': 'Running', 'done': 'Done', 'failed': 'Error',
+                 'stopped': 'Aborted', 'interrupted': 'Aborted'}
+JOB_TYPES = {'dataset': 'Image Classification Dataset', 'model': 'Image Classification Model'}
+
+
+def digits_status(state: Optional[str]) -> str:
+  """DIGITS' name of a state (``Done``, ``Running``...); ``?`` as DIGITS names one it does not know."""
+  return DIGITS_STATUS.get(state or '', '?')
+
+
+def digits_job(item: dict[str, Any]) -> dict[str, Any]:
+  """A job's JSON with DIGITS' status string under ``status`` and ours (lowercase) under ``state``."""
+  state = item.get('state') or item.get('status')
+  item['state'] = state
+  item['status'] = digits_status(state)
+  return item
+
+
+def digits_table_row(item: dict[str, Any], kind: str) -> dict[str, Any]:
+  """One job of DIGITS' ``completed_jobs.json`` (digits/views.py ``json_dict``) from an index row."""
+  css = {'Done': 'success', 'Running': 'info', 'Error': 'danger'}     # digits/status.py; else 'warning'
+  status = digits_status(item['state'])
+  progress = item.get('progress')
+  row = {'id': item['id'], 'name': item['name'], 'group': item.get('group') or '', 'status': status,
+         'status_css': css.get(status, 'warning'), 'submitted': item.get('submitted_unix'),
+         'elapsed': item.get('elapsed_seconds') or 0,
+         'progress': int(round(100 * progress)) if isinstance(progress, (int, float)) else 0,
+         'type': kind, 'state': item['state']}
+  if kind == 'model':
+    row.update(dataset_id=item.get('dataset'), framework='jax')
+  else:
+    row['backend'] = 'files'
+  return row
+
+
+def digits_dataset(view: dict[str, Any], directory: Optional[str] = None) -> dict[str, Any]:
+  """A dataset's view with DIGITS' verbose ``json_dict(True)`` (digits/dataset/images/classification/job.py):
+  ``status`` as DIGITS names it (ours under ``state``), ``directory``, ``ParseFolderTasks`` and
+  ``CreateDbTasks`` (counts per split, and per split database its entries and image shape)."""
   sizes = view.get('split_sizes') or {}
   width, height = (list(view.get('image_size') or []) + [None, None])[:2]
+  digits_job(view)
+  view['directory'] = directory
   view['ParseFolderTasks'] = [{'name': 'Parse Folder', 'label_count': len(view.get('classes') or []),
                                **{f'{s}_count': sizes.get(s, 0) for s in ('train', 'val', 'test')}}]
   view['CreateDbTasks'] = [{'name': f'Create DB ({s})', 'entries': n, 'image_width': width,
@@ -357,12 +416,49 @@ def digits_dataset(view: dict[str, Any]) -> dict[str, Any]:
   return view
 
 
+def _image_dimensions(view: dict[str, Any]) -> Optional[list[Any]]:
+  """DIGITS' ``image dimensions``, the dataset's [height, width, channels] (``get_feature_dims``)."""
+  dataset = view.get('dataset') or {}
+  size, channels = dataset.get('image_size'), dataset.get('channels')
+  if not size:
+    data = (view.get('config') or {}).get('data') or {}
+    size, channels = data.get('image_size'), data.get('channels')
+  if isinstance(size, (int, float)):
+    size = [size, size]
+  if not isinstance(size, list) or len(size) != 2:
+    return None
+  return [size[1], size[0], channels]
+
+
 def digits_model(dash, job_id: str, view: dict[str, Any]) -> dict[str, Any]:
-  """A model's view with DIGITS' ``{id, name, status, dataset_id, directory, snapshots: [epoch, ...]}``
-  (digits/model/job.py ``json_dict``); the richer snapshot rows move to ``snapshot_details``."""
+  """A model's view with DIGITS' verbose ``json_dict(True)`` (digits/model/job.py, model/images/job.py and
+  the train task's ``get_task_stats``): ``id, name, status`` (ours under ``state``), ``directory``,
+  ``dataset_id``, ``snapshots: [epoch, ...]`` (the richer rows move to ``snapshot_details``), ``job id``,
+  ``creation time``, ``username``, ``framework``, ``image dimensions`` [H, W, C], ``image resize mode``,
+  ``labels file``, ``mean file``, ``model file``, ``snapshot file`` and ``digits version``. That is the
+  shape of DIGITS' non-Caffe (Torch, TensorFlow) jobs: the Caffe-only keys (``deploy file``, ``solver
+  file``, ``train_val file``, ``caffe flavor``, ``caffe version``) are left out, as DIGITS leaves them out
+  there, since no Caffe file exists. The file names are relative to ``directory``; ``model file`` is
+  ``config.json`` (the network and solver), ``framework`` is ``jax`` and ``digits version`` is ours."""
   view['snapshot_details'] = view['snapshots']
   view['snapshots'] = view['snapshots_epochs'] = digits_epochs(view['snapshots'])
   job = dash.manager.get(job_id)
   view['dataset_id'] = job.doc.get('dataset') if job is not None else None
   view['directory'] = job.dir if job is not None else dash.row(job_id).get('path')
+  digits_job(view)
+  created = job.doc.get('created_unix') if job is not None else None
+  latest = (view.get('snapshot_table') or {}).get('latest')
+  def present(name: str) -> Optional[str]:
+    return name if view['directory'] and os.path.isfile(os.path.join(view['directory'], name)) else None
+
+  view.update({
+      'job id': job_id,
+      'creation time': str(datetime.datetime.fromtimestamp(created)) if created else None,
+      'username': None, 'framework': 'jax',
+      'image dimensions': _image_dimensions(view),
+      'image resize mode': (view.get('dataset') or {}).get('resize_mode'),
+      'labels file': present('labels.txt'), 'mean file': present('mean.npy'),
+      'model file': present('config.json'),
+      'snapshot file': f'checkpoints/{latest}' if latest is not None else 'no snapshots',
+      'digits version': dash.version})
   return view

@@ -79,7 +79,8 @@ async def create_dataset(dash: Dash, form: Form):
 
   job = dash.manager.create('dataset', name=parsed['name'], group=parsed['group'], notes=parsed['notes'],
                             argv=[], argv_for=argv_for, form=parsed['form'])
-  return {'id': job.id, 'name': job.doc['name'], 'status': job.state, 'url': f'/datasets/{job.id}'}
+  return views.digits_job({'id': job.id, 'name': job.doc['name'], 'state': job.state,   # DIGITS' json_dict()
+                           'url': f'/datasets/{job.id}'})
 
 
 @router.get('/datasets/resize_example.png', include_in_schema=False)
@@ -99,9 +100,8 @@ def resize_example(dash: Dash, width: int = 256, height: int = 256, channels: in
 
 @router.get('/datasets/{job_id}.json')
 def dataset_json(job_id: str, dash: Dash, row: DatasetRow):
-  """Our dataset view, plus DIGITS' verbose ``ParseFolderTasks`` and ``CreateDbTasks`` (digits/dataset/
-  job.py ``json_dict(True)``: counts per split, and per split database its entries and image shape)."""
-  return views.digits_dataset(views.dataset_view(dash, job_id, row))
+  """Our dataset view, plus DIGITS' verbose ``json_dict(True)`` (``views.digits_dataset``)."""
+  return views.digits_dataset(views.dataset_view(dash, job_id, row), row.get('jobdir') or row.get('path'))
 
 
 @router.get('/datasets/{job_id}', response_class=HTMLResponse, include_in_schema=False)

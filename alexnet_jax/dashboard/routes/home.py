@@ -1,6 +1,7 @@
 """Home (DIGITS' job tables), its JSON twin, the static files, path completion and the demo folder.
 
     GET  /                                  Home: datasets and models          /index.json
+    GET  /completed_jobs.json               DIGITS' home tables as JSON
     GET  /static/<tag>/<name>, /static/plotly-<version>.min.js
     GET  /paths/complete?path=              folder completion inside the data roots
     POST /demo                              draws the demo image folder
@@ -62,13 +63,33 @@ def home(request: Request, dash: Dash, partial: int = 0):
 
 @router.get('/index.json')
 def index_json(dash: Dash):
-  """DIGITS' ``{datasets: [{id, name, status}, ...], models: [...]}`` (digits/views.py) and our fields;
-  DIGITS' ``dataset_id`` of each model and the ``version`` are added beside ours."""
+  """DIGITS' ``{datasets: [{id, name, status}, ...], models: [...], version, jobs_dir}`` (digits/views.py
+  ``home``) and our fields: ``status`` as DIGITS names it (``Done``), ours under ``state``; DIGITS'
+  ``dataset_id`` of each model beside our ``dataset``."""
   index = views.index(dash)
+  for item in index['datasets'] + index['models']:
+    views.digits_job(item)
   for m in index['models']:
     m['dataset_id'] = m.get('dataset')
   index['version'] = state.package_version('alexnet_jax')
+  index['jobs_dir'] = dash.jobs_dir
   return index
+
+
+@router.get('/completed_jobs.json')
+def completed_jobs(dash: Dash):
+  """DIGITS' home-table JSON (digits/views.py ``completed_jobs``): ``running`` (queued or running datasets
+  and models), the other ``datasets`` and ``models``, ``pretrained_models`` and ``model_output_fields``;
+  each job ``{id, name, group, status, status_css, submitted, elapsed, progress (percent), type}``, with
+  ``dataset_id`` and ``framework`` for a model, ``backend`` for a dataset, and our ``state``."""
+  index = views.index(dash)
+  out: dict[str, list] = {'running': [], 'datasets': [], 'models': [], 'pretrained_models': [],
+                          'model_output_fields': []}
+  for kind, items in (('dataset', index['datasets']), ('model', index['models'])):
+    for item in items:
+      row = views.digits_table_row(item, kind)
+      out['running' if item['state'] in ('queued', 'running') else f'{kind}s'].append(row)
+  return out
 
 
 @router.get('/paths/complete')

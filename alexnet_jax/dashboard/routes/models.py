@@ -2,6 +2,7 @@
 
     GET  /models/images/classification/new          New Model form (?clone=<id>, ?dataset=<id>)
     POST /models/images/classification.json         create a model job, or one per sweep point
+                                                     ({id, name, status, ...}; a sweep: {jobs: [...]})
     GET  /models/lr_curve.json                       Visualize LR
     GET  /models/<id>                                Model job page                     /models/<id>.json
                                                      (DIGITS' snapshots: [epoch, ...]; GPU Usage)
@@ -37,7 +38,7 @@ STREAM_POLL_S = 0.5               # a live stream's stat() period while its job 
 STREAM_IDLE_POLL_S = 2.0          # ... and once it has ended (a Resume may follow)
 STATUS_KEYS = ('status', 'status_text', 'progress', 'eta_seconds', 'elapsed_seconds', 'step', 'total_steps',
                'epoch', 'images_per_sec', 'best_val_top1', 'best_epoch', 'snapshots', 'error', 'hardware',
-               'gpus', 'log_tail', 'history')
+               'gpus', 'log_tail', 'history', 'snapshot_options')
 
 
 @router.get('/models/images/classification/new', response_class=HTMLResponse, include_in_schema=False)
@@ -93,8 +94,12 @@ async def create_model(dash: Dash, form: Form):
                'form_fields': dict(fields)},   # exactly as submitted, for the model page
         argv_for=lambda jobdir, o=overrides: model_form.train_argv(experiments[parsed['experiment']],
                                                                    jobdir, o))
-    created.append({'id': job.id, 'name': name, 'status': job.state, 'url': f'/models/{job.id}'})
-  return created[0] if len(created) == 1 else created
+    created.append(job.id)
+  # DIGITS answers with the new job's json_dict() (its status, "job id", "creation time", "snapshot file":
+  # "no snapshots", ...): the model JSON of each, with its page's url; a sweep's under "jobs".
+  answers = [dict(await asyncio.to_thread(_model_json, dash, job_id), url=f'/models/{job_id}')
+             for job_id in created]
+  return answers[0] if len(answers) == 1 else {'jobs': answers}
 
 
 @router.get('/models/lr_curve.json')
@@ -122,10 +127,14 @@ def lr_curve(request: Request, dash: Dash):
 
 @router.get('/models/{job_id}.json')
 def model_json(job_id: str, dash: Dash, row: ModelRow):
-  """DIGITS' ``{id, name, status, dataset_id, directory, snapshots: [epoch, ...]}`` (digits/model/job.py
-  ``json_dict``), so a script can post ``snapshots[-1]`` as ``snapshot_epoch``; every other key is ours.
-  The richer rows ({step, epoch, val_top1}) are under ``snapshot_details``."""
+  """DIGITS' ``{id, name, status, dataset_id, directory, snapshots: [epoch, ...], ...}`` (digits/model/
+  job.py ``json_dict``; ``views.digits_model``), so a script can post ``snapshots[-1]`` as
+  ``snapshot_epoch``. The richer rows ({step, epoch, val_top1}) are under ``snapshot_details``."""
   return views.digits_model(dash, job_id, views.model_view(dash, job_id, row))
+
+
+def _model_json(dash, job_id: str) -> dict[str, Any]:
+  return views.digits_model(dash, job_id, views.model_view(dash, job_id, dash.row_of_kind(job_id, 'model')))
 
 
 @router.get('/models/{job_id}', response_class=HTMLResponse, include_in_schema=False)
@@ -134,13 +143,22 @@ def model_page(request: Request, job_id: str, dash: Dash, row: ModelRow):
   return dash.render('model.html', request, job=view, page=view)
 
 
+def _mtime(path: str) -> Any:
+  try:
+    return os.stat(path).st_mtime_ns
+  except OSError:
+    return None
+
+
 @router.get('/models/{job_id}/stream', response_class=EventSourceResponse)
 async def model_stream(request: Request, job_id: str, dash: Dash, row: ModelRow):
   """Live curves: ``metrics`` events carry the records appended to metrics.jsonl (id = last step),
-  ``reset`` says the file was rewritten (a resume), ``status`` the job's state and progress."""
+  ``reset`` says the file was rewritten (a resume), ``status`` the job's state and progress, and its
+  snapshots (``snapshot_options``, the "Select model" list) whenever status.json or checkpoints/ change."""
   workdir = row.get('jobdir') or row['path']
   tail = stream_lib.MetricsTail(os.path.join(workdir, 'metrics.jsonl'))
   status_path = os.path.join(workdir, status_lib.STATUS_FILE)
+  checkpoints = os.path.join(workdir, 'checkpoints')
   last_status: Any = None
   last_state = None
   while True:
@@ -151,13 +169,12 @@ async def model_stream(request: Request, job_id: str, dash: Dash, row: ModelRow)
       yield ServerSentEvent(event='reset', data={})
     if records:
       yield ServerSentEvent(event='metrics', data=records, id=str(records[-1].get('step', '')))
-    try:
-      mtime = os.stat(status_path).st_mtime_ns
-    except OSError:
-      mtime = None
+    mtime = _mtime(status_path)
     job = dash.manager.get(job_id)
     state = job.state if job is not None else row['state']
-    key = (mtime, state, job.wait_reason if job else None,
+    # A snapshot that appears (renamed into checkpoints/) changes the folder's mtime: a new status event
+    # brings the page's "Select model" list up to date even when status.json did not change with it.
+    key = (mtime, _mtime(checkpoints), state, job.wait_reason if job else None,
            job.doc.get('abort_requested') if job else None)
     if key != last_status:
       last_status = key

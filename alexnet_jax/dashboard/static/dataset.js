@@ -22,9 +22,9 @@
   async function poll() {
     const r = await fetch(`/datasets/${encodeURIComponent(page.id)}.json`, {credentials: 'same-origin'});
     if (r.ok) {
-      const v = await r.json();
-      Dash.setStatus(document.getElementById('status'), v.status_text, v.status);
-      Dash.setProgress(document.getElementById('progress'), v.progress, v.status);
+      const v = await r.json();            // DIGITS' status name in v.status, ours in v.state
+      Dash.setStatus(document.getElementById('status'), v.status_text, v.state);
+      Dash.setProgress(document.getElementById('progress'), v.progress, v.state);
       const parts = [];
       if (v.phase) parts.push(`phase ${v.phase}`);
       if (v.split) parts.push(v.split);
@@ -32,8 +32,8 @@
       if (v.images_per_sec) parts.push(`${v.images_per_sec.toFixed(0)} images/s`);
       if (v.eta_seconds !== null && v.eta_seconds !== undefined) parts.push(`ETA ${Dash.fmtSeconds(v.eta_seconds)}`);
       document.getElementById('progress-detail').textContent = parts.join(' · ');
-      Dash.showActions(v.status, v.external);
-      if (v.status !== page.status && !['running', 'queued'].includes(v.status)) {
+      Dash.showActions(v.state, v.external);
+      if (v.state !== page.status && !['running', 'queued'].includes(v.state)) {
         window.location.reload();
         return;
       }

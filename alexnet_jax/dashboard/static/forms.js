@@ -42,8 +42,8 @@
     const r = await Dash.send('POST', action, data);
     button.disabled = false;
     if (r.ok) {
-      const job = Array.isArray(r.data) ? r.data[0] : r.data;
-      window.location.href = Array.isArray(r.data) && r.data.length > 1 ? '/' : next + job.id;
+      const jobs = r.data.jobs || [r.data];     // DIGITS' answer: a sweep's jobs under "jobs"
+      window.location.href = jobs.length > 1 ? '/' : next + jobs[0].id;
       return;
     }
     showErrors(r.data.errors || {'*': `HTTP ${r.status}`});

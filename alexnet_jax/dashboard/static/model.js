@@ -130,6 +130,8 @@
     }
     Dash.showActions(v.status, page.external);
     document.body.dataset.jobState = v.status;
+    // The "Select model" list of part 2 (trained_model.js) follows the snapshots as they appear.
+    document.dispatchEvent(new CustomEvent('dash:snapshots', {detail: v.snapshot_options || []}));
   }
 
   function connect() {

@@ -146,6 +146,28 @@
     window.location.href = downloadUrl(format, false);
   }
 
+  // ---- Select model: the snapshot list, live ---------------------------------------------------------
+
+  // The stream's snapshot_options (views.snapshot_options: newest first, DIGITS' "Epoch #14" labels) redraw
+  // the list when they change. The user's choice stays chosen; until the user chooses, the best is.
+  let shownOptions = null;
+  function updateSnapshots(options) {
+    const select = $('snapshot');
+    const signature = JSON.stringify(options);
+    if (!select || signature === shownOptions) return;
+    shownOptions = signature;
+    const chosen = select.dataset.userChosen ? select.value : null;
+    select.textContent = '';
+    for (const o of options) {
+      const option = el('option', {value: String(o.step), 'data-epoch': o.epoch === null ? '' : String(o.epoch)}, o.text);
+      option.selected = chosen !== null ? String(o.step) === chosen : o.best;
+      select.appendChild(option);
+    }
+    if (chosen !== null && select.value !== chosen) delete select.dataset.userChosen;   // it was removed
+    $('trained-model-body').hidden = !options.length;
+    $('no-snapshot').hidden = options.length > 0;
+  }
+
   // ---- Census -------------------------------------------------------------------------------------
 
   function censusTable(report) {
@@ -205,6 +227,12 @@
     if (one) one.addEventListener('submit', classifyOne);
     if (many) many.addEventListener('submit', classifyMany);
     document.querySelectorAll('#trained-model a[data-format]').forEach((a) => a.addEventListener('click', download));
+    const select = $('snapshot');
+    if (select) {
+      select.addEventListener('change', () => { select.dataset.userChosen = '1'; });
+      shownOptions = JSON.stringify(page.snapshot_options || []);
+    }
     loadCensus();
   });
+  document.addEventListener('dash:snapshots', (e) => updateSnapshots(e.detail));
 })();
