@@ -13,16 +13,6 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 # The XLA CPU options the entry points use (alexnet_jax/runtime/devices.py), so tests run what users run.
 from alexnet_jax.runtime import devices  # noqa: E402  (imports jax, but starts no backend)
 devices.add_cpu_xla_flags()
-# Tests compile hundreds of small programs and run each a few steps, so compiling is most of the suite's
-# time, and most of that is LLVM optimizing the code XLA generates (an AlexNet initializer's random draws:
-# 15-90 s on a 2-core host). At LLVM's lowest level XLA still runs all its own (HLO) passes -- the same
-# fusions, partitioning and collectives -- and compiles 2-5x faster; only the machine code is slower, which
-# tiny networks do not feel. Subprocesses inherit it through XLA_FLAGS (a test comparing its run with a
-# child's compares like with like); a test that gives a child a fresh environment passes FAST_COMPILE.
-OPT_LEVEL = '--xla_backend_optimization_level=0'
-FAST_COMPILE = {'XLA_FLAGS': OPT_LEVEL} if devices.xla_knows_option(OPT_LEVEL) else {}
-if FAST_COMPILE and 'xla_backend_optimization_level=' not in os.environ['XLA_FLAGS']:
-  os.environ['XLA_FLAGS'] += ' ' + OPT_LEVEL
 from alexnet_jax.runtime import host_memory  # noqa: E402
 host_memory.retain_freed_memory()   # as cli.run does for the entry points
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')

@@ -11,7 +11,6 @@ import pytest
 
 from alexnet_jax import models
 from alexnet_jax.parallel import census, layouts, step as step_lib
-from tests import conftest
 
 # Floats per image that each tower contributes at each exchange, full width, 224x224 (issue #2).
 ANALYTIC_FLOATS = {'conv3': 13 * 13 * 128, 'fc6': 6 * 6 * 128, 'fc7': 2048}
@@ -98,7 +97,7 @@ def test_census_command_writes_its_json(tmp_path):
       [sys.executable, '-m', 'alexnet_jax.census', '--layouts=model,single', '--devices=4',
        '--width=0.125', '--batch=4', '--image_size=67', '--num_classes=10', f'--json={out}'],
       capture_output=True, text=True, timeout=600,
-      env={'PATH': '/usr/bin:/bin', 'JAX_PLATFORMS': 'cpu', 'HOME': str(tmp_path), **conftest.FAST_COMPILE})
+      env={'PATH': '/usr/bin:/bin', 'JAX_PLATFORMS': 'cpu', 'HOME': str(tmp_path)})
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert '== model' in proc.stdout and 'all-gather' in proc.stdout
   report = json.loads(out.read_text())
