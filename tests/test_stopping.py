@@ -104,6 +104,19 @@ def test_the_adaptive_interval_is_the_smallest_proposed(two_processes):
   assert two_processes.calls[0][1] == 1 and two_processes.calls[-1][1] == 100
 
 
+def test_the_environment_bounds_the_adaptive_interval(two_processes, monkeypatch):
+  monkeypatch.setenv(stopping.MAX_SYNC_ENV, '7')
+  two_processes.other = (0, 1000)
+  with stopping.StopRequest(sync_seconds=10.0) as stop:
+    for step in range(1, 16):
+      stop.should_stop(step)
+  assert [proposed for _, proposed in two_processes.calls] == [1, 7, 7]   # exchanges at 1, 2 and 9
+  for bad in ('0', 'many'):
+    monkeypatch.setenv(stopping.MAX_SYNC_ENV, bad)
+    with pytest.raises(ValueError, match=f"{stopping.MAX_SYNC_ENV}='{bad}'"):
+      stopping.StopRequest()
+
+
 # A two-process run through the launcher: a tiny psum per step; the test sends SIGTERM to process 0,
 # and 1.5 s later to process 1, as a cluster's preemption does.
 SCRIPT = '''

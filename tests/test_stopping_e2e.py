@@ -10,13 +10,13 @@ same command then resumes, and the final parameters equal those of one uninterru
 mesh (as in test_multihost.py, within 1e-5: two processes reduce in another order than one).
 
 The signal goes as soon as the run is training (its first metrics line), and the processes agree to stop
-at their next exchange: within ``stopping.StopRequest``'s largest interval (100 steps, or about a second
-of steps, whichever is fewer) -- however fast or slow the host. So the run is longer than that by far
-(256 steps; validations and snapshots only every 32 epochs, so the steps cost little): an 8-step run
-ended before the exchange on a quiet host, where 8 steps take well under the second, and exited 0.
+at their next exchange: within ``stopping.StopRequest``'s largest interval -- 100 steps in a real run,
+``MAX_SYNC`` here through its environment variable -- however fast or slow the host. So the run is longer
+than that by far (64 steps; validations and snapshots only every 8 epochs, so the steps cost little):
+with the default bound, an 8-step run ended before the exchange on a quiet host, where 8 steps take well
+under the second, and exited 0.
 """
 
-import inspect
 import os
 import subprocess
 import sys
@@ -34,13 +34,15 @@ from tests.test_stopping import stagger_sigterms
 from tests.test_train import EXPERIMENT, REPO, overrides_as_flags, tiny_config
 
 # test_multihost's run, in the data layout on 1 device per process (the cheapest to compile, since
-# compiling dominates the test's time), for 64 epochs of 4 steps: far more than the 100 steps the
+# compiling dominates the test's time), for 16 epochs of 4 steps: far more than the MAX_SYNC steps the
 # processes may run between two exchanges, so the stop comes before the end on any host.
-EPOCHS = 64
+MAX_SYNC = 4
+EPOCHS = 16
 RUN = dict(OVERRIDES, layout='data', num_epochs=EPOCHS, val_interval=EPOCHS / 2,
            snapshot_interval=EPOCHS / 2)
 TOTAL_STEPS = EPOCHS * 4
-assert TOTAL_STEPS > 2 * inspect.signature(stopping.StopRequest).parameters['max_sync_every'].default
+assert TOTAL_STEPS > 8 * MAX_SYNC
+ENV = dict(os.environ, **{stopping.MAX_SYNC_ENV: str(MAX_SYNC)})   # the launcher passes it to each process
 
 
 @pytest.fixture(scope='module')
@@ -82,7 +84,7 @@ def trainer_pids(launcher_pid: int) -> dict[int, int]:
 
 def test_staggered_sigterms_then_resume_end_like_an_uninterrupted_run(folder, tmp_path):
   workdir = tmp_path / 'preempted'
-  proc = subprocess.Popen(launch_command(folder, workdir), cwd=REPO, stdout=subprocess.PIPE,
+  proc = subprocess.Popen(launch_command(folder, workdir), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   try:
     # Training, past its first log line (so inside the loop, its stop handlers installed): the signal
@@ -110,8 +112,8 @@ def test_staggered_sigterms_then_resume_end_like_an_uninterrupted_run(folder, tm
   step, _ = params_on_one_device(workdir)
   assert step == stopped_at  # the snapshot both processes took together, at the agreed step
 
-  resumed = subprocess.run(launch_command(folder, workdir), cwd=REPO, capture_output=True, text=True,
-                           timeout=900)
+  resumed = subprocess.run(launch_command(folder, workdir), cwd=REPO, env=ENV, capture_output=True,
+                           text=True, timeout=900)
   assert resumed.returncode == 0, resumed.stdout[-4000:]
   assert f'[p0] done at step {TOTAL_STEPS}' in resumed.stdout
 

@@ -18,8 +18,10 @@ exchange their flags (one tiny all-gather), and all of them return the same deci
 How often they exchange (``sync_every``): by default the interval adapts so that an exchange happens
 about once a second (``sync_seconds``), counted in steps and agreed at each exchange (the smallest
 interval any process proposes), so a slow step never delays the stop by many seconds and a fast one does
-not pay for an exchange at every step. On 2 local CPU processes (gloo) one exchange costs about 3-5 ms,
-so once a second is well under 1% of the run; with AlexNet's 2-3 s steps on CPU it means every step.
+not pay for an exchange at every step; it is at most 100 steps (``$ALEXNET_STOP_MAX_SYNC_STEPS`` sets
+another bound: a test's short run then reaches an exchange before its end). On 2 local CPU processes
+(gloo) one exchange costs about 3-5 ms, so once a second is well under 1% of the run; with AlexNet's
+2-3 s steps on CPU it means every step.
 A single-process run decides at once and never communicates.
 
 Why not ``jax.experimental.multihost_utils.reached_preemption_sync_point``: it works on CPU with the
@@ -37,6 +39,7 @@ logged; a second one still raises ``KeyboardInterrupt``.
 
 from __future__ import annotations
 
+import os
 import signal as signal_lib
 import threading
 import time
@@ -45,6 +48,24 @@ import numpy as np
 from absl import logging
 
 SIGNALS = (signal_lib.SIGTERM, signal_lib.SIGINT)
+# The adaptive interval's upper bound, in steps, unless the caller gives one: this environment variable
+# when set (a test makes a short multi-process run stop at an exchange before its end), else 100.
+MAX_SYNC_ENV = 'ALEXNET_STOP_MAX_SYNC_STEPS'
+DEFAULT_MAX_SYNC_EVERY = 100
+
+
+def max_sync_every_from_env() -> int:
+  """``$ALEXNET_STOP_MAX_SYNC_STEPS`` (a positive integer) if set, else ``DEFAULT_MAX_SYNC_EVERY``."""
+  value = os.environ.get(MAX_SYNC_ENV, '').strip()
+  if not value:
+    return DEFAULT_MAX_SYNC_EVERY
+  try:
+    steps = int(value)
+  except ValueError:
+    steps = 0
+  if steps < 1:
+    raise ValueError(f'{MAX_SYNC_ENV}={value!r}: must be a whole number of steps, at least 1')
+  return steps
 
 
 class StopRequest:
@@ -58,14 +79,14 @@ class StopRequest:
   """
 
   def __init__(self, *, sync_every: int | None = None, sync_seconds: float = 1.0,
-               max_sync_every: int = 100):
+               max_sync_every: int | None = None):
     """Prepares the handlers (installed by ``with``).
 
     Args:
       sync_every: exchange the flags every this many steps (multi-process runs only). None: adapt the
         interval to the step time, aiming at one exchange every ``sync_seconds``.
       sync_seconds: the adaptive interval's target, in seconds of training between exchanges.
-      max_sync_every: upper bound of the adaptive interval, in steps.
+      max_sync_every: upper bound of the adaptive interval, in steps. None: ``max_sync_every_from_env()``.
     """
     if sync_every is not None and sync_every < 1:
       raise ValueError(f'sync_every must be at least 1, not {sync_every}')
@@ -75,7 +96,7 @@ class StopRequest:
     self._signum = 0
     self._fixed = sync_every
     self._sync_seconds = sync_seconds
-    self._max_every = max(1, max_sync_every)
+    self._max_every = max(1, max_sync_every_from_env() if max_sync_every is None else max_sync_every)
     self._previous = {}
     self._multi: bool | None = None
     self._next_sync: int | None = None
