@@ -162,3 +162,131 @@ def test_across_tower_lrn_gives_the_same_logits_with_the_towers_on_two_devices(a
   batch = np.stack([single.preprocess(smooth_image(rng, IMAGE)) for _ in range(2)])
   towers = alexnet_jax.load(out, layout='model')
   np.testing.assert_allclose(towers.logits(batch), single.logits(batch), rtol=1e-5, atol=1e-5)
+
+
+# ---- DIGITS "Download Model" archives ------------------------------------------------------------------------
+
+def write_archive(path, files: dict[str, bytes]) -> None:
+  """A DIGITS download: flat members (``digits/model/views.py``), tar.gz or zip by the name."""
+  if str(path).endswith('.zip'):
+    import zipfile
+    with zipfile.ZipFile(path, 'w') as z:
+      for name, data in files.items():
+        z.writestr(name, data)
+    return
+  with tarfile.open(path, 'w:gz') as t:
+    for name, data in files.items():
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      t.addfile(info, io.BytesIO(data))
+
+
+def _read(path) -> bytes:
+  with open(path, 'rb') as f:
+    return f.read()
+
+
+def _png(array, path):
+  Image.fromarray(array.squeeze()).save(path)
+  return str(path)
+
+
+def test_digits_alexnet_archive_classifies_as_digits_did(alexnet_files, tmp_path):
+  """info.json's contract (image dimensions, resize mode), labels.txt and the mean file are kept; a PNG
+  classifies to Caffe's probabilities."""
+  files = alexnet_files
+  info = {'framework': 'caffe', 'image dimensions': [IMAGE, IMAGE, 3], 'image resize mode': 'crop',
+          'mean file': 'mean.binaryproto', 'snapshot file': 'snapshot_iter_90.caffemodel',
+          'deploy file': 'deploy.prototxt', 'labels file': 'labels.txt', 'name': 'flowers'}
+  labels = [f'flower {i}' for i in range(CLASSES)]
+  archive = tmp_path / '20160101-000000-abcd_epoch_30.0.tar.gz'
+  write_archive(archive, {
+      'deploy.prototxt': _read(files['deploy_new']), 'snapshot_iter_90.caffemodel': _read(files['model_new']),
+      'snapshot_iter_30.caffemodel': b'not read', 'mean.binaryproto': _read(files['mean']),
+      'labels.txt': ''.join(f'{name}\n' for name in labels).encode(), 'info.json': json.dumps(info).encode()})
+  assert importers.detect_format(str(archive)) == 'digits'
+  path, meta = importers.import_weights(archive, tmp_path / 'bundle.tar.gz')
+  assert meta['preprocess']['resize_mode'] == 'crop' and meta['imported_from']['format'] == 'digits'
+  assert meta['imported_from']['digits']['name'] == 'flowers'
+  model = alexnet_jax.load(path)
+  assert model.classes == labels
+  image = smooth_image(np.random.default_rng(5), IMAGE)
+  png = _png(image, tmp_path / 'flower.png')
+  ours = model.probabilities(png)
+  want = _softmax(caffe_alexnet(files['blobs'], caffe_input(image, files['mean_array'].astype(np.float64),
+                                                            SIZE)))
+  np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-6)
+
+
+def test_digits_lenet_zip_keeps_the_input_scale(tmp_path):
+  """DIGITS' LeNet (Power scale 0.0125, grayscale 28x28, no crop), V1 files in a .zip."""
+  blobs = caffe_files.lenet_blobs(10, seed=6)
+  rng = np.random.default_rng(7)
+  mean = rng.uniform(20, 60, (1, 28, 28)).astype(np.float32)
+  caffe_files.write_caffemodel(tmp_path / 'm.caffemodel', blobs, v1=True)
+  caffe_files.write_binaryproto(tmp_path / 'mean.binaryproto', mean)
+  deploy = caffe_files.deploy_text(caffe_files.lenet_layers(10), input_chw=(1, 28, 28), v1=True,
+                                   input_style='input_shape')
+  info = {'framework': 'caffe', 'image dimensions': [28, 28, 1], 'image resize mode': 'squash'}
+  write_archive(tmp_path / 'lenet.zip', {'deploy.prototxt': deploy.encode(), 'info.json': json.dumps(info).encode(),
+                                         'snapshot_iter_10.caffemodel': _read(tmp_path / 'm.caffemodel'),
+                                         'mean.binaryproto': _read(tmp_path / 'mean.binaryproto')})
+  path, meta = importers.import_weights(tmp_path / 'lenet.zip', tmp_path / 'bundle')
+  assert meta['model']['name'] == 'lenet' and meta['preprocess']['channels'] == 1
+  digit = rng.integers(0, 256, (28, 28, 1), dtype=np.uint8)
+  ours = alexnet_jax.load(path).probabilities(_png(digit, tmp_path / 'digit.png'))
+  want = _softmax(caffe_lenet(blobs, digit.transpose(2, 0, 1).astype(np.float64) - mean))
+  np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-6)
+
+
+# ---- bad inputs ----------------------------------------------------------------------------------------------
+
+def test_bad_inputs_are_refused_naming_the_file_and_the_reason(alexnet_files, tmp_path):
+  files, out = alexnet_files, tmp_path / 'bundle'
+  # A truncated caffemodel.
+  cut = tmp_path / 'cut.caffemodel'
+  cut.write_bytes(_read(files['model_new'])[:200_000])
+  with pytest.raises(WeightsError, match=r'cut\.caffemodel.*truncated'):
+    importers.import_weights(cut, out, prototxt=files['deploy_new'])
+  # A prototxt that does not match the weights: the layer and both shapes.
+  wrong = tmp_path / 'wrong.prototxt'
+  wrong.write_text(caffe_files.deploy_text(caffe_files.alexnet_layers(WIDTH, CLASSES + 2), input_chw=(3, SIZE, SIZE)))
+  with pytest.raises(WeightsError, match=r"layer 'fc8'.*\(5, 512\).*\(7, 512\)"):
+    importers.import_weights(files['model_new'], out, prototxt=str(wrong))
+  # CaffeNet's pool-before-norm order is refused rather than mis-imported.
+  caffenet = tmp_path / 'caffenet.prototxt'
+  caffenet.write_text(caffe_files.deploy_text(caffe_files.alexnet_layers(WIDTH, CLASSES, caffenet=True),
+                                              input_chw=(3, SIZE, SIZE)))
+  with pytest.raises(WeightsError, match='CaffeNet'):
+    importers.import_weights(files['model_new'], out, prototxt=str(caffenet))
+  # No prototxt given and none beside the caffemodel.
+  with pytest.raises(WeightsError, match='--prototxt'):
+    importers.import_weights(files['model_new'], out)
+  # An archive with a ../ member.
+  evil = tmp_path / 'evil.tar.gz'
+  write_archive(evil, {'../escape.caffemodel': b'x', 'deploy.prototxt': b''})
+  with pytest.raises(WeightsError, match=r'evil\.tar\.gz.*\.\./'):
+    importers.import_weights(evil, out)
+  assert not (tmp_path / 'escape.caffemodel').exists() and not out.exists()
+  # A prototxt that is not one.
+  with pytest.raises(WeightsError, match=r'garbage\.prototxt, line 1'):
+    prototxt.parse('layer { name: "x" type: }', 'garbage.prototxt')
+
+
+# ---- --config.init_from ---------------------------------------------------------------------------------------
+
+def test_init_from_takes_a_caffemodel_with_its_deploy_prototxt_beside_it(alexnet_files, tmp_path):
+  from alexnet_jax.training import finetune
+  files = alexnet_files
+  os.link(files['model_new'], tmp_path / 'bvlc.caffemodel')
+  with pytest.raises(ValueError, match='deploy.prototxt beside'):
+    finetune.load_earlier(str(tmp_path / 'bvlc.caffemodel'), mesh=None)
+  (tmp_path / 'deploy.prototxt').write_text(open(files['deploy_new']).read())
+  host, about = finetune.load_earlier(str(tmp_path / 'bvlc.caffemodel'), mesh=None)
+  assert (about['network'], about['num_classes'], about['input_size']) == ('alexnet', CLASSES, '227x227')
+  bundle = alexnet_jax.inference.read_model_files(importers.import_weights(files['model_new'], tmp_path / 'b',
+                                                                           prototxt=files['deploy_new'])[0])
+  flat = alexnet_jax.inference.bundle.flatten_params(bundle.params)
+  assert sorted(host) == sorted(flat)
+  for name in flat:
+    np.testing.assert_array_equal(host[name], flat[name], err_msg=name)

@@ -281,11 +281,12 @@ def test_a_mismatched_shape_names_the_layer_and_both_shapes(tmp_path):
   assert not (tmp_path / 'bundle').exists()
 
 
-def test_unsupported_formats_say_so(tmp_path):
-  with pytest.raises(WeightsError, match='Caffe model .* cannot be imported yet'):
-    importers.detect_format('bvlc_alexnet.caffemodel')
-  with pytest.raises(WeightsError, match='DIGITS .* cannot be imported yet'):
-    importers.detect_format('model.pth', 'digits')
+def test_formats_are_recognised_from_the_file_name():
+  assert importers.detect_format('alexnet.pth') == 'torchvision'
+  assert importers.detect_format('bvlc_alexnet.caffemodel') == 'caffe'       # tests/test_import_caffe.py
+  assert importers.detect_format('digits_model.tar.gz') == 'digits'
+  with pytest.raises(WeightsError, match='give the .caffemodel as --source'):
+    importers.detect_format('deploy.prototxt')
 
 
 @pytest.mark.parametrize('legacy', [False, True], ids=['zip', 'legacy'])

@@ -48,7 +48,7 @@ from alexnet_jax.run.workdir import CONFIG_FILE
 from alexnet_jax.runtime import fileio
 
 FORMATS = ('auto', 'torchvision', 'caffe', 'digits')
-TORCH_SUFFIXES = ('.pth', '.pt', '.safetensors', '.bin')
+TORCH_SUFFIXES = ('.pth', '.pt', '.safetensors')
 CAFFE_SUFFIX = '.caffemodel'
 ARCHIVE_SUFFIXES = digits_archive.ARCHIVE_SUFFIXES
 DEFAULT_PROTOTXT = 'deploy.prototxt'
@@ -89,7 +89,8 @@ def caffe_prototxt(source: str, prototxt: Optional[str]) -> str:
   beside = os.path.join(os.path.dirname(os.path.abspath(source)), DEFAULT_PROTOTXT)
   if not os.path.isfile(beside):
     raise WeightsError(f'{source}: a .caffemodel needs its network description: pass --prototxt=deploy.prototxt '
-                       f'(or put deploy.prototxt beside the caffemodel; there is none at {beside})')
+                       f'to import_weights, or put deploy.prototxt beside the caffemodel (what '
+                       f'--config.init_from reads; there is none at {beside})')
   return beside
 
 

@@ -100,8 +100,8 @@ def _open(archive: str) -> tuple[Any, list[tuple[str, int, Any]]]:
         base = _check_name(archive, info.filename)
         if info.is_dir():
           continue
-        mode = info.external_attr >> 16
-        if mode and not stat.S_ISREG(mode):
+        kind = stat.S_IFMT(info.external_attr >> 16)   # 0 when the writer gave permissions only
+        if kind and kind != stat.S_IFREG:
           raise WeightsError(f'{archive}: member {info.filename!r} is a link or special file; refusing the '
                              f'archive')
         out.append((base, info.file_size, info))
