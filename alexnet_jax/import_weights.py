@@ -66,9 +66,11 @@ def define_flags() -> None:
   """Flags of the command (defined only when it runs, so that importing this module defines none)."""
   flags.DEFINE_string('source', None, 'The weights: a torchvision AlexNet .pth or .safetensors, a Caffe '
                       '.caffemodel, or a DIGITS "Download Model" archive (.tar.gz, .tgz, .tar, .zip).')
-  flags.DEFINE_string('prototxt', None, 'A .caffemodel\'s deploy.prototxt (default: deploy.prototxt beside it).')
-  flags.DEFINE_string('mean', None, 'A .caffemodel\'s mean image, .binaryproto (ilsvrc_2012_mean.binaryproto); '
-                      'default: no mean subtracted.')
+  flags.DEFINE_string('prototxt', None,
+                      'A .caffemodel\'s deploy.prototxt (default: deploy.prototxt beside it).')
+  flags.DEFINE_string('mean', None,
+                      'A .caffemodel\'s mean image, .binaryproto (ilsvrc_2012_mean.binaryproto); '
+                      'default: none.')
   flags.DEFINE_string('labels', None, 'labels.txt: one class name per line (default: a DIGITS archive\'s, '
                       'else class_0, ...).')
   flags.DEFINE_enum('format', 'auto', ['auto', 'torchvision', 'caffe', 'digits'],

@@ -152,7 +152,8 @@ def deploy_text(layers: list[tuple], *, input_chw: tuple[int, int, int], v1: boo
   for layer_name, kind, bottom, top, params in layers:
     kind_text = V1_ENUM[kind] if v1 else f'"{kind}"'
     bottoms = ' '.join(f'bottom: "{b}"' for b in ([bottom] if isinstance(bottom, str) else bottom))
-    lines.append(f'{"layers" if v1 else "layer"} {{\n  name: "{layer_name}"\n  type: {kind_text}\n  {bottoms}\n'
+    block = 'layers' if v1 else 'layer'
+    lines.append(f'{block} {{\n  name: "{layer_name}"\n  type: {kind_text}\n  {bottoms}\n'
                  f'  top: "{top}"\n  {_param_text(params)}\n}}')
   return '\n'.join(lines) + '\n'
 
@@ -162,6 +163,7 @@ def alexnet_layers(width: float = 1.0, num_classes: int = 1000, *, caffenet: boo
   ch = alexnet_channels(width)
   lrn = {'lrn_param': {'local_size': 5, 'alpha': 0.0001, 'beta': 0.75}}
   pool = {'pooling_param': {'pool': 'MAX', 'kernel_size': 3, 'stride': 2}}
+  drop = {'dropout_param': {'dropout_ratio': 0.5}}
 
   def conv(n, k, s=1, p=0, g=1):
     params = {'num_output': n, 'kernel_size': k, 'stride': s}
@@ -186,15 +188,16 @@ def alexnet_layers(width: float = 1.0, num_classes: int = 1000, *, caffenet: boo
               ('norm2', 'LRN', 'conv2', 'norm2', lrn), ('pool2', 'Pooling', 'norm2', 'pool2', pool)]
     last = 'pool2'
   return first + [
-      ('conv3', 'Convolution', last, 'conv3', conv(ch['conv3'], 3, p=1)), ('relu3', 'ReLU', 'conv3', 'conv3', {}),
+      ('conv3', 'Convolution', last, 'conv3', conv(ch['conv3'], 3, p=1)),
+      ('relu3', 'ReLU', 'conv3', 'conv3', {}),
       ('conv4', 'Convolution', 'conv3', 'conv4', conv(ch['conv4'], 3, p=1, g=2)),
       ('relu4', 'ReLU', 'conv4', 'conv4', {}),
       ('conv5', 'Convolution', 'conv4', 'conv5', conv(ch['conv5'], 3, p=1, g=2)),
       ('relu5', 'ReLU', 'conv5', 'conv5', {}), ('pool5', 'Pooling', 'conv5', 'pool5', pool),
       ('fc6', 'InnerProduct', 'pool5', 'fc6', {'inner_product_param': {'num_output': ch['fc6']}}),
-      ('relu6', 'ReLU', 'fc6', 'fc6', {}), ('drop6', 'Dropout', 'fc6', 'fc6', {'dropout_param': {'dropout_ratio': 0.5}}),
+      ('relu6', 'ReLU', 'fc6', 'fc6', {}), ('drop6', 'Dropout', 'fc6', 'fc6', drop),
       ('fc7', 'InnerProduct', 'fc6', 'fc7', {'inner_product_param': {'num_output': ch['fc7']}}),
-      ('relu7', 'ReLU', 'fc7', 'fc7', {}), ('drop7', 'Dropout', 'fc7', 'fc7', {'dropout_param': {'dropout_ratio': 0.5}}),
+      ('relu7', 'ReLU', 'fc7', 'fc7', {}), ('drop7', 'Dropout', 'fc7', 'fc7', drop),
       ('fc8', 'InnerProduct', 'fc7', 'fc8', {'inner_product_param': {'num_output': num_classes}}),
       ('prob', 'Softmax', 'fc8', 'prob', {}),
   ]
@@ -220,7 +223,8 @@ def lenet_layers(num_classes: int = 10) -> list[tuple]:
 
 def lenet_blobs(num_classes: int = 10, *, channels: int = 1, seed: int = 0):
   rng = np.random.default_rng(seed)
-  shapes = {'conv1': (20, channels, 5, 5), 'conv2': (50, 20, 5, 5), 'ip1': (500, 800), 'ip2': (num_classes, 500)}
+  shapes = {'conv1': (20, channels, 5, 5), 'conv2': (50, 20, 5, 5), 'ip1': (500, 800),
+            'ip2': (num_classes, 500)}
   return [(name, 'Convolution' if name.startswith('conv') else 'InnerProduct',
            [rng.normal(0, np.sqrt(2.0 / np.prod(s[1:])), s).astype(np.float32),
             rng.normal(0, 0.1, s[:1]).astype(np.float32)]) for name, s in shapes.items()]

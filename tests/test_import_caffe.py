@@ -30,13 +30,13 @@ from PIL import Image
 
 import alexnet_jax
 from alexnet_jax.inference import importers
-from alexnet_jax.inference.importers import WeightsError, caffe_proto, prototxt
+from alexnet_jax.inference.importers import WeightsError, prototxt
 from tests import caffe_files
 
 WIDTH, CLASSES, SIZE, IMAGE = 0.125, 5, 227, 256
 
 
-# ---- Caffe's layers in numpy -------------------------------------------------------------------------------
+# ---- Caffe's layers in numpy ------------------------------------------------------------------------------
 
 def _conv(x, w, b, stride=1, pad=0, group=1):
   x = np.pad(x, ((0, 0), (pad, pad), (pad, pad)))
@@ -164,7 +164,7 @@ def test_across_tower_lrn_gives_the_same_logits_with_the_towers_on_two_devices(a
   np.testing.assert_allclose(towers.logits(batch), single.logits(batch), rtol=1e-5, atol=1e-5)
 
 
-# ---- DIGITS "Download Model" archives ------------------------------------------------------------------------
+# ---- DIGITS "Download Model" archives ---------------------------------------------------------------------
 
 def write_archive(path, files: dict[str, bytes]) -> None:
   """A DIGITS download: flat members (``digits/model/views.py``), tar.gz or zip by the name."""
@@ -228,9 +228,10 @@ def test_digits_lenet_zip_keeps_the_input_scale(tmp_path):
   deploy = caffe_files.deploy_text(caffe_files.lenet_layers(10), input_chw=(1, 28, 28), v1=True,
                                    input_style='input_shape')
   info = {'framework': 'caffe', 'image dimensions': [28, 28, 1], 'image resize mode': 'squash'}
-  write_archive(tmp_path / 'lenet.zip', {'deploy.prototxt': deploy.encode(), 'info.json': json.dumps(info).encode(),
-                                         'snapshot_iter_10.caffemodel': _read(tmp_path / 'm.caffemodel'),
-                                         'mean.binaryproto': _read(tmp_path / 'mean.binaryproto')})
+  write_archive(tmp_path / 'lenet.zip', {
+      'deploy.prototxt': deploy.encode(), 'info.json': json.dumps(info).encode(),
+      'snapshot_iter_10.caffemodel': _read(tmp_path / 'm.caffemodel'),
+      'mean.binaryproto': _read(tmp_path / 'mean.binaryproto')})
   path, meta = importers.import_weights(tmp_path / 'lenet.zip', tmp_path / 'bundle')
   assert meta['model']['name'] == 'lenet' and meta['preprocess']['channels'] == 1
   digit = rng.integers(0, 256, (28, 28, 1), dtype=np.uint8)
@@ -239,7 +240,7 @@ def test_digits_lenet_zip_keeps_the_input_scale(tmp_path):
   np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-6)
 
 
-# ---- bad inputs ----------------------------------------------------------------------------------------------
+# ---- bad inputs -------------------------------------------------------------------------------------------
 
 def test_bad_inputs_are_refused_naming_the_file_and_the_reason(alexnet_files, tmp_path):
   files, out = alexnet_files, tmp_path / 'bundle'
@@ -250,7 +251,8 @@ def test_bad_inputs_are_refused_naming_the_file_and_the_reason(alexnet_files, tm
     importers.import_weights(cut, out, prototxt=files['deploy_new'])
   # A prototxt that does not match the weights: the layer and both shapes.
   wrong = tmp_path / 'wrong.prototxt'
-  wrong.write_text(caffe_files.deploy_text(caffe_files.alexnet_layers(WIDTH, CLASSES + 2), input_chw=(3, SIZE, SIZE)))
+  wrong.write_text(caffe_files.deploy_text(caffe_files.alexnet_layers(WIDTH, CLASSES + 2),
+                                           input_chw=(3, SIZE, SIZE)))
   with pytest.raises(WeightsError, match=r"layer 'fc8'.*\(5, 512\).*\(7, 512\)"):
     importers.import_weights(files['model_new'], out, prototxt=str(wrong))
   # CaffeNet's pool-before-norm order is refused rather than mis-imported.
@@ -273,7 +275,7 @@ def test_bad_inputs_are_refused_naming_the_file_and_the_reason(alexnet_files, tm
     prototxt.parse('layer { name: "x" type: }', 'garbage.prototxt')
 
 
-# ---- --config.init_from ---------------------------------------------------------------------------------------
+# ---- --config.init_from -----------------------------------------------------------------------------------
 
 def test_init_from_takes_a_caffemodel_with_its_deploy_prototxt_beside_it(alexnet_files, tmp_path):
   from alexnet_jax.training import finetune

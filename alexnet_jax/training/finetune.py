@@ -8,9 +8,9 @@
 ``.safetensors``, a Caffe ``FILE.caffemodel`` with its ``deploy.prototxt`` beside it, a DIGITS "Download
 Model" archive: read in memory by ``inference/importers``, as if imported into a bundle first),
 optionally followed by ``:STEP`` (a snapshot number, ``latest`` -- the default -- or
-``best``; a bundle holds one step). The trainer (``trainer.py``) calls ``initialize_from`` once, after the new run's
-parameters were initialized and before its first step; a run that resumes from its own snapshots never
-does (big_vision's order: workdir, then init-from, then scratch).
+``best``; a bundle or weights file holds one step). The trainer (``trainer.py``) calls ``initialize_from``
+once, after the new run's parameters were initialized and before its first step; a run that resumes from its
+own snapshots never does (big_vision's order: workdir, then init-from, then scratch).
 
 What is copied. Parameters are matched by name (``towers/conv1/kernel``, ``head/bias`` ...), as Caffe
 copies layers by name when DIGITS fine-tunes:

@@ -88,9 +88,9 @@ def caffe_prototxt(source: str, prototxt: Optional[str]) -> str:
     return prototxt
   beside = os.path.join(os.path.dirname(os.path.abspath(source)), DEFAULT_PROTOTXT)
   if not os.path.isfile(beside):
-    raise WeightsError(f'{source}: a .caffemodel needs its network description: pass --prototxt=deploy.prototxt '
-                       f'to import_weights, or put deploy.prototxt beside the caffemodel (what '
-                       f'--config.init_from reads; there is none at {beside})')
+    raise WeightsError(f'{source}: a .caffemodel needs its network description: pass '
+                       f'--prototxt=deploy.prototxt to import_weights, or put deploy.prototxt beside the '
+                       f'caffemodel (what --config.init_from reads; there is none at {beside})')
   return beside
 
 
@@ -166,8 +166,8 @@ def _read_torchvision(source: str, labels: Optional[str]) -> Imported:
       (torchvision.IMAGE_SIZE, torchvision.IMAGE_SIZE), torchvision.CROP_SIZE, torchvision.RESIZE_MODE, 3,
       'image', torchvision.mean_image(), draft=False)
   return Imported(params, config, _classes(labels, num_classes, source), contract, source, 'torchvision',
-                  'torchvision: RGB, /255, mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225); folded into '
-                  'conv1 and the mean image')
+                  'torchvision: RGB, /255, mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225); folded '
+                  'into conv1 and the mean image')
 
 
 def _from_caffe(loaded: caffe_model.CaffeImport, classes: list[str], source: str, fmt: str) -> Imported:
@@ -186,7 +186,8 @@ def _read_caffe(source: str, labels, prototxt, mean) -> Imported:
   loaded = caffe_model.load(source, deploy, mean)
   classes = _classes(labels, loaded.mapped.num_classes, source, 'the last InnerProduct layer')
   imported = _from_caffe(loaded, classes, source, 'caffe')
-  imported.extra.update({'prototxt': os.path.abspath(deploy), 'mean': os.path.abspath(mean) if mean else None})
+  imported.extra.update({'prototxt': os.path.abspath(deploy),
+                         'mean': os.path.abspath(mean) if mean else None})
   return imported
 
 
@@ -255,8 +256,9 @@ def write_bundle_dir(folder: str, imported: Imported) -> dict[str, Any]:
       'metrics': {},
       'trained_layout': 'single',
       'parameters_file': {'name': bundle.PARAMS_FILE, 'format': 'npz',
-                          'note': "tower-split arrays are [tower, ...]; 'head/bias' is the last layer's bias"},
-      'imported_from': {'file': os.path.abspath(imported.source), 'sha256': bundle.sha256_file(imported.source),
+                          'note': "tower-split arrays are [tower, ...]; 'head/bias': the last layer's bias"},
+      'imported_from': {'file': os.path.abspath(imported.source),
+                        'sha256': bundle.sha256_file(imported.source),
                         'format': imported.source_format, 'preprocessing': imported.preprocessing,
                         'notes': list(imported.notes), **imported.extra},
       'versions': bundle.versions(),

@@ -1,4 +1,4 @@
-"""Caffe's AlexNet (``bvlc_alexnet``, DIGITS' alexnet.prototxt) and DIGITS' LeNet -> our ``alexnet`` / ``lenet``.
+"""Caffe's AlexNet (``bvlc_alexnet``, DIGITS' alexnet.prototxt) and DIGITS' LeNet -> ``alexnet`` / ``lenet``.
 
 **AlexNet.** bvlc_alexnet's deploy net is the paper's network with Caffe's ``group: 2`` in conv2, conv4 and
 conv5, which *is* the two towers: group ``g`` of a grouped convolution reads input maps ``g`` and writes
@@ -7,7 +7,8 @@ the first (conv1..conv5, fc6, fc7), and fc8's *inputs* split (tower ``t`` holds 
 fc7; fc8's bias is the network's head bias)::
 
     conv1 11x11/4, pad 0 -> ReLU -> norm1 -> pool1 3/2 -> conv2 5x5 pad 2 group 2 -> ReLU -> norm2 -> pool2
-    -> conv3 3x3 pad 1 -> ReLU -> conv4 (group 2) -> ReLU -> conv5 (group 2) -> ReLU -> pool5 -> fc6 -> fc7 -> fc8
+    -> conv3 3x3 pad 1 -> ReLU -> conv4 (group 2) -> ReLU -> conv5 (group 2) -> ReLU -> pool5
+    -> fc6 -> ReLU -> fc7 -> ReLU -> fc8
 
 Caffe's LRN (``norm1``, ``norm2``: local_size 5, alpha 1e-4, beta 0.75, k 1, ACROSS_CHANNELS) is not split
 by the groups: it runs over all 96 / 256 maps, so the bundle's network is ``alexnet`` with
@@ -121,8 +122,8 @@ def map_alexnet(net: Net, weights: Weights) -> Mapped:
   for side, axis in ((height, 'height'), (width, 'width')):
     if (side - 11) % 4:
       raise WeightsError(f'{net.source}: input {axis} {side}: Caffe\'s conv1 (11x11, stride 4) rounds '
-                         f'(side - 11) / 4 down, alexnet_jax\'s alexnet up; they agree only when side - 11 is '
-                         f'a multiple of 4 (227, 231, ...)')
+                         f'(side - 11) / 4 down, alexnet_jax\'s alexnet up; they agree only when side - 11 '
+                         f'is a multiple of 4 (227, 231, ...)')
   convs = [l for l in layers if l.type == 'Convolution']
   fcs = [l for l in layers if l.type == 'InnerProduct']
   for layer in (l for l in layers if l.type == 'LRN'):

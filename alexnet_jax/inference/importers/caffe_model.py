@@ -57,7 +57,8 @@ def identify(net: caffe_net.Net):
     return caffe_googlenet.map_googlenet
   shown = ' -> '.join(kinds[:24]) + (' ...' if len(kinds) > 24 else '')
   raise WeightsError(f'{net.source}: a network alexnet_jax does not have (its layers: {shown}); the Caffe '
-                     f'networks imported are bvlc_alexnet / DIGITS\' alexnet, DIGITS\' lenet and bvlc_googlenet')
+                     f'networks imported are bvlc_alexnet / DIGITS\' alexnet, DIGITS\' lenet and '
+                     f'bvlc_googlenet')
 
 
 def contract_for(mapped: Mapped, mean_chw: Optional[np.ndarray], *, mean_source: str = '',
@@ -74,8 +75,8 @@ def contract_for(mapped: Mapped, mean_chw: Optional[np.ndarray], *, mean_source:
                          f'{mapped.channels}')
     image_wh = image_wh or (mean.shape[1], mean.shape[0])
     if (mean.shape[1], mean.shape[0]) != tuple(image_wh):
-      raise WeightsError(f'{mean_source}: the mean image is {mean.shape[1]}x{mean.shape[0]} (WxH), the images '
-                         f'are resized to {image_wh[0]}x{image_wh[1]}')
+      raise WeightsError(f'{mean_source}: the mean image is {mean.shape[1]}x{mean.shape[0]} (WxH), the '
+                         f'images are resized to {image_wh[0]}x{image_wh[1]}')
   image_wh = tuple(image_wh or (w, h))
   if image_wh == (w, h):
     crop = sizes.NO_CROP

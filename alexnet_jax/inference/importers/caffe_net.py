@@ -129,7 +129,8 @@ def _rule_matches(rule: prototxt.Message) -> bool:
   if any(str(s) == DEPLOY_STAGE for s in rule.get_all('not_stage')):
     return False
   min_level, max_level = rule.get_one('min_level'), rule.get_one('max_level')
-  return not ((min_level is not None and int(min_level) > 0) or (max_level is not None and int(max_level) < 0))
+  too_high = min_level is not None and int(min_level) > 0
+  return not (too_high or (max_level is not None and int(max_level) < 0))
 
 
 def _included(layer: prototxt.Message) -> bool:

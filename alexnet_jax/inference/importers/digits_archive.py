@@ -93,30 +93,21 @@ def _open(archive: str) -> tuple[Any, list[tuple[str, int, Any]]]:
   try:
     if archive.lower().endswith('.zip'):
       container = zipfile.ZipFile(archive)
-      infos = container.infolist()
-      if len(infos) > MAX_MEMBERS:
-        raise WeightsError(f'{archive} has {len(infos)} members; a DIGITS archive has a handful')
-      for info in infos:
-        base = _check_name(archive, info.filename)
-        if info.is_dir():
-          continue
-        kind = stat.S_IFMT(info.external_attr >> 16)   # 0 when the writer gave permissions only
-        if kind and kind != stat.S_IFREG:
-          raise WeightsError(f'{archive}: member {info.filename!r} is a link or special file; refusing the '
-                             f'archive')
-        out.append((base, info.file_size, info))
+      # A zip member's type is in the high bits of external_attr (0 when the writer gave permissions only).
+      members = [(i.filename, i.is_dir(), stat.S_IFMT(i.external_attr >> 16) in (0, stat.S_IFREG),
+                  i.file_size, i) for i in container.infolist()]
     else:
       container = tarfile.open(archive, 'r:*')
-      infos = container.getmembers()
-      if len(infos) > MAX_MEMBERS:
-        raise WeightsError(f'{archive} has {len(infos)} members; a DIGITS archive has a handful')
-      for info in infos:
-        base = _check_name(archive, info.name)
-        if info.isdir():
-          continue
-        if not info.isfile():
-          raise WeightsError(f'{archive}: member {info.name!r} is a link or special file; refusing the archive')
-        out.append((base, info.size, info))
+      members = [(i.name, i.isdir(), i.isfile(), i.size, i) for i in container.getmembers()]
+    if len(members) > MAX_MEMBERS:
+      raise WeightsError(f'{archive} has {len(members)} members; a DIGITS archive has a handful')
+    for name, is_dir, regular, size, info in members:
+      base = _check_name(archive, name)
+      if is_dir:
+        continue
+      if not regular:
+        raise WeightsError(f'{archive}: member {name!r} is a link or special file; refusing the archive')
+      out.append((base, size, info))
   except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
     if container is not None:
       container.close()
