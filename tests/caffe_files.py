@@ -228,3 +228,73 @@ def lenet_blobs(num_classes: int = 10, *, channels: int = 1, seed: int = 0):
   return [(name, 'Convolution' if name.startswith('conv') else 'InnerProduct',
            [rng.normal(0, np.sqrt(2.0 / np.prod(s[1:])), s).astype(np.float32),
             rng.normal(0, 0.1, s[:1]).astype(np.float32)]) for name, s in shapes.items()]
+
+
+# Table 1 of the GoogLeNet paper, bvlc_googlenet's inception modules: (name, 1x1, 3x3 reduce, 3x3, 5x5 reduce,
+# 5x5, pool proj).
+INCEPTIONS = (('3a', 64, 96, 128, 16, 32, 32), ('3b', 128, 128, 192, 32, 96, 64),
+              ('4a', 192, 96, 208, 16, 48, 64), ('4b', 160, 112, 224, 24, 64, 64),
+              ('4c', 128, 128, 256, 24, 64, 64), ('4d', 112, 144, 288, 32, 64, 64),
+              ('4e', 256, 160, 320, 32, 128, 128), ('5a', 256, 160, 320, 32, 128, 128),
+              ('5b', 384, 192, 384, 48, 128, 128))
+
+
+def googlenet_layers(width: float = 1.0, num_classes: int = 1000) -> tuple[list[tuple], dict[str, tuple]]:
+  """bvlc_googlenet's deploy layers (models/bvlc_googlenet/deploy.prototxt) at ``width``, and the weight
+  shapes of its convolutions and classifier."""
+  def ch(n):
+    return max(1, round(n * width))
+
+  layers, shapes = [], {}
+
+  def conv(name, bottom, n, k, c_in, s=1):
+    params = {'num_output': ch(n), 'kernel_size': k}
+    if k // 2:
+      params['pad'] = k // 2
+    if s > 1:
+      params['stride'] = s
+    layers.append((name, 'Convolution', bottom, name, {'convolution_param': params}))
+    layers.append((name.replace('/', '/relu_', 1), 'ReLU', name, name, {}))
+    shapes[name] = (ch(n), c_in, k, k)
+    return name, ch(n)
+
+  def pool(name, bottom, k, s, pad=0, method='MAX'):
+    params = {'pool': method, 'kernel_size': k, 'stride': s}
+    if pad:
+      params['pad'] = pad
+    layers.append((name, 'Pooling', bottom, name, {'pooling_param': params}))
+    return name
+
+  lrn = {'lrn_param': {'local_size': 5, 'alpha': 0.0001, 'beta': 0.75}}
+  x, c = conv('conv1/7x7_s2', 'data', 64, 7, 3, s=2)
+  x = pool('pool1/3x3_s2', x, 3, 2)
+  layers.append(('pool1/norm1', 'LRN', x, 'pool1/norm1', lrn))
+  x, c = conv('conv2/3x3_reduce', 'pool1/norm1', 64, 1, c)
+  x, c = conv('conv2/3x3', x, 192, 3, c)
+  layers.append(('conv2/norm2', 'LRN', x, 'conv2/norm2', lrn))
+  x = pool('pool2/3x3_s2', 'conv2/norm2', 3, 2)
+  for name, c1, r3, c3, r5, c5, pp in INCEPTIONS:
+    p = f'inception_{name}'
+    b1, n1 = conv(f'{p}/1x1', x, c1, 1, c)
+    b3, n3 = conv(f'{p}/3x3', conv(f'{p}/3x3_reduce', x, r3, 1, c)[0], c3, 3, ch(r3))
+    b5, n5 = conv(f'{p}/5x5', conv(f'{p}/5x5_reduce', x, r5, 1, c)[0], c5, 5, ch(r5))
+    bp, npp = conv(f'{p}/pool_proj', pool(f'{p}/pool', x, 3, 1, pad=1), pp, 1, c)
+    layers.append((f'{p}/output', 'Concat', [b1, b3, b5, bp], f'{p}/output', {}))
+    x, c = f'{p}/output', n1 + n3 + n5 + npp
+    if name in ('3b', '4e'):
+      x = pool(f'pool{3 if name == "3b" else 4}/3x3_s2', x, 3, 2)
+  x = pool('pool5/7x7_s1', x, 7, 1, method='AVE')
+  layers.append(('pool5/drop_7x7_s1', 'Dropout', x, x, {'dropout_param': {'dropout_ratio': 0.4}}))
+  layers.append(('loss3/classifier', 'InnerProduct', x, 'loss3/classifier',
+                 {'inner_product_param': {'num_output': num_classes}}))
+  layers.append(('prob', 'Softmax', 'loss3/classifier', 'prob', {}))
+  shapes['loss3/classifier'] = (num_classes, c)
+  return layers, shapes
+
+
+def random_blobs(shapes: dict[str, tuple], seed: int = 0) -> list[tuple[str, str, list[np.ndarray]]]:
+  """He-scaled random weights and small random biases for ``shapes`` (name -> weight shape)."""
+  rng = np.random.default_rng(seed)
+  return [(name, 'Convolution' if len(shape) == 4 else 'InnerProduct',
+           [rng.normal(0, np.sqrt(2.0 / np.prod(shape[1:])), shape).astype(np.float32),
+            rng.normal(0, 0.1, shape[:1]).astype(np.float32)]) for name, shape in shapes.items()]

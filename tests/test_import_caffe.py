@@ -292,3 +292,63 @@ def test_init_from_takes_a_caffemodel_with_its_deploy_prototxt_beside_it(alexnet
   assert sorted(host) == sorted(flat)
   for name in flat:
     np.testing.assert_array_equal(host[name], flat[name], err_msg=name)
+
+
+# ---- bvlc_googlenet ----------------------------------------------------------------------------------------
+
+def _max_pool_same(x):
+  """Caffe's 3x3/1 max pool with pad 1 (the padding never wins)."""
+  x = np.pad(x, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+  return np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(1, 2)).max(axis=(3, 4))
+
+
+def caffe_googlenet(blobs, x):
+  p = {name: [b.astype(np.float64) for b in bl] for name, _, bl in blobs}
+
+  def conv(name, x, stride=1):
+    return np.maximum(_conv(x, *p[name], stride=stride, pad=p[name][0].shape[-1] // 2), 0)
+
+  x = _lrn(_max_pool(conv('conv1/7x7_s2', x, 2)))
+  x = _max_pool(_lrn(conv('conv2/3x3', conv('conv2/3x3_reduce', x))))
+  for name, *_ in caffe_files.INCEPTIONS:
+    i = f'inception_{name}'
+    x = np.concatenate([conv(f'{i}/1x1', x), conv(f'{i}/3x3', conv(f'{i}/3x3_reduce', x)),
+                        conv(f'{i}/5x5', conv(f'{i}/5x5_reduce', x)),
+                        conv(f'{i}/pool_proj', _max_pool_same(x))])
+    if name in ('3b', '4e'):
+      x = _max_pool(x)
+  return p['loss3/classifier'][0] @ x.mean(axis=(1, 2)) + p['loss3/classifier'][1]
+
+
+def test_bvlc_googlenet_imports_as_caffe_computes_it(tmp_path):
+  """Mapped by name (conv1/7x7_s2 -> conv1, inception_3a/1x1 -> inception_3a_1x1 ...), at width 1/16 and the
+  224x224 input the 7x7 average needs. A deploy net has no auxiliary classifiers (they start fresh); a
+  training snapshot's are imported, loss1/fc's rows permuted from C, H, W to H, W, C."""
+  width = 1 / 16
+  layers, shapes = caffe_files.googlenet_layers(width, CLASSES)
+  blobs = caffe_files.random_blobs(shapes, seed=8)
+  caffe_files.write_caffemodel(tmp_path / 'googlenet.caffemodel', blobs)
+  (tmp_path / 'deploy.prototxt').write_text(caffe_files.deploy_text(layers, input_chw=(3, 224, 224),
+                                                                    input_style='input_shape'))
+  path, info = importers.import_weights(tmp_path / 'googlenet.caffemodel', tmp_path / 'bundle')
+  assert info['model']['name'] == 'googlenet'
+  assert any('fresh xavier' in note for note in info['imported_from']['notes'])
+  model = alexnet_jax.load(path)
+  image = smooth_image(np.random.default_rng(9), 224)
+  ours = model.logits(model.preprocess(image)[None])[0]
+  want = caffe_googlenet(blobs, image[..., ::-1].transpose(2, 0, 1).astype(np.float64))
+  np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+  ch = lambda n: max(1, round(n * width))  # noqa: E731
+  feeds = {'loss1': sum(ch(n) for n in (192, 208, 48, 64)), 'loss2': sum(ch(n) for n in (112, 288, 64, 64))}
+  aux = {}
+  for loss, c in feeds.items():
+    aux.update({f'{loss}/conv': (ch(128), c, 1, 1), f'{loss}/fc': (ch(1024), ch(128) * 16),
+                f'{loss}/classifier': (CLASSES, ch(1024))})
+  aux_blobs = caffe_files.random_blobs(aux, seed=10)
+  caffe_files.write_caffemodel(tmp_path / 'snapshot.caffemodel', blobs + aux_blobs)
+  imported = importers.read_source(tmp_path / 'snapshot.caffemodel')
+  assert 'auxiliary classifiers imported from the caffemodel' in imported.notes
+  fc = dict((name, b) for name, _, b in aux_blobs)['loss1/fc'][0]
+  hwc = fc.reshape(ch(1024), ch(128), 4, 4).transpose(0, 2, 3, 1).reshape(ch(1024), -1).T
+  np.testing.assert_array_equal(imported.params['towers']['loss1_fc']['kernel'][0], hwc)

@@ -126,10 +126,9 @@ def map_googlenet(net: Net, weights: Weights) -> Mapped:
 def _aux_classifiers(towers, names, weights: Weights, width: float, num_classes: int, shape) -> str:
   """The auxiliary classifiers from the caffemodel when it has them, else a fresh start (module docstring)."""
   network = models.googlenet(num_classes, width=width)
-  aux = [name for loss in AUX_AFTER.values() for name in (f'{loss}_conv', f'{loss}_fc',
-                                                                        f'{loss}_classifier')]
+  aux = [name for loss in AUX_AFTER.values() for name in (f'{loss}_conv', f'{loss}_fc', f'{loss}_classifier')]
+  shapes = jax.eval_shape(lambda k: network.init(k, shape), jax.random.key(0))['towers']
   if all(name.replace('_', '/', 1) in weights.by_name for name in aux):
-    shapes = jax.eval_shape(lambda k: network.init(k, shape), jax.random.key(0))['towers']
     for name in aux:
       caffe = name.replace('_', '/', 1)
       kernel = shapes[name]['kernel'].shape[1:]
@@ -144,9 +143,15 @@ def _aux_classifiers(towers, names, weights: Weights, width: float, num_classes:
         towers[name] = {'kernel': caffe_weights.dense_kernel(weight, chw)[None], 'bias': bias[None]}
       names[name] = caffe
     return 'auxiliary classifiers imported from the caffemodel'
-  fresh = network.init(jax.random.key(0), shape)['towers']
+  # A fresh start as models/googlenet.py draws it: xavier kernels, biases 0.2 (the classifiers' 0). Drawn
+  # here with numpy: an eager Flax init of the whole network compiles op by op (minutes on a CPU).
+  rng = np.random.default_rng(0)
   for name in aux:
-    towers[name] = {k: np.asarray(v, np.float32) for k, v in fresh[name].items()}
+    kernel = shapes[name]['kernel'].shape
+    bound = np.sqrt(3.0 / np.prod(kernel[1:-1]))
+    towers[name] = {'kernel': rng.uniform(-bound, bound, kernel).astype(np.float32),
+                    'bias': np.full(shapes[name]['bias'].shape, 0.0 if name.endswith('_classifier') else 0.2,
+                                    np.float32)}
   return ('auxiliary classifiers (loss1, loss2) are not in the caffemodel: fresh xavier start (they are used '
           'in training only)')
 
