@@ -141,6 +141,8 @@ def deploy_text(layers: list[tuple], *, input_chw: tuple[int, int, int], v1: boo
                 input_style: str = 'input_layer', name: str = 'net') -> str:
   """A deploy.prototxt: ``layers`` are (name, type, bottom, top, {param_field: {...}}) tuples."""
   c, h, w = input_chw
+  if v1 and input_style == 'input_layer':   # an Input layer is a `layer` block, which V1 files cannot mix in
+    input_style = 'input_dim'
   lines = [f'name: "{name}"  # written by tests/caffe_files.py']
   if input_style == 'input_dim':
     lines += ['input: "data"', f'input_dim: 10\ninput_dim: {c}\ninput_dim: {h}\ninput_dim: {w}']

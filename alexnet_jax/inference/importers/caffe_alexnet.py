@@ -214,14 +214,14 @@ def map_lenet(net: Net, weights: Weights) -> Mapped:
       if fc['num_output'] != units or not fc['bias_term']:
         layer.fail(f'num_output is {fc["num_output"]}; a lenet of width {width_mult:g} has {units}')
       weight, bias = weights.blobs(layer.name, (units, in_channels * h * w))
-      towers[name] = {'kernel': caffe_weights.dense_kernel(weight, (in_channels, h, w))[None],
-                      'bias': bias[None]}
+      kernel = caffe_weights.dense_kernel(weight, (in_channels, h, w))
+      towers[name] = {'kernel': np.ascontiguousarray(kernel[None]), 'bias': bias[None]}
     in_channels = units
   ip2 = fcs[1]
   names['ip2'] = ip2.name
   num_classes = ip2.inner_product()['num_output']
   weight, bias = weights.blobs(ip2.name, (num_classes, in_channels))
-  towers['ip2'] = {'kernel': caffe_weights.dense_kernel(weight)[None]}
+  towers['ip2'] = {'kernel': np.ascontiguousarray(caffe_weights.dense_kernel(weight)[None])}
   params = {'towers': towers, 'head': {'bias': bias}}
   return Mapped(params, {'name': 'lenet', 'width': width_mult}, (height, width), channels, num_classes, names)
 

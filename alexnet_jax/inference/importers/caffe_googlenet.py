@@ -115,7 +115,7 @@ def map_googlenet(net: Net, weights: Weights) -> Mapped:
   num_classes = classifier.inner_product()['num_output']
   features = fresh['towers']['loss3_classifier']['kernel'].shape[-2]
   weight, bias = weights.blobs('loss3/classifier', (num_classes, features))
-  towers['loss3_classifier'] = {'kernel': caffe_weights.dense_kernel(weight)[None]}
+  towers['loss3_classifier'] = {'kernel': np.ascontiguousarray(caffe_weights.dense_kernel(weight)[None])}
   names['loss3_classifier'] = 'loss3/classifier'
   notes = _aux_classifiers(towers, names, weights, width_mult, num_classes, (height, width, channels))
   params = {'towers': towers, 'head': {'bias': bias}}
@@ -140,7 +140,8 @@ def _aux_classifiers(towers, names, weights: Weights, width: float, num_classes:
         conv = shapes[name.replace('_fc', '_conv')]['kernel'].shape[-1] if name.endswith('_fc') else None
         side = int(round((kernel[0] // conv) ** 0.5)) if conv else None
         chw = (conv, side, side) if conv else None
-        towers[name] = {'kernel': caffe_weights.dense_kernel(weight, chw)[None], 'bias': bias[None]}
+        towers[name] = {'kernel': np.ascontiguousarray(caffe_weights.dense_kernel(weight, chw)[None]),
+                        'bias': bias[None]}
       names[name] = caffe
     return 'auxiliary classifiers imported from the caffemodel'
   # A fresh start as models/googlenet.py draws it: xavier kernels, biases 0.2 (the classifiers' 0). Drawn
