@@ -255,6 +255,11 @@ def test_bad_inputs_are_refused_naming_the_file_and_the_reason(alexnet_files, tm
                                            input_chw=(3, SIZE, SIZE)))
   with pytest.raises(WeightsError, match=r"layer 'fc8'.*\(5, 512\).*\(7, 512\)"):
     importers.import_weights(files['model_new'], out, prototxt=str(wrong))
+  # A value of the wrong kind where caffe.proto has a number.
+  bad = tmp_path / 'bad.prototxt'
+  bad.write_text(wrong.read_text().replace('num_output: 12', 'num_output: "twelve"', 1))
+  with pytest.raises(WeightsError, match=r'new\.caffemodel.*twelve'):
+    importers.import_weights(files['model_new'], out, prototxt=str(bad))
   # CaffeNet's pool-before-norm order is refused rather than mis-imported.
   caffenet = tmp_path / 'caffenet.prototxt'
   caffenet.write_text(caffe_files.deploy_text(caffe_files.alexnet_layers(WIDTH, CLASSES, caffenet=True),

@@ -239,6 +239,10 @@ def test_imported_logits_equal_torchvisions(torchvision_files):
   host, about = finetune.load_earlier(str(other), mesh=None)
   assert (about['network'], about['num_classes'], about['input_size']) == ('alexnet_owt', 1000, '224x224')
   np.testing.assert_array_equal(host['towers/fc6/kernel'], flat['towers/fc6/kernel'])
+  # ... and takes the .pth itself, read in memory as the import reads it.
+  host, about = finetune.load_earlier(str(tmp / 'alexnet.pth'), mesh=None)
+  assert (about['network'], about['kind']) == ('alexnet_owt', 'torchvision file')
+  np.testing.assert_array_equal(host['towers/fc6/kernel'], flat['towers/fc6/kernel'])
 
   with pytest.raises(FileExistsError, match='--overwrite'):
     importers.import_weights(tmp / 'alexnet.pth', path)

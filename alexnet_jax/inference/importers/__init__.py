@@ -219,12 +219,19 @@ def read_source(source: str | os.PathLike, *, fmt: str = 'auto', labels: Optiona
   if not os.path.isfile(source):
     raise FileNotFoundError(f'--source={source}: no such file')
   source_format = detect_format(source, fmt, prototxt=prototxt, mean=mean)
-  if source_format == 'caffe':
-    imported = _read_caffe(source, labels, prototxt, mean)
-  elif source_format == 'digits':
-    if mean:
+  if source_format in ('caffe', 'digits'):
+    if mean and source_format == 'digits':
       raise WeightsError(f'--mean={mean}: a DIGITS archive carries its own mean file')
-    imported = _read_digits(source, labels)
+    try:
+      imported = (_read_caffe(source, labels, prototxt, mean) if source_format == 'caffe'
+                  else _read_digits(source, labels))
+    except WeightsError:
+      raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+      # A value of the wrong kind where caffe.proto has a number (num_output: "abc"), or a field of the
+      # wrong wire type: the files are malformed; say so, naming them, rather than a traceback.
+      raise WeightsError(f'--source={source}: not a Caffe model this importer can read '
+                         f'({type(e).__name__}: {e})') from None
   else:
     if mean:
       raise WeightsError(f'--mean={mean} applies to a Caffe model; torchvision\'s mean is built in')
