@@ -357,3 +357,17 @@ def test_bvlc_googlenet_imports_as_caffe_computes_it(tmp_path):
   fc = dict((name, b) for name, _, b in aux_blobs)['loss1/fc'][0]
   hwc = fc.reshape(ch(1024), ch(128), 4, 4).transpose(0, 2, 3, 1).reshape(ch(1024), -1).T
   np.testing.assert_array_equal(imported.params['towers']['loss1_fc']['kernel'][0], hwc)
+
+
+def test_the_imported_alexnet_exports_to_onnx_with_its_across_tower_lrn(alexnet_files, tmp_path):
+  """The ONNX graph of a caffe_across bundle normalizes over both towers' maps too (one LRN node)."""
+  ort = pytest.importorskip('onnxruntime')
+  from alexnet_jax.inference import exporting
+  files = alexnet_files
+  path, _ = importers.import_weights(files['model_new'], tmp_path / 'b', prototxt=files['deploy_new'])
+  onnx_path, _ = exporting.export_onnx(path, tmp_path / 'm.onnx')
+  model = alexnet_jax.load(path)
+  x = np.random.default_rng(11).uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
+  ours = model.logits(x - model.contract.centre_mean()[None])
+  theirs = ort.InferenceSession(str(onnx_path)).run(['logits'], {'image': x})[0]
+  assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(ours).max()
