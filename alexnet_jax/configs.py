@@ -44,6 +44,7 @@ def default_config() -> ml_collections.ConfigDict:
   # GoogLeNet always start from their DIGITS prototxt's fillers and ignore weight_init/bias_init;
   # alexnet_owt (not a DIGITS network) starts as torchvision's and has no LRN.
   c.model.lrn = 'paper'           # paper: k=2 + alpha*sum(a^2); caffe: k=1 + alpha/n*sum(a^2); none
+  #                                 caffe_across: caffe's, over both towers' maps (bvlc_alexnet imports)
   c.model.bias_init = 'paper'     # paper: 1 in conv2/4/5, fc6/7, 0 elsewhere; digits (or small): 0.1
   c.model.weight_init = 'paper'   # paper: N(0, 0.01^2); digits: fc6/fc7 0.005; he: Kaiming (narrow copies)
   c.model.dtype = 'float32'       # compute dtype: float32 | bfloat16 (parameters stay float32)

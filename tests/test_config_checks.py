@@ -74,7 +74,7 @@ BAD_VALUES = [
     ('model.name', 'vgg', 'must be one of alexnet | alexnet_owt | googlenet | lenet, or a Flax'),
     ('model.width', 0.0, 'must be a finite number > 0'),
     ('model.dropout', 1.0, 'must be a finite number in [0, 1)'),
-    ('model.lrn', 'local', 'must be one of paper | caffe | none'),
+    ('model.lrn', 'local', 'must be one of paper | caffe | caffe_across | none'),
     ('model.bias_init', 'zero', 'must be one of digits | paper | small'),
     ('model.weight_init', 'xavier', 'must be one of digits | he | paper'),
     ('model.dtype', 'float16', 'must be one of bfloat16 | float32'),

@@ -109,6 +109,10 @@ def test_imported_logits_equal_torchvisions(torchvision_files):
   host, about = finetune.load_earlier(str(other), mesh=None)
   assert (about['network'], about['num_classes'], about['input_size']) == ('alexnet_owt', 1000, '224x224')
   np.testing.assert_array_equal(host['towers/fc6/kernel'], flat['towers/fc6/kernel'])
+  # ... and takes the .pth itself, read in memory as the import reads it.
+  host, about = finetune.load_earlier(str(tmp / 'alexnet.pth'), mesh=None)
+  assert (about['network'], about['kind']) == ('alexnet_owt', 'torchvision file')
+  np.testing.assert_array_equal(host['towers/fc6/kernel'], flat['towers/fc6/kernel'])
 
   with pytest.raises(FileExistsError, match='--overwrite'):
     importers.import_weights(tmp / 'alexnet.pth', path)
@@ -151,11 +155,12 @@ def test_a_mismatched_shape_names_the_layer_and_both_shapes(tmp_path):
   assert not (tmp_path / 'bundle').exists()
 
 
-def test_unsupported_formats_say_so(tmp_path):
-  with pytest.raises(WeightsError, match='Caffe model .* cannot be imported yet'):
-    importers.detect_format('bvlc_alexnet.caffemodel')
-  with pytest.raises(WeightsError, match='DIGITS .* cannot be imported yet'):
-    importers.detect_format('model.pth', 'digits')
+def test_formats_are_recognised_from_the_file_name():
+  assert importers.detect_format('alexnet.pth') == 'torchvision'
+  assert importers.detect_format('bvlc_alexnet.caffemodel') == 'caffe'       # tests/test_import_caffe.py
+  assert importers.detect_format('digits_model.tar.gz') == 'digits'
+  with pytest.raises(WeightsError, match='give the .caffemodel as --source'):
+    importers.detect_format('deploy.prototxt')
 
 
 @pytest.mark.parametrize('legacy', [False, True], ids=['zip', 'legacy'])

@@ -144,8 +144,10 @@ def _lrn(g: _Graph, x: str, channels: int, towers: int, convention: str, name: s
   """``layers.local_response_norm`` over each tower's own channels (see the module docstring)."""
   if convention == 'none':
     return x
+  if convention == 'caffe_across':   # Caffe's bvlc_alexnet: one LRN over both towers' maps
+    convention, towers = 'caffe', 1
   if convention not in ('paper', 'caffe'):
-    raise ValueError(f"model.lrn={convention!r}: expected 'paper', 'caffe' or 'none'")
+    raise ValueError(f"model.lrn={convention!r}: expected 'paper', 'caffe', 'caffe_across' or 'none'")
   k = layers.CAFFE_LRN_K if convention == 'caffe' else layers.LRN_K
   alpha = layers.LRN_ALPHA if convention == 'caffe' else layers.LRN_ALPHA * layers.LRN_N
   attrs = dict(size=layers.LRN_N, alpha=float(alpha), beta=float(layers.LRN_BETA), bias=float(k))

@@ -82,6 +82,7 @@ layout's business (``alexnet_jax.parallel``).
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from alexnet_jax.models import layers
@@ -138,6 +139,21 @@ STAGES = (
     Stage('fc6_block', 'concat', feeds='fc7'),
     Stage('fc78_block', 'sum', feeds='fc8'),      # fc7 and this tower's block of fc8
 )
+# lrn='caffe_across': Caffe's bvlc_alexnet, whose LRN layers (norm1, norm2) normalize across all 96 / 256
+# maps of conv1 / conv2 -- Caffe's `group: 2` splits only the convolutions -- so a map at a tower's edge
+# sees the first two maps of the other tower. The towers therefore exchange their ReLU outputs before
+# each LRN (the simplest correct exchange: a concatenation, as at conv3; only the two maps beside the
+# boundary are needed, but a halo exchange would need its own collective in every layout). Each tower
+# then normalizes all maps and keeps its own (norm1), or normalizes and pools all of them for conv3,
+# which reads both towers' maps anyway (norm2). The parameters are those of the other conventions.
+CAFFE_ACROSS = 'caffe_across'
+ACROSS_STAGES = (
+    Stage('conv1_block', 'concat', feeds='norm1'),                    # conv1 -> ReLU
+    Stage('conv2_block', 'concat', feeds='norm2', needs_tower=True),  # LRN (all maps) -> own -> pool -> conv2
+    Stage('conv345_across', 'concat', feeds='fc6'),                   # LRN (all) -> pool -> conv3..pool5
+    Stage('fc6_block', 'concat', feeds='fc7'),
+    Stage('fc78_block', 'sum', feeds='fc8'),
+)
 
 
 def scaled(channels: int, width: float, towers: int) -> int:
@@ -147,7 +163,6 @@ def scaled(channels: int, width: float, towers: int) -> int:
 
 class AlexNetTower(TowerModule):
   """One of the paper's two towers (one GPU's half of every layer), stage by stage."""
-  STAGES = STAGES
   num_towers: int = 2
   num_classes: int = 1000
   width: float = 1.0
@@ -156,6 +171,10 @@ class AlexNetTower(TowerModule):
   bias_init: str = 'paper'
   weight_init: str = 'paper'
   dtype: jnp.dtype = jnp.float32
+
+  @property
+  def STAGES(self):  # noqa: N802  (TowerModule's name)
+    return ACROSS_STAGES if self.lrn == CAFFE_ACROSS else STAGES
 
   def setup(self):
     def ch(name):
@@ -183,17 +202,34 @@ class AlexNetTower(TowerModule):
 
   def conv12(self, x, *, train, example_keys):
     """conv1 -> ReLU -> LRN -> pool -> conv2 -> ReLU -> LRN -> pool, on this tower's maps only."""
+    x = self.conv1_block(x, train=train, example_keys=example_keys)
+    x = layers.max_pool(layers.local_response_norm(x, convention=self.lrn), ceil_mode=True)
+    x = layers.max_pool(layers.local_response_norm(nn.relu(self.conv2(x)), convention=self.lrn),
+                         ceil_mode=True)
+    return x
+
+  def conv1_block(self, x, *, train, example_keys):
+    """conv1 -> ReLU on this tower's maps (with lrn='caffe_across' a stage: its LRN follows the exchange)."""
     del train, example_keys
     pad_h = layers.convnet_padding(x.shape[1], 11, 4)
     pad_w = layers.convnet_padding(x.shape[2], 11, 4)
     if self.weight_init == 'he':
-      x = x / PIXEL_STD  # unit-variance inputs, as He init assumes (see WEIGHT_INITS)
+      x = x / PIXEL_STD
     x = jnp.pad(x.astype(self.dtype), [(0, 0), pad_h, pad_w, (0, 0)])
-    x = layers.max_pool(layers.local_response_norm(nn.relu(self.conv1(x)), convention=self.lrn),
-                         ceil_mode=True)
-    x = layers.max_pool(layers.local_response_norm(nn.relu(self.conv2(x)), convention=self.lrn),
-                         ceil_mode=True)
-    return x
+    return nn.relu(self.conv1(x))
+
+  def conv2_block(self, x, *, train, example_keys, tower):
+    """Caffe's LRN over both towers' conv1 maps -> this tower's maps -> pool -> conv2 -> ReLU."""
+    del train, example_keys
+    x = layers.local_response_norm(x, convention='caffe')
+    own = x.shape[-1] // self.num_towers
+    x = jax.lax.dynamic_slice_in_dim(x, tower * own, own, axis=-1)
+    return nn.relu(self.conv2(layers.max_pool(x, ceil_mode=True)))
+
+  def conv345_across(self, x, *, train, example_keys):
+    """Caffe's LRN over both towers' conv2 maps -> pool -> conv3 (all maps) -> conv4 -> conv5 -> pool."""
+    x = layers.max_pool(layers.local_response_norm(x, convention='caffe'), ceil_mode=True)
+    return self.conv345(x, train=train, example_keys=example_keys)
 
   def conv345(self, x, *, train, example_keys):
     """conv3 (input: both towers' maps) -> conv4 -> conv5 (own maps) -> pool."""
@@ -218,8 +254,10 @@ class AlexNetTower(TowerModule):
 
 def alexnet(num_classes: int = 1000, *, width: float = 1.0, dropout: float = 0.5, lrn: str = 'paper',
             bias_init: str = 'paper', weight_init: str = 'paper', dtype=jnp.float32) -> TowerNetwork:
-  """The 2012 network as two towers (see the module docstring)."""
+  """The 2012 network as two towers (see the module docstring); ``lrn``: 'paper', 'caffe' (both
+  tower-local), 'caffe_across' (Caffe's bvlc_alexnet: across both towers' maps, ``ACROSS_STAGES``) or
+  'none'."""
   tower = AlexNetTower(num_towers=2, num_classes=num_classes, width=width, dropout_rate=dropout,
                        lrn=lrn, bias_init=bias_init, weight_init=weight_init, dtype=dtype)
-  return TowerNetwork('alexnet', tower, STAGES, num_towers=2, num_classes=num_classes)
+  return TowerNetwork('alexnet', tower, tower.STAGES, num_towers=2, num_classes=num_classes)
 

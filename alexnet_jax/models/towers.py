@@ -35,10 +35,14 @@ class Stage:
 
   ``method`` names the tower module's method; ``combine`` says how the towers' outputs meet; ``feeds``
   names the layer whose input that exchange is (``conv3``, ``fc6``, ...), used to label communication.
+  ``needs_tower``: the method also takes ``tower``, the index of the tower running it (an int, or the
+  device's index on the 'model' axis), to pick its own maps out of a concatenation (Caffe's LRN across
+  both towers, ``models/alexnet.py``).
   """
   method: str
   combine: Literal['concat', 'sum']
   feeds: str
+  needs_tower: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,23 +71,25 @@ class TowerNetwork:
     return {'towers': towers, 'head': head}
 
   def apply_stage(self, index: int, tower_params: Params, x: jax.Array, *, train: bool,
-                  example_keys: jax.Array | None = None) -> jax.Array:
-    """Runs stage ``index`` of one tower (``tower_params`` without the tower axis)."""
+                  example_keys: jax.Array | None = None, tower: Any = 0) -> jax.Array:
+    """Runs stage ``index`` of tower ``tower`` (``tower_params`` without the tower axis)."""
     stage = self.stages[index]
+    extra = {'tower': tower} if stage.needs_tower else {}
     return self.tower.apply({'params': tower_params}, x, train=train, example_keys=example_keys,
-                            method=stage.method)
+                            method=stage.method, **extra)
 
-  def apply_stage_capturing(self, index: int, tower_params: Params,
-                            x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def apply_stage_capturing(self, index: int, tower_params: Params, x: jax.Array,
+                            tower: Any = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
     """``apply_stage`` without dropout, also returning each layer's output (``{'conv1': ...}``).
 
     The outputs are those of the Flax submodules (convolutions and dense layers, before their ReLU),
     captured with Flax's ``capture_intermediates``: what the visualizations draw.
     """
     stage = self.stages[index]
+    extra = {'tower': tower} if stage.needs_tower else {}
     y, state = self.tower.apply({'params': tower_params}, x, train=False, example_keys=None,
                                 method=stage.method, capture_intermediates=True,
-                                mutable=['intermediates'])
+                                mutable=['intermediates'], **extra)
     captured = state['intermediates']
     return y, {name: value['__call__'][0] for name, value in captured.items()
                if isinstance(value, dict) and '__call__' in value}
@@ -118,7 +124,8 @@ class TowerModule(nn.Module):
 
   def trace_all_stages(self, x: jax.Array) -> jax.Array:
     for stage in self.STAGES:
-      x = getattr(self, stage.method)(x, train=False, example_keys=None)
+      extra = {'tower': 0} if stage.needs_tower else {}
+      x = getattr(self, stage.method)(x, train=False, example_keys=None, **extra)
       if stage.combine == 'concat':
         x = jnp.concatenate([x] * self.num_towers, axis=-1)
     return x

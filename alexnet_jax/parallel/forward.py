@@ -65,7 +65,7 @@ def run_local_towers(network: TowerNetwork, params, images: jax.Array, rng: jax.
           for t in towers]
   for i, stage in enumerate(network.stages):
     outs = [network.apply_stage(i, _tower_slice(params['towers'], t), x, train=train,
-                                example_keys=keys[t]) for t in towers]
+                                example_keys=keys[t], tower=t) for t in towers]
     with jax.named_scope(exchange_scope(stage.feeds)):
       x = jnp.concatenate(outs, axis=-1) if stage.combine == 'concat' else sum(outs[1:], outs[0])
       if after_combine is not None:
@@ -84,7 +84,7 @@ def layer_activations(network: TowerNetwork, params, images: jax.Array
   for i, stage in enumerate(network.stages):
     outs = []
     for t in range(network.num_towers):
-      y, captured = network.apply_stage_capturing(i, _tower_slice(params['towers'], t), x)
+      y, captured = network.apply_stage_capturing(i, _tower_slice(params['towers'], t), x, tower=t)
       outs.append(y)
       for name, value in captured.items():
         activations.setdefault(name, []).append(value)
@@ -100,7 +100,7 @@ def run_tower_per_device(network: TowerNetwork, params, images: jax.Array, rng: 
   own = _tower_slice(params['towers'], 0)
   x = images
   for i, stage in enumerate(network.stages):
-    y = network.apply_stage(i, own, x, train=train, example_keys=keys)
+    y = network.apply_stage(i, own, x, train=train, example_keys=keys, tower=tower)
     with jax.named_scope(exchange_scope(stage.feeds)):
       if stage.combine == 'concat':
         x = jax.lax.all_gather(y, TOWER_AXIS, axis=-1, tiled=True)

@@ -43,7 +43,7 @@ from alexnet_jax.models.towers import TowerModule, TowerNetwork
 from alexnet_jax.parallel import layouts
 
 # Sets that their modules test inline, without a constant to import:
-LRN_CONVENTIONS = ('paper', 'caffe', 'none')   # models/layers.py: local_response_norm(convention=)
+LRN_CONVENTIONS = ('paper', 'caffe', 'caffe_across', 'none')   # models/layers.py: local_response_norm(convention=)
 BIAS_INITS = tuple(sorted(BIAS_VALUES))         # models/alexnet.py: bias_initializer
 CHANNELS = (1, 3)                              # data/dataset.py: _check_config
 

@@ -4,10 +4,13 @@
         --config.data.source=/data/flowers --config.init_from=runs/imagenet:best
 
 ``--config.init_from`` names a training workdir or an exported bundle (folder or archive, see
-``export.py``), optionally followed by ``:STEP`` (a snapshot number, ``latest`` -- the default -- or
-``best``; a bundle holds one step). The trainer (``trainer.py``) calls ``initialize_from`` once, after the new run's
-parameters were initialized and before its first step; a run that resumes from its own snapshots never
-does (big_vision's order: workdir, then init-from, then scratch).
+``export.py``), or a weights file from elsewhere that ``import_weights`` reads (a torchvision ``.pth`` /
+``.safetensors``, a Caffe ``FILE.caffemodel`` with its ``deploy.prototxt`` beside it, a DIGITS "Download
+Model" archive: read in memory by ``inference/importers``, as if imported into a bundle first),
+optionally followed by ``:STEP`` (a snapshot number, ``latest`` -- the default -- or
+``best``; a bundle or weights file holds one step). The trainer (``trainer.py``) calls ``initialize_from``
+once, after the new run's parameters were initialized and before its first step; a run that resumes from its
+own snapshots never does (big_vision's order: workdir, then init-from, then scratch).
 
 What is copied. Parameters are matched by name (``towers/conv1/kernel``, ``head/bias`` ...), as Caffe
 copies layers by name when DIGITS fine-tunes:
@@ -36,7 +39,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from alexnet_jax import models
-from alexnet_jax.inference import bundle
+from alexnet_jax.inference import bundle, importers
 from alexnet_jax.parallel import layouts
 from alexnet_jax.run import workdir as workdir_lib
 
@@ -75,6 +78,8 @@ def load_earlier(spec: str, mesh: Mesh) -> tuple[dict[str, np.ndarray], dict[str
   """The earlier model's parameters as ``{'towers/conv1/kernel': numpy array}`` and a description
   (``path``, ``kind``, ``step``, ``network``, ``num_classes``, ``input_size``: its input's 'WxH')."""
   path, step = parse_spec(spec)
+  if is_foreign_weights(path):
+    return _load_foreign(spec, path, step)
   files = bundle.read_model_files(path)
   num_classes = len(files.classes)
   network = models.build(files.config.model, num_classes)
@@ -91,6 +96,31 @@ def load_earlier(spec: str, mesh: Mesh) -> tuple[dict[str, np.ndarray], dict[str
   about = {'path': path, 'kind': files.kind, 'step': number, 'network': network.name,
            'num_classes': num_classes, 'input_size': f'{w}x{h}'}
   return host, about
+
+
+def is_foreign_weights(path: str) -> bool:
+  """Whether ``path`` is a file ``import_weights`` reads (not a workdir or an alexnet_jax bundle)."""
+  lower = path.lower()
+  if not os.path.isfile(path):
+    return False
+  if lower.endswith((*importers.TORCH_SUFFIXES, importers.CAFFE_SUFFIX)):
+    return True
+  return lower.endswith(importers.ARCHIVE_SUFFIXES) and importers.digits_archive.looks_like_digits(path)
+
+
+def _load_foreign(spec: str, path: str, step: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """A torchvision file, caffemodel (deploy.prototxt beside it) or DIGITS archive, read in memory."""
+  if step not in ('latest', '0'):
+    raise ValueError(f'--config.init_from={spec}: {path} is a weights file, which holds no steps')
+  try:
+    imported = importers.read_source(path)
+  except importers.WeightsError as e:
+    raise ValueError(f'--config.init_from={spec}: {e}') from None
+  h, w = imported.contract.input_hw
+  about = {'path': path, 'kind': f'{imported.source_format} file', 'step': 0,
+           'network': imported.config.model.name, 'num_classes': len(imported.classes),
+           'input_size': f'{w}x{h}'}
+  return bundle.flatten_params(imported.params), about
 
 
 def _is_class_dependent(old: tuple[int, ...], new: tuple[int, ...], old_k: int, new_k: int) -> bool:
