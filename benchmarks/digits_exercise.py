@@ -140,7 +140,7 @@ class Dashboard:
       mark = (view.get('status'), view.get('epoch'))
       if mark != seen:
         print(f'  {kind[:-1]} {job_id}: {view.get("status")}'
-              + (f', epoch {view["epoch"]}' if view.get('epoch') is not None else ''), flush=True)
+              + (f', epoch {view["epoch"]:.2f}' if view.get('epoch') is not None else ''), flush=True)
         seen = mark
       if view.get('status') in ('Done', 'Error', 'Aborted'):      # DIGITS' status names
         return view
@@ -148,7 +148,7 @@ class Dashboard:
 
 
 def run_rest(*, network: str, epochs: int, width: int, height: int, channels: int, per_class: int,
-             layout: str, workdir: str) -> dict:
+             layout: str, workdir: str, batch_size: str = '') -> dict:
   """The lab through the dashboard: dataset, model, Classify Many, Classify One. Returns the numbers."""
   folder = draw_folder(os.path.join(workdir, 'images'), per_class, max(width, height))
   dash = Dashboard(os.path.join(workdir, 'jobs'), workdir)
@@ -165,7 +165,7 @@ def run_rest(*, network: str, epochs: int, width: int, height: int, channels: in
     # New Model with DIGITS' defaults: only what the lab's instructions say is filled in.
     fields = {'method': 'standard', 'standard_networks': network, 'dataset': dataset['id'],
               'train_epochs': epochs, 'solver_type': 'SGD', 'learning_rate': '0.01', 'crop_size': '',
-              'use_mean': 'image', 'batch_size': '', 'model_name': f'lab {network}'}
+              'use_mean': 'image', 'batch_size': batch_size, 'model_name': f'lab {network}'}
     if layout:
       fields['layout'] = layout
     model = dash.post('/models/images/classification.json', fields)
@@ -205,6 +205,8 @@ def main(argv=None) -> None:
   p.add_argument('--network', default='alexnet', help='rest: alexnet | lenet | googlenet | alexnet_owt')
   p.add_argument('--channels', type=int, default=3, help='rest: 3 (colour) or 1 (grayscale)')
   p.add_argument('--layout', default='', help='rest: the New Model layout field (blank: its default)')
+  p.add_argument('--batch-size', default='', help="rest: the New Model batch size field (blank: the "
+                 "network's default, as the lab)")
   p.add_argument('--per-class', type=int, default=150)
   p.add_argument('--set', default='', help='more overrides, e.g. model.bias_init=paper,batch_size=100')
   p.add_argument('--workdir', default='', help='default: a temporary folder')
@@ -221,10 +223,11 @@ def main(argv=None) -> None:
     else:
       result = run_rest(network=args.network, epochs=args.epochs, width=width, height=height,
                         channels=args.channels, per_class=args.per_class, layout=args.layout,
-                        workdir=args.workdir or tmp)
+                        workdir=args.workdir or tmp, batch_size=args.batch_size)
   print(f'digits_exercise --mode={args.mode}: {len(CLASSES)} classes x {args.per_class} images, stored '
         f'{width}x{height}, {args.epochs} epochs' + (f', overrides {overrides or "none"}'
-                                                    if args.mode == 'cli' else f', {args.network}'))
+                                                    if args.mode == 'cli' else f', {args.network}'
+                                                    f', batch {args.batch_size or "the network default"}'))
   for epoch, top1 in result['val']:
     print(f'  epoch {epoch:6.2f}  val top-1 {100 * top1:6.2f}%')
   if args.mode == 'rest':

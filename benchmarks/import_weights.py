@@ -1,10 +1,13 @@
 r"""Importing weights (issue 22, "Weights in"): time and peak memory of ``import_weights`` on full-size files.
 
-    python -m benchmarks.import_weights [--reps=3] [--cases=pth_zip,pth_legacy,safetensors] [--json=PATH]
+    python -m benchmarks.import_weights [--reps=3] [--cases=pth_zip,pth_legacy,safetensors,caffe,caffe_v1]
+        [--json=PATH]
 
 Each case writes a full-size file with random weights into a temporary folder (torchvision's AlexNet: 61.1M
 parameters, 233 MiB, as ``torch.save``'s zip ``.pth``, torch < 1.6's legacy ``.pth`` and ``.safetensors``;
-written without torch by ``tests/torch_writers.py``), then imports it ``--reps`` times, **each time in a
+written without torch by ``tests/torch_writers.py``; and bvlc_alexnet's ``.caffemodel``, 244 MB in Caffe's
+current ``layer`` format with packed floats or 305 MB in the V1 ``layers`` format with unpacked ones, with
+its deploy.prototxt and a 256x256 mean, written by ``tests/caffe_files.py``), then imports it ``--reps`` times, **each time in a
 fresh process**, so that the peak resident memory (``VmHWM``) is that import's own. A process imports
 the same libraries and starts JAX's CPU backend (as the import does), notes its peak RSS so far
 (``rss_before``), calls ``importers.import_weights(...)`` to a folder bundle, and reports its peak RSS
@@ -38,7 +41,10 @@ import tempfile
 import time
 from typing import Any, Callable
 
+import numpy as np
+
 from benchmarks import common
+from tests import caffe_files
 from tests import torch_writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,11 +70,30 @@ def _torchvision(filename: str, **writer_kwargs) -> Callable[[str, int], dict[st
   return write
 
 
+def _caffe(*, v1: bool) -> Callable[[str, int], dict[str, Any]]:
+  """bvlc_alexnet at its real shapes: the caffemodel (the new ``layer`` format, packed floats; or V1
+  ``layers``, unpacked, as the 2012-era files are), its deploy.prototxt and a 256x256 mean.binaryproto."""
+  def write(folder: str, num_classes: int) -> dict[str, Any]:
+    tag = 'v1' if v1 else 'v2'
+    model = os.path.join(folder, f'bvlc_alexnet_{tag}.caffemodel')
+    prototxt = os.path.join(folder, f'deploy_{tag}.prototxt')
+    mean = os.path.join(folder, 'mean.binaryproto')
+    caffe_files.write_caffemodel(model, caffe_files.alexnet_blobs(1.0, num_classes), v1=v1, packed=not v1)
+    with open(prototxt, 'w') as f:
+      f.write(caffe_files.deploy_text(caffe_files.alexnet_layers(1.0, num_classes), input_chw=(3, 227, 227),
+                                      v1=v1))
+    caffe_files.write_binaryproto(mean, np.full((3, 256, 256), 110.0, np.float32))
+    return {'source': model, 'prototxt': prototxt, 'mean': mean}
+  return write
+
+
 CASES = [
     Case('pth_zip', _torchvision('alexnet.pth'), "torchvision alexnet, torch.save's zip .pth"),
     Case('pth_legacy', _torchvision('alexnet_legacy.pth', legacy=True),
          'torchvision alexnet, legacy .pth (torch < 1.6)'),
     Case('safetensors', _torchvision('alexnet.safetensors'), 'torchvision alexnet, .safetensors'),
+    Case('caffe', _caffe(v1=False), 'bvlc_alexnet .caffemodel (layer, packed) + deploy.prototxt + mean'),
+    Case('caffe_v1', _caffe(v1=True), 'bvlc_alexnet .caffemodel (V1 layers, unpacked) + prototxt + mean'),
 ]
 
 

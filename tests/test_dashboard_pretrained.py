@@ -31,6 +31,7 @@ from alexnet_jax.dashboard import model_form  # noqa: E402
 from alexnet_jax.data import synthetic  # noqa: E402
 from alexnet_jax.inference import bundle as bundle_lib  # noqa: E402
 from tests import onnx_bundles  # noqa: E402
+from tests import caffe_files  # noqa: E402
 from tests.torch_writers import random_state_dict, write_pth, write_safetensors  # noqa: E402
 
 BASE = 'http://127.0.0.1:5000'
@@ -93,6 +94,9 @@ def test_an_uploaded_bundle_is_verified_listed_with_its_contract_and_classifies_
   listed = client.get('/pretrained.json').json()['pretrained']
   assert [e['id'] for e in listed if e['kind'] == 'uploaded'] == [uploaded['id']]
   assert uploaded['id'] in [e['id'] for e in client.get('/index.json').json()['pretrained']]
+  rows = client.get('/completed_jobs.json').json()['pretrained_models']    # DIGITS' home tables
+  assert [(r['id'], r['name'], r['status']) for r in rows if r['id'] == uploaded['id']] == [
+      (uploaded['id'], 'tiny lenet', 'Done')]
   for url in ('/', '/pretrained', uploaded['url']):
     page = client.get(url)
     assert page.status_code == 200 and 'tiny lenet' in page.text, url
@@ -217,6 +221,35 @@ def test_bad_uploads_are_clear_4xx_naming_the_file_and_leave_nothing(client, env
   assert client.get('/pretrained.json').json()['pretrained'] == before
   folder = env['tmp'] / 'jobs' / '.dashboard' / 'pretrained'
   assert sorted(n for n in os.listdir(folder) if n.startswith('up-')) == [uploaded['id']]
+
+
+def test_caffe_uploads_import_or_are_refused_naming_the_file(client, tmp_path):
+  """A caffemodel + deploy.prototxt upload (a width-1/8 bvlc_alexnet, tests/caffe_files.py) imports into the
+  two-tower alexnet with Caffe's LRN across the towers; a truncated caffemodel and a prototxt that does not
+  match the weights are each a 400 naming the file and the reason, and leave nothing listed."""
+  before = client.get('/pretrained.json').json()['pretrained']
+  blobs = caffe_files.alexnet_blobs(0.125, 4, seed=3)
+  caffe_files.write_caffemodel(tmp_path / 'small.caffemodel', blobs)
+  model = (tmp_path / 'small.caffemodel').read_bytes()
+  deploy = caffe_files.deploy_text(caffe_files.alexnet_layers(0.125, 4), input_chw=(3, 227, 227)).encode()
+  wrong = caffe_files.deploy_text(caffe_files.alexnet_layers(0.125, 5), input_chw=(3, 227, 227)).encode()
+  cases = {   # (caffemodel name, bytes, prototxt bytes) -> words the message must have
+      ('cut.caffemodel', model[:len(model) // 3], deploy): ('cut.caffemodel', 'truncated'),
+      ('small.caffemodel', model, wrong): ('fc8', '(4, 512)'),
+  }
+  for (name, content, prototxt), words in cases.items():
+    r = _upload(client, {'weights_file': (name, content, 'application/octet-stream'),
+                         'prototxt_file': ('deploy.prototxt', prototxt, 'text/plain')})
+    assert r.status_code == 400, (name, r.text)
+    message = ' '.join(str(v) for v in r.json()['errors'].values())
+    assert all(w in message for w in words), (name, message)
+  assert client.get('/pretrained.json').json()['pretrained'] == before
+  r = _upload(client, {'weights_file': ('small.caffemodel', model, 'application/octet-stream'),
+                       'prototxt_file': ('deploy.prototxt', deploy, 'text/plain')}, name='small caffe')
+  assert r.status_code == 200, r.text
+  summary = r.json()['summary']
+  assert (summary['network'], summary['num_classes'], summary['lrn']) == ('alexnet', 4, 'caffe_across')
+  assert client.delete(r.json()['url'], headers=client.bearer).status_code == 200
 
 
 def test_new_model_from_a_pretrained_model_sets_init_from_and_the_controls(client, uploaded):

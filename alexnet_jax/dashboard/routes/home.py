@@ -79,7 +79,8 @@ def index_json(dash: Dash):
 @router.get('/completed_jobs.json')
 def completed_jobs(dash: Dash):
   """DIGITS' home-table JSON (digits/views.py ``completed_jobs``): ``running`` (queued or running datasets
-  and models), the other ``datasets`` and ``models``, ``pretrained_models`` and ``model_output_fields``;
+  and models), the other ``datasets`` and ``models``, ``pretrained_models`` (the Pretrained Models page's) and
+  ``model_output_fields``;
   each job ``{id, name, group, status, status_css, submitted, elapsed, progress (percent), type}``, with
   ``dataset_id`` and ``framework`` for a model, ``backend`` for a dataset, and our ``state``."""
   index = views.index(dash)
@@ -89,6 +90,11 @@ def completed_jobs(dash: Dash):
     for item in items:
       row = views.digits_table_row(item, kind)
       out['running' if item['state'] in ('queued', 'running') else f'{kind}s'].append(row)
+  for entry in dash.pretrained.entries():     # DIGITS' PretrainedModelJob rows: imported, so done
+    out['pretrained_models'].append({'id': entry['id'], 'name': entry['name'], 'group': '', 'status': 'Done',
+                                     'status_css': 'success', 'submitted': entry.get('created_unix'),
+                                     'elapsed': 0, 'progress': 100, 'type': 'pretrained model',
+                                     'framework': 'jax', 'state': 'done'})
   return out
 
 
