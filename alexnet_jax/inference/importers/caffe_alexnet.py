@@ -164,7 +164,7 @@ def map_alexnet(net: Net, weights: Weights) -> Mapped:
       fan_in = in_channels * h * w if name == 'fc6' else in_channels
       weight, bias = weights.blobs(layer.name, (2 * per_tower, fan_in))
       chw = (in_channels, h, w) if name == 'fc6' else None
-      towers[name] = {'kernel': _split(caffe_weights.dense_kernel(weight, chw), -1), 'bias': _split(bias, 0)}
+      towers[name] = {'kernel': caffe_weights.tower_dense_kernel(weight, 2, chw), 'bias': _split(bias, 0)}
       in_channels = 2 * per_tower
   fc8 = fcs[2]
   names['fc8'] = fc8.name
