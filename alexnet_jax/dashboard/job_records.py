@@ -41,6 +41,11 @@ QUEUED, RUNNING, DONE, FAILED, STOPPED, INTERRUPTED = (
 FINAL = (DONE, FAILED, STOPPED, INTERRUPTED)
 RESUMABLE = (STOPPED, INTERRUPTED, FAILED)
 STOPPED_EXIT_STATUSES = (process.EXIT_STOPPED, process.EXIT_INTERRUPTED)   # snapshot-and-stop; Ctrl-C
+# DIGITS' job status names (digits/status.py ``Status``) for our states: what DIGITS' JSON routes and the
+# home tables show. A job that was running when the server went away is Aborted in DIGITS too
+# (scheduler.py ``load_past_jobs``); queued is DIGITS' WAIT.
+DIGITS_STATUS = {QUEUED: 'Waiting', RUNNING: 'Running', DONE: 'Done', FAILED: 'Error', STOPPED: 'Aborted',
+                 INTERRUPTED: 'Aborted'}
 RESULT_FILE = 'classifications.json'     # a classify job's result (``classify --output``)
 PROBLEMS_FILE = 'list_problems.json'     # ... and the lines of its list that were refused
 POSTED_FILE = 'posted_names.json'       # ... and [name as posted, path classified] per kept line

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 from alexnet_jax.run import listing as listing_lib   # discovery and rows: status files only, no JAX
 from alexnet_jax.dashboard import job_queue
 from alexnet_jax.dashboard import job_records
-from alexnet_jax.dashboard.job_records import DONE, FAILED, INTERRUPTED, KINDS, QUEUED, RESUMABLE, RUNNING
+from alexnet_jax.dashboard.job_records import DONE, INTERRUPTED, KINDS, QUEUED, RESUMABLE, RUNNING
 from alexnet_jax.dashboard.job_records import STOPPED, Job, refused, write_failure
 from alexnet_jax.runtime import status as status_lib
 from alexnet_jax.runtime import process
@@ -275,8 +275,8 @@ class JobManager(job_queue.JobQueue):
       row = dict.fromkeys(listing_lib.ROW_KEYS)
     out = dict(row)
     state = job.state
-    text = {QUEUED: 'Waiting', RUNNING: 'Running', DONE: 'Done', FAILED: 'Error',
-            STOPPED: 'Aborted', INTERRUPTED: 'Interrupted'}.get(state, state)
+    # DIGITS' names, but an interrupted job says so on our pages (it can be resumed; DIGITS: Aborted).
+    text = 'Interrupted' if state == INTERRUPTED else job_records.DIGITS_STATUS.get(state, state)
     if state == QUEUED and job.wait_reason:
       text += f': {job.wait_reason}'
     if state == RUNNING and job.id in self._pending_delete:

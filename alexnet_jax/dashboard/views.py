@@ -362,16 +362,12 @@ def vis_entries(stats: dict[str, Any], out_dir: str, url_of) -> dict[str, Any]:
 
 # ---- DIGITS' JSON fields beside ours -------------------------------------------------------------------
 
-# DIGITS' job status names (digits/status.py ``Status``) for our states. A job that was running when the
-# server went away is Aborted in DIGITS too (scheduler.py ``load_past_jobs``); queued is DIGITS' WAIT.
-DIGITS_STATUS = {'queued': 'Waiting', 'running': 'Running', 'done': 'Done', 'failed': 'Error',
-                 'stopped': 'Aborted', 'interrupted': 'Aborted'}
 JOB_TYPES = {'dataset': 'Image Classification Dataset', 'model': 'Image Classification Model'}
 
 
 def digits_status(state: Optional[str]) -> str:
   """DIGITS' name of a state (``Done``, ``Running``...); ``?`` as DIGITS names one it does not know."""
-  return DIGITS_STATUS.get(state or '', '?')
+  return job_records.DIGITS_STATUS.get(state or '', '?')
 
 
 def digits_job(item: dict[str, Any]) -> dict[str, Any]:

@@ -108,15 +108,6 @@ class Imported:
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def model_config(num_classes: int):
-  """The bundle's config.json: alexnet_owt on one device, with the torchvision-equivalent contract."""
-  del num_classes   # the class count is labels.txt's
-  contract = data_lib.PreprocessContract(
-      (torchvision.IMAGE_SIZE, torchvision.IMAGE_SIZE), torchvision.CROP_SIZE, torchvision.RESIZE_MODE, 3,
-      'image', torchvision.mean_image(), draft=False)
-  return config_for({'name': 'alexnet_owt'}, contract)
-
-
 def config_for(model: dict[str, Any], contract: data_lib.PreprocessContract):
   """A bundle's config.json: ``model``'s fields (name, width, lrn) on one device, with ``contract``."""
   config = configs.default_config()
@@ -161,10 +152,10 @@ def _read_torchvision(source: str, labels: Optional[str]) -> Imported:
   params = torchvision.convert(state, source=source)
   del state
   num_classes = int(params['head']['bias'].shape[0])
-  config = model_config(num_classes)
-  contract = data_lib.PreprocessContract(
+  contract = data_lib.PreprocessContract(     # torchvision's: its 256 resize and 224 crop, RGB, the mean
       (torchvision.IMAGE_SIZE, torchvision.IMAGE_SIZE), torchvision.CROP_SIZE, torchvision.RESIZE_MODE, 3,
       'image', torchvision.mean_image(), draft=False)
+  config = config_for({'name': 'alexnet_owt'}, contract)
   return Imported(params, config, _classes(labels, num_classes, source), contract, source, 'torchvision',
                   'torchvision: RGB, /255, mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225); folded '
                   'into conv1 and the mean image')
